@@ -1,0 +1,85 @@
+"""Environment report for ``python -m fastopt info``."""
+
+from __future__ import annotations
+
+import importlib
+import platform
+
+
+def simd_level() -> str:
+    """Best SIMD instruction set the CPU reports (x86 flags from /proc/cpuinfo, else LLVM's CPU)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
+    except OSError:
+        flags = []
+    for flag, label in (
+        ("avx512f", "AVX-512"),
+        ("avx2", "AVX2"),
+        ("avx", "AVX"),
+        ("sse4_2", "SSE4.2"),
+    ):
+        if flag in flags:
+            return label
+    return platform.machine() or "unknown"
+
+
+def backend_report() -> dict[str, str]:
+    """One line of status per backend: available or why not."""
+    from . import _dispatch
+
+    report: dict[str, str] = {}
+    cython_mods = []
+    for family in ("batchnorm", "spectral", "curvature"):
+        try:
+            importlib.import_module(f"fastopt.{family}._cython")
+            cython_mods.append(family)
+        except ImportError:
+            pass
+    report["cython"] = (
+        f"built ({', '.join(cython_mods)})" if cython_mods else "not built (pip install -e .)"
+    )
+    try:
+        import numba
+
+        report["numba"] = f"numba {numba.__version__}"
+    except ImportError:  # pragma: no cover - numba is a dependency
+        report["numba"] = "not installed"
+    report["numpy"] = "reference (always available)"
+    try:
+        from numba import cuda
+
+        if cuda.is_available():
+            report["cuda"] = f"available ({cuda.get_current_device().name})"
+        elif _simulator():
+            report["cuda"] = "simulator (NUMBA_ENABLE_CUDASIM=1)"
+        else:
+            report["cuda"] = "no CUDA device"
+    except Exception as exc:  # numba-cuda missing or driver error
+        report["cuda"] = f"unavailable ({type(exc).__name__})"
+    del _dispatch
+    return report
+
+
+def _simulator() -> bool:
+    import os
+
+    return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+def info_text() -> str:
+    """The text printed by ``python -m fastopt info``."""
+    import numpy as np
+
+    from . import __version__
+    from ._threads import get_num_threads
+
+    lines = [
+        f"fastopt {__version__}",
+        f"python {platform.python_version()}, numpy {np.__version__}",
+        f"threads: {get_num_threads()}",
+        f"SIMD: {simd_level()}",
+        "backends:",
+    ]
+    lines += [f"  {name:7s} {status}" for name, status in backend_report().items()]
+    return "\n".join(lines)

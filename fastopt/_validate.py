@@ -1,0 +1,158 @@
+"""The one place for input checks and coercion (dtype, shape, axis, out=, finiteness).
+
+Every public function validates through these helpers before any kernel runs, so that a rejected
+call raises ``TypeError``/``ValueError`` naming the argument and changes nothing.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _conversion_hint(name: str, dtype: np.dtype) -> str:
+    if dtype.kind in "biu":
+        return f"convert with {name}.astype(np.float32) or {name}.astype(np.float64)"
+    if dtype == np.float16:
+        return f"float16 is not supported: compute in float32 with {name}.astype(np.float32)"
+    if dtype.kind == "c":
+        return f"complex input is not supported: pass {name}.real or np.abs({name}) explicitly"
+    return f"convert with {name}.astype(np.float32) or {name}.astype(np.float64)"
+
+
+def as_float_array(
+    x: object,
+    name: str,
+    *,
+    allow_int: bool = False,
+    dtype: np.dtype | None = None,
+    contiguous: bool = True,
+) -> np.ndarray:
+    """Return ``x`` as a C-contiguous float32/float64 ndarray, without copying when it already is.
+
+    Parameters
+    ----------
+    x : array_like
+        Input; anything ``np.asarray`` takes.
+    name : str
+        Argument name used in error messages.
+    allow_int : bool
+        If true, integer and bool input is converted to float64 instead of rejected.
+    dtype : numpy dtype, optional
+        Required dtype; a float input of another float dtype raises ``ValueError``.
+    contiguous : bool
+        Copy non-contiguous input into a C-contiguous array (documented single copy).
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind in "biu" and allow_int:
+        arr = arr.astype(np.float64)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name}: dtype {arr.dtype} is not supported (expected float32 or float64); "
+            + _conversion_hint(name, arr.dtype)
+        )
+    if dtype is not None and arr.dtype != dtype:
+        raise ValueError(f"{name}: dtype {arr.dtype} does not match the expected {np.dtype(dtype)}")
+    if contiguous and not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    return arr
+
+
+def as_param(
+    x: object, name: str, length: int, dtype: np.dtype, *, writable: bool = False
+) -> np.ndarray | None:
+    """Validate a per-channel vector (weight, bias, running statistics); ``None`` passes through.
+
+    With ``writable=True`` the array is updated in place by the caller, so it must be an ndarray
+    of exactly ``dtype``, shape ``(length,)``, contiguous and writeable (no silent copy).
+    """
+    if x is None:
+        return None
+    if writable:
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{name}: must be a numpy array to be updated in place, got "
+                            f"{type(x).__name__}")
+        if x.shape != (length,):
+            raise ValueError(f"{name}: expected shape ({length},), got {x.shape}")
+        if x.dtype != dtype:
+            raise ValueError(f"{name}: dtype {x.dtype} does not match x's dtype {np.dtype(dtype)}")
+        if not x.flags.c_contiguous or not x.flags.writeable:
+            raise ValueError(f"{name}: must be contiguous and writeable to be updated in place")
+        return x
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "f" or arr.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name}: dtype {arr.dtype} is not supported; expected {np.dtype(dtype)}")
+    if arr.shape != (length,):
+        raise ValueError(f"{name}: expected shape ({length},), got {arr.shape}")
+    if arr.dtype != dtype:
+        raise ValueError(f"{name}: dtype {arr.dtype} does not match x's dtype {np.dtype(dtype)}")
+    return np.ascontiguousarray(arr)
+
+
+def normalize_axis(axis: object, ndim: int, name: str = "axis") -> int:
+    """Map a possibly negative ``axis`` into ``[0, ndim)`` or raise ``ValueError``."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name}: must be an integer, got {type(axis).__name__}")
+    axis = int(axis)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}: {axis} is out of range for an array of {ndim} dimensions")
+    return axis % ndim
+
+
+def check_out(
+    out: object, shape: Sequence[int], dtype: np.dtype, name: str = "out"
+) -> np.ndarray | None:
+    """Validate an ``out=`` array: exact shape and dtype, C-contiguous, writeable."""
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name}: must be a numpy array, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {out.shape}")
+    if out.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)}, got {out.dtype}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name}: must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError(f"{name}: is read-only")
+    return out
+
+
+def check_positive(value: object, name: str, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a float, raising ``ValueError`` unless it is finite and > 0 (>= 0)."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: must be a real number, got {type(value).__name__}") from None
+    ok = (v >= 0 if allow_zero else v > 0) and np.isfinite(v)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name}: must be finite and {bound}, got {value}")
+    return v
+
+
+def check_int(value: object, name: str, *, minimum: int = 1) -> int:
+    """Return ``value`` as an int, raising unless it is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_all_finite(x: np.ndarray, name: str) -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or Inf."""
+    if not np.isfinite(x).all():
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        raise ValueError(f"{name}: contains {bad} non-finite value(s) (NaN or Inf)")
+
+
+def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name}: {value!r} is not one of {', '.join(map(repr, choices))}")
+    return value  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""Pure-numpy reference implementations (the tests' oracle; backend="numpy")."""

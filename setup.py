@@ -1,0 +1,53 @@
+"""Build the Cython extensions of fastopt (every ``fastopt/**/*.pyx``) with -O3 and OpenMP.
+
+Set ``FASTOPT_MARCH`` to choose the target CPU (default ``native``: the package is built on the
+machine that runs it; use ``FASTOPT_MARCH=x86-64-v3`` for a portable wheel, or ``none``).
+"""
+
+import glob
+import os
+import sys
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+
+def compile_args() -> list[str]:
+    if sys.platform == "win32":
+        return ["/O2", "/openmp"]
+    args = ["-O3", "-fopenmp", "-fno-math-errno", "-Wno-unreachable-code"]
+    march = os.environ.get("FASTOPT_MARCH", "native")
+    if march != "none":
+        args.append(f"-march={march}")
+    return args
+
+
+def extensions() -> list[Extension]:
+    link = [] if sys.platform == "win32" else ["-fopenmp"]
+    exts = []
+    for pyx in sorted(glob.glob("fastopt/**/*.pyx", recursive=True)):
+        name = pyx[:-4].replace(os.sep, ".").replace("/", ".")
+        exts.append(
+            Extension(
+                name,
+                [pyx],
+                include_dirs=[np.get_include()],
+                extra_compile_args=compile_args(),
+                extra_link_args=link,
+                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            )
+        )
+    return cythonize(
+        exts,
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        },
+    )
+
+
+setup(ext_modules=extensions())
