@@ -1,0 +1,34 @@
+"""How a batch-norm call is split into parallel work; shared by the Cython and Numba kernels.
+
+Two strategies (both backends implement both, chosen here so that they agree):
+
+- ``per_channel``: one thread owns whole channels and runs the statistics pass and the normalize
+  pass back to back on the channel's slab (``outer`` runs of ``inner`` contiguous values). When the
+  slab fits in L2, the second pass reads it from cache: 1 read + 1 write of x from memory.
+  Used when there are enough channels to keep every thread busy and the runs are long enough
+  to stream.
+- ``chunked``: the ``outer`` rows (each ``C * inner`` contiguous values) are split into a fixed
+  number of chunks; each chunk accumulates per-channel float64 partial sums, which are combined in
+  chunk order (deterministic for a given thread count), then a second parallel pass normalizes.
+  Used for channels-last / (N, C) input (``inner == 1``), few channels, or short runs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+MIN_RUN = 16  # shortest contiguous run (values) worth a per-channel strided walk
+
+
+class Plan(NamedTuple):
+    """Work split for one call: ``per_channel`` strategy flag and chunk count for ``chunked``."""
+
+    per_channel: bool
+    n_chunks: int
+
+
+def make_plan(outer: int, channels: int, inner: int, n_threads: int) -> Plan:
+    """Choose the strategy for an array viewed as ``(outer, channels, inner)``."""
+    per_channel = inner >= MIN_RUN and channels >= 2 * n_threads
+    n_chunks = max(1, min(outer, max(64, 4 * n_threads)))
+    return Plan(per_channel, n_chunks)

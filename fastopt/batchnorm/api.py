@@ -1,0 +1,307 @@
+"""Public batch-norm functions: validate, pick the backend and the work split, call one kernel."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import _dispatch
+from .._threads import get_num_threads
+from .._validate import (
+    as_float_array,
+    as_param,
+    check_all_finite,
+    check_out,
+    check_positive,
+    normalize_axis,
+)
+from ._plan import make_plan
+
+FAMILY = "batchnorm"
+
+
+class BatchNormOutput(NamedTuple):
+    """Result of :func:`batch_norm_forward`.
+
+    ``y`` has x's shape and dtype; ``mean`` and ``invstd`` (shape ``(C,)``, x's dtype) are the
+    batch statistics in training mode and those of the running statistics in eval mode: exactly
+    what :func:`batch_norm_backward` takes.
+    """
+
+    y: np.ndarray
+    mean: np.ndarray
+    invstd: np.ndarray
+
+
+class BatchNormGrads(NamedTuple):
+    """Result of :func:`batch_norm_backward`: gradients w.r.t. x, weight and bias."""
+
+    dx: np.ndarray
+    dweight: np.ndarray
+    dbias: np.ndarray
+
+
+def _view3(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+    return outer, shape[axis], inner
+
+
+def _prefer(outer: int, channels: int, inner: int) -> str:
+    """The ``"auto"`` policy, from bench/ (see README): the faster backend for this layout."""
+    del outer, channels, inner
+    return "cython"
+
+
+def _check_x(x: object, name: str = "x") -> np.ndarray:
+    arr = as_float_array(x, name)
+    if arr.ndim < 2:
+        raise ValueError(f"{name}: expected at least 2 dimensions (N, C, ...), got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name}: is empty (shape {arr.shape})")
+    return arr
+
+
+def _check_out_alias(out: np.ndarray | None, *inputs: np.ndarray) -> None:
+    """out= may be exactly an input (in place) but must not partially overlap one."""
+    if out is None:
+        return
+    for arr in inputs:
+        if np.may_share_memory(out, arr):
+            same = (
+                out.__array_interface__["data"][0] == arr.__array_interface__["data"][0]
+                and out.strides == arr.strides
+            )
+            if not same:
+                raise ValueError("out: overlaps an input without being the same array")
+
+
+def _weight_bias(weight, bias, channels: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    w = as_param(weight, "weight", channels, dtype)
+    b = as_param(bias, "bias", channels, dtype)
+    w64 = np.ones(channels) if w is None else w.astype(np.float64)
+    b64 = np.zeros(channels) if b is None else b.astype(np.float64)
+    return w64, b64
+
+
+def batch_norm_forward(
+    x: np.ndarray,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    *,
+    axis: int = 1,
+    training: bool = True,
+    running_mean: np.ndarray | None = None,
+    running_var: np.ndarray | None = None,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    out: np.ndarray | None = None,
+    check_finite: bool = False,
+    backend: str = "auto",
+) -> BatchNormOutput:
+    """Fused batch-normalization forward pass, with PyTorch's semantics.
+
+    Training mode normalizes with the batch statistics of each channel (biased variance,
+    ``invstd = 1/sqrt(var + eps)``) and, when running statistics are given, updates them in place:
+    ``running_mean = (1 - momentum) * running_mean + momentum * mean`` and the same for
+    ``running_var`` with the unbiased variance ``var * n / (n - 1)``. Eval mode normalizes with the
+    running statistics. Statistics accumulate in float64.
+
+    Parameters
+    ----------
+    x : array_like, float32 or float64, at least 2-D
+        Input; the channel axis is ``axis``. Non-contiguous input is copied once.
+    weight, bias : array_like of shape (C,), optional
+        Affine parameters in x's dtype (default 1 and 0).
+    axis : int
+        Channel axis (1 for (N, C, ...), -1 for channels-last / (N, C)).
+    training : bool
+        Use batch statistics (True) or the running statistics (False).
+    running_mean, running_var : ndarray of shape (C,), x's dtype, optional
+        Running statistics, updated in place in training mode; required in eval mode.
+    momentum : float in [0, 1]
+        Weight of the new batch in the running statistics.
+    eps : float > 0
+        Added to the variance inside the square root.
+    out : ndarray, optional
+        Destination for y (x's shape and dtype, C-contiguous); may be x itself (in place).
+    check_finite : bool
+        Raise ``ValueError`` if x holds NaN or Inf (by default they propagate within their
+        channel, as in PyTorch).
+    backend : {"auto", "cython", "numba", "numpy"}
+        Kernel implementation; "auto" picks the faster compiled one for the layout.
+
+    Returns
+    -------
+    BatchNormOutput
+        ``(y, mean, invstd)``.
+
+    Raises
+    ------
+    TypeError
+        x is not float32/float64 (integer, bool, float16, complex).
+    ValueError
+        Bad shapes, axis, eps, momentum, out=, a single value per channel in training, missing
+        running statistics in eval mode. Nothing is modified when an error is raised.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastopt import batch_norm_forward
+    >>> x = np.arange(12, dtype=np.float32).reshape(3, 2, 2)
+    >>> y, mean, invstd = batch_norm_forward(x)
+    >>> mean
+    array([4.5, 6.5], dtype=float32)
+    >>> np.round(y[:, 0, 0], 4)
+    array([-1.2247,  0.    ,  1.2247], dtype=float32)
+    """
+    x = _check_x(x)
+    ax = normalize_axis(axis, x.ndim)
+    outer, channels, inner = _view3(x.shape, ax)
+    n = outer * inner
+    eps = check_positive(eps, "eps")
+    try:
+        momentum = float(momentum)
+    except (TypeError, ValueError):
+        raise TypeError(f"momentum: must be a real number, got {type(momentum).__name__}") from None
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum: must be in [0, 1], got {momentum}")
+    w64, b64 = _weight_bias(weight, bias, channels, x.dtype)
+    rm = as_param(running_mean, "running_mean", channels, x.dtype, writable=True)
+    rv = as_param(running_var, "running_var", channels, x.dtype, writable=True)
+    if (rm is None) != (rv is None):
+        raise ValueError("running_mean and running_var: give both or neither")
+    if training and n == 1:
+        raise ValueError(
+            f"x: expected more than 1 value per channel when training, got input shape {x.shape}"
+        )
+    if not training and rm is None:
+        raise ValueError("running_mean/running_var: required when training=False")
+    out = check_out(out, x.shape, x.dtype)
+    _check_out_alias(out, x)
+    if check_finite:
+        check_all_finite(x, "x")
+    name = _dispatch.resolve(FAMILY, backend, prefer=lambda: _prefer(outer, channels, inner))
+
+    y = np.empty_like(x) if out is None else out
+    x3 = x.reshape(outer, channels, inner)
+    y3 = y.reshape(outer, channels, inner)
+    n_threads = get_num_threads()
+    plan = make_plan(outer, channels, inner, n_threads)
+    kernels = _dispatch.load(FAMILY, name)
+
+    if training:
+        if name == "numpy":
+            y3[...], mean, var, invstd = kernels.forward_train(x3, w64, b64, eps)
+        else:
+            mean, var, invstd = np.empty(channels), np.empty(channels), np.empty(channels)
+            kernels.forward_train(x3, w64, b64, eps, y3, mean, var, invstd,
+                                  plan.per_channel, plan.n_chunks, n_threads)
+        if rm is not None:
+            rm *= 1.0 - momentum
+            rm += (momentum * mean).astype(rm.dtype)
+            rv *= 1.0 - momentum
+            rv += (momentum * var * (n / (n - 1))).astype(rv.dtype)
+    else:
+        mean = rm.astype(np.float64)
+        invstd = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
+        if name == "numpy":
+            y3[...] = kernels.forward_eval(x3, mean, invstd, w64, b64)
+        else:
+            kernels.forward_eval(x3, mean, invstd * w64, b64, y3, plan.n_chunks, n_threads)
+    return BatchNormOutput(y, mean.astype(x.dtype), invstd.astype(x.dtype))
+
+
+def _stat(value: object, name: str, channels: int) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{name}: dtype {arr.dtype} is not supported; expected float32/float64")
+    if arr.shape != (channels,):
+        raise ValueError(f"{name}: expected shape ({channels},), got {arr.shape}")
+    return arr.astype(np.float64)
+
+
+def batch_norm_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    mean: np.ndarray,
+    invstd: np.ndarray,
+    weight: np.ndarray | None = None,
+    *,
+    axis: int = 1,
+    training: bool = True,
+    out: np.ndarray | None = None,
+    backend: str = "auto",
+) -> BatchNormGrads:
+    """Fused batch-normalization backward pass (PyTorch's ``native_batch_norm_backward``).
+
+    With ``s = sum(dy)`` and ``d = sum((x - mean) * dy)`` per channel: ``dbias = s``,
+    ``dweight = d * invstd`` and, in training mode,
+    ``dx = (dy - s/n - (x - mean) * d * invstd**2 / n) * invstd * weight``; in eval mode the
+    statistics are constants and ``dx = dy * invstd * weight``.
+
+    Parameters
+    ----------
+    dy : array_like
+        Gradient of the loss w.r.t. y (x's shape and dtype).
+    x : array_like
+        The forward input.
+    mean, invstd : array_like of shape (C,)
+        As returned by :func:`batch_norm_forward` (float32 or float64).
+    weight : array_like of shape (C,), optional
+        Affine weight in x's dtype (default 1).
+    axis : int
+        Channel axis.
+    training : bool
+        Whether the forward pass used batch statistics.
+    out : ndarray, optional
+        Destination for dx; may be dy itself.
+    backend : {"auto", "cython", "numba", "numpy"}
+        Kernel implementation.
+
+    Returns
+    -------
+    BatchNormGrads
+        ``(dx, dweight, dbias)``; dweight and dbias in x's dtype, shape (C,).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastopt import batch_norm_forward, batch_norm_backward
+    >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
+    >>> y, mean, invstd = batch_norm_forward(x)
+    >>> dx, dweight, dbias = batch_norm_backward(np.ones_like(x), x, mean, invstd)
+    >>> bool(np.abs(dx).max() < 1e-12), dbias
+    (True, array([40., 40., 40.]))
+    """
+    x = _check_x(x)
+    dy = _check_x(dy, "dy")
+    if dy.shape != x.shape:
+        raise ValueError(f"dy: shape {dy.shape} does not match x's shape {x.shape}")
+    if dy.dtype != x.dtype:
+        raise ValueError(f"dy: dtype {dy.dtype} does not match x's dtype {x.dtype}")
+    ax = normalize_axis(axis, x.ndim)
+    outer, channels, inner = _view3(x.shape, ax)
+    mean64 = _stat(mean, "mean", channels)
+    invstd64 = _stat(invstd, "invstd", channels)
+    w = as_param(weight, "weight", channels, x.dtype)
+    w64 = np.ones(channels) if w is None else w.astype(np.float64)
+    out = check_out(out, x.shape, x.dtype)
+    _check_out_alias(out, x, dy)
+    name = _dispatch.resolve(FAMILY, backend, prefer=lambda: _prefer(outer, channels, inner))
+
+    dx = np.empty_like(x) if out is None else out
+    x3 = x.reshape(outer, channels, inner)
+    g3 = dy.reshape(outer, channels, inner)
+    dx3 = dx.reshape(outer, channels, inner)
+    kernels = _dispatch.load(FAMILY, name)
+    if name == "numpy":
+        dx3[...], dweight, dbias = kernels.backward(g3, x3, mean64, invstd64, w64, bool(training))
+    else:
+        n_threads = get_num_threads()
+        plan = make_plan(outer, channels, inner, n_threads)
+        dweight, dbias = np.empty(channels), np.empty(channels)
+        kernels.backward(g3, x3, mean64, invstd64, w64, bool(training), dx3, dweight, dbias,
+                         plan.per_channel, plan.n_chunks, n_threads)
+    return BatchNormGrads(dx, dweight.astype(x.dtype), dbias.astype(x.dtype))
