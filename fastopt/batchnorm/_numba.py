@@ -96,11 +96,13 @@ def _chunk_sums(x, shifts, n_chunks):
     outer, C, inner = x.shape
     part = np.zeros((n_chunks, 2, C))
     for k in nb.prange(n_chunks):
+        s1 = part[k, 0]
+        s2 = part[k, 1]
         for o in range(k * outer // n_chunks, (k + 1) * outer // n_chunks):
             for c in range(C):
                 a, b = run_sums(x, o, c, shifts[c])
-                part[k, 0, c] += a
-                part[k, 1, c] += b
+                s1[c] += a
+                s2[c] += b
     return part
 
 
@@ -114,13 +116,25 @@ def _normalize_rows(x, y, mean, scale, bias, n_chunks):
 
 
 @jit
+def normalize(x, y, mean, scale, bias, n_chunks):
+    outer, C, inner = x.shape
+    if inner == 1:
+        _rows_normalize(x.reshape((outer, C)), y.reshape((outer, C)), mean, scale, bias, n_chunks)
+    else:
+        _normalize_rows(x, y, mean, scale, bias, n_chunks)
+
+
+@jit
 def _forward_chunked(x, weight, bias, eps, y, mean, var, invstd, n_chunks):
     outer, C, inner = x.shape
     n = outer * inner
     shifts = np.empty(C)
     for c in range(C):
         shifts[c] = channel_shift(x[0, c, 0])
-    part = _chunk_sums(x, shifts, n_chunks)
+    if inner == 1:
+        part = _rows_sums(x.reshape((outer, C)), shifts, n_chunks)
+    else:
+        part = _chunk_sums(x, shifts, n_chunks)
     scale = np.empty(C)
     for c in range(C):
         s1 = 0.0
@@ -133,7 +147,7 @@ def _forward_chunked(x, weight, bias, eps, y, mean, var, invstd, n_chunks):
         var[c] = v
         invstd[c] = inv
         scale[c] = inv * weight[c]
-    _normalize_rows(x, y, mean, scale, bias, n_chunks)
+    normalize(x, y, mean, scale, bias, n_chunks)
 
 
 @pjit
@@ -161,11 +175,13 @@ def _chunk_grad_sums(dy, x, mean, n_chunks):
     outer, C, inner = x.shape
     part = np.zeros((n_chunks, 2, C))
     for k in nb.prange(n_chunks):
+        s = part[k, 0]
+        d = part[k, 1]
         for o in range(k * outer // n_chunks, (k + 1) * outer // n_chunks):
             for c in range(C):
                 a, b = run_grad_sums(dy, x, o, c, mean[c])
-                part[k, 0, c] += a
-                part[k, 1, c] += b
+                s[c] += a
+                d[c] += b
     return part
 
 
@@ -182,7 +198,10 @@ def _grad_input_rows(dy, x, dx, mean, ca, cb, cc, n_chunks):
 def _backward_chunked(dy, x, mean, invstd, weight, training, dx, dweight, dbias, n_chunks):
     outer, C, inner = x.shape
     n = outer * inner
-    part = _chunk_grad_sums(dy, x, mean, n_chunks)
+    if inner == 1:
+        part = _rows_grad_sums(dy.reshape((outer, C)), x.reshape((outer, C)), mean, n_chunks)
+    else:
+        part = _chunk_grad_sums(dy, x, mean, n_chunks)
     ca = np.empty(C)
     cb = np.empty(C)
     cc = np.empty(C)
@@ -197,7 +216,70 @@ def _backward_chunked(dy, x, mean, invstd, weight, training, dx, dweight, dbias,
         ca[c] = invstd[c] * weight[c]
         cb[c] = -d * invstd[c] * invstd[c] * ca[c] / n if training else 0.0
         cc[c] = -s / n * ca[c] if training else 0.0
-    _grad_input_rows(dy, x, dx, mean, ca, cb, cc, n_chunks)
+    if inner == 1:
+        _rows_grad_input(dy.reshape((outer, C)), x.reshape((outer, C)), dx.reshape((outer, C)),
+                         mean, ca, cb, cc, n_chunks)
+    else:
+        _grad_input_rows(dy, x, dx, mean, ca, cb, cc, n_chunks)
+
+
+# ---------------------------------------- inner == 1 (channels-last, (N, C)): 2-D contiguous rows
+
+
+@pjit
+def _rows_sums(x2, shifts, n_chunks):
+    rows, C = x2.shape
+    part = np.zeros((n_chunks, 2, C))
+    for k in nb.prange(n_chunks):
+        s1 = part[k, 0]
+        s2 = part[k, 1]
+        for o in range(k * rows // n_chunks, (k + 1) * rows // n_chunks):
+            row = x2[o]
+            for c in range(C):  # vectorizes across channels
+                v = np.float64(row[c]) - shifts[c]
+                s1[c] += v
+                s2[c] += v * v
+    return part
+
+
+@pjit
+def _rows_normalize(x2, y2, mean, scale, bias, n_chunks):
+    rows, C = x2.shape
+    for k in nb.prange(n_chunks):
+        for o in range(k * rows // n_chunks, (k + 1) * rows // n_chunks):
+            row = x2[o]
+            out = y2[o]
+            for c in range(C):
+                out[c] = (np.float64(row[c]) - mean[c]) * scale[c] + bias[c]
+
+
+@pjit
+def _rows_grad_sums(g2, x2, mean, n_chunks):
+    rows, C = x2.shape
+    part = np.zeros((n_chunks, 2, C))
+    for k in nb.prange(n_chunks):
+        s = part[k, 0]
+        d = part[k, 1]
+        for o in range(k * rows // n_chunks, (k + 1) * rows // n_chunks):
+            xr = x2[o]
+            gr = g2[o]
+            for c in range(C):  # vectorizes across channels
+                g = np.float64(gr[c])
+                s[c] += g
+                d[c] += (np.float64(xr[c]) - mean[c]) * g
+    return part
+
+
+@pjit
+def _rows_grad_input(g2, x2, dx2, mean, ca, cb, cc, n_chunks):
+    rows, C = x2.shape
+    for k in nb.prange(n_chunks):
+        for o in range(k * rows // n_chunks, (k + 1) * rows // n_chunks):
+            xr = x2[o]
+            gr = g2[o]
+            out = dx2[o]
+            for c in range(C):
+                out[c] = np.float64(gr[c]) * ca[c] + (np.float64(xr[c]) - mean[c]) * cb[c] + cc[c]
 
 
 # ------------------------------------------------------------------ entry points (as in Cython)
@@ -215,7 +297,7 @@ def forward_train(x, weight, bias, eps, y, mean, var, invstd, per_channel, n_chu
 def forward_eval(x, mean, scale, bias, y, n_chunks, n_threads):
     """Eval forward; same contract as ``_cython.forward_eval``."""
     apply_numba_threads()
-    _normalize_rows(x, y, mean, scale, bias, n_chunks)
+    normalize(x, y, mean, scale, bias, n_chunks)
 
 
 def backward(dy, x, mean, invstd, weight, training, dx, dweight, dbias, per_channel, n_chunks,

@@ -154,7 +154,7 @@ def batch_norm_forward(
     >>> mean
     array([4.5, 6.5], dtype=float32)
     >>> np.round(y[:, 0, 0], 4)
-    array([-1.2247,  0.    ,  1.2247], dtype=float32)
+    array([-1.362 , -0.1513,  1.0593], dtype=float32)
     """
     x = _check_x(x)
     ax = normalize_axis(axis, x.ndim)
