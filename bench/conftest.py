@@ -51,7 +51,8 @@ def contender(request):
     if name == "fastopt-cython":
         from fastopt import _dispatch
 
-        if not any(_dispatch.available(f, "cython") for f in ("batchnorm", "spectral", "curvature")):
+        families = ("batchnorm", "spectral", "curvature")
+        if not any(_dispatch.available(f, "cython") for f in families):
             pytest.skip("Cython extensions not built")
     return name
 

@@ -17,8 +17,7 @@ from ._threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
-_core = ["__version__", "get_num_threads", "set_num_threads"]
-__all__ = list(_core)
+__all__ = ["__version__", "get_num_threads", "set_num_threads"]
 
 
 def _export(module) -> None:

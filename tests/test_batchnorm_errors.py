@@ -17,7 +17,12 @@ def inputs(dtype=np.float32):
 
 @pytest.mark.parametrize(
     "dtype, hint",
-    [(np.int64, "astype"), (np.bool_, "astype"), (np.float16, "float16"), (np.complex64, "complex")],
+    [
+        (np.int64, "astype"),
+        (np.bool_, "astype"),
+        (np.float16, "float16"),
+        (np.complex64, "complex"),
+    ],
 )
 def test_unsupported_dtypes_raise_type_error_with_hint(dtype, hint):
     with pytest.raises(TypeError, match=f"x: dtype .*{hint}"):
@@ -107,7 +112,7 @@ def test_inputs_not_modified_and_read_only_inputs_work(backend):
     copies = [a.copy() for a in (x, w, b, dy)]
     y, mean, invstd = batch_norm_forward(x, w, b, backend=backend)
     batch_norm_backward(dy, x, mean, invstd, w, backend=backend)
-    for arr, orig in zip((x, w, b, dy), copies):
+    for arr, orig in zip((x, w, b, dy), copies, strict=True):
         np.testing.assert_array_equal(arr, orig)
 
 

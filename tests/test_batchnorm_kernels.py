@@ -1,4 +1,4 @@
-"""Compiled batch-norm kernels against the float64 numpy reference: layouts, dtypes, modes, paths."""
+"""Compiled batch-norm kernels against the float64 numpy reference: layouts, dtypes, modes."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,7 @@ from conftest import compiled_backends, tolerance
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastopt import batch_norm_backward, batch_norm_forward
-from fastopt import _dispatch
+from fastopt import _dispatch, batch_norm_backward, batch_norm_forward
 from fastopt.batchnorm._plan import make_plan
 
 BACKENDS = compiled_backends("batchnorm")

@@ -57,7 +57,9 @@ def _prefer(outer: int, channels: int, inner: int) -> str:
 def _check_x(x: object, name: str = "x") -> np.ndarray:
     arr = as_float_array(x, name)
     if arr.ndim < 2:
-        raise ValueError(f"{name}: expected at least 2 dimensions (N, C, ...), got shape {arr.shape}")
+        raise ValueError(
+            f"{name}: expected at least 2 dimensions (N, C, ...), got shape {arr.shape}"
+        )
     if arr.size == 0:
         raise ValueError(f"{name}: is empty (shape {arr.shape})")
     return arr
