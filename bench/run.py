@@ -1,0 +1,107 @@
+"""Run the benchmark suites with one process per contender and print a ratio table.
+
+Usage::
+
+    python bench/run.py                       # every family, every contender
+    python bench/run.py --family batchnorm -k nchw
+    python bench/run.py --contender fastopt-cython --contender torch
+
+PyTorch's, JAX's and Numba's thread pools disturb each other in one process, so each contender runs
+in a pytest process of its own (``--contender NAME``) writing its own JSON file; this script then
+merges the groups. ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE`` are removed from the children's
+environment so that numpy's BLAS runs at full speed (these variables are set on our machines for
+old OpenBLAS builds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FAMILIES = ("batchnorm", "spectral", "curvature")
+CONTENDERS = ("fastopt-cython", "fastopt-numba", "numpy", "torch", "jax", "scipy", "floor")
+BASELINES = ("torch", "jax", "scipy", "numpy")
+
+
+def run_one(family: str, contender: str, extra: list[str], outdir: Path) -> Path | None:
+    suite = HERE / f"bench_{family}.py"
+    if not suite.exists():
+        return None
+    out = outdir / f"{family}-{contender}.json"
+    out.unlink(missing_ok=True)
+    unset = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    cmd = [
+        sys.executable, "-m", "pytest", str(suite), "-q", "-p", "no:cacheprovider",
+        "-o", "python_files=bench_*.py", "-o", "addopts=", "--benchmark-enable",
+        f"--benchmark-json={out}", "--contender", contender, *extra,
+    ]
+    proc = subprocess.run(cmd, cwd=HERE.parent, env=env, capture_output=True, text=True)
+    if proc.returncode not in (0, 5):  # 5: nothing collected for this contender
+        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+    return out if out.exists() else None
+
+
+def merge(paths: list[Path]) -> dict[str, dict[str, float]]:
+    """group -> contender -> median seconds."""
+    table: dict[str, dict[str, float]] = {}
+    for path in paths:
+        text = path.read_text()
+        if not text.strip():  # contender had no benchmark in this suite
+            continue
+        for bench in json.loads(text)["benchmarks"]:
+            contender = bench["params"].get("contender")
+            table.setdefault(bench["group"], {})[contender] = bench["stats"]["median"]
+    return table
+
+
+def report(table: dict[str, dict[str, float]]) -> str:
+    lines = [
+        "| group | contender | median ms | speedup vs baseline | floor time / time |",
+        "|---|---|---|---|---|",
+    ]
+    for group in sorted(table):
+        row = table[group]
+        base_name = next((b for b in BASELINES if b in row), None)
+        floor = row.get("floor")
+        for contender in CONTENDERS:
+            if contender not in row:
+                continue
+            t = row[contender]
+            ratio = f"{row[base_name] / t:.2f}x ({base_name})" if base_name else ""
+            frac = f"{floor / t:.0%}" if floor and contender != "floor" else ""
+            lines.append(f"| {group} | {contender} | {t * 1e3:.3f} | {ratio} | {frac} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (also reached by ``python -m fastopt bench``)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", action="append", choices=FAMILIES)
+    parser.add_argument("--contender", action="append", choices=CONTENDERS)
+    parser.add_argument("-k", help="pytest -k expression (e.g. a shape name)")
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args(argv)
+    outdir = Path(args.out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    extra = ["-k", args.k] if args.k else []
+    paths = []
+    for family in args.family or FAMILIES:
+        for contender in args.contender or CONTENDERS:
+            print(f"running {family} / {contender} ...", file=sys.stderr, flush=True)
+            path = run_one(family, contender, extra, outdir)
+            if path:
+                paths.append(path)
+    text = report(merge(paths))
+    (outdir / "report.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""``python -m fastopt demo``: a short accuracy and speed report of every kernel family.
+
+Each section checks a compiled result against the float64 numpy reference (and PyTorch when it is
+installed) and times it on an embedded default shape. Timings are medians of a few calls on
+whatever machine runs the demo: indicative only; bench/ holds the real benchmarks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up (Numba compiles here on a cold cache)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def demo_batchnorm(quick: bool) -> list[str]:
+    """Batch-norm section: max error vs the reference and times vs numpy (and PyTorch)."""
+    from . import _dispatch, batch_norm_backward, batch_norm_forward
+
+    shape = (32, 64, 16, 16) if quick else (64, 128, 28, 28)
+    repeats = 3 if quick else 10
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) + 3).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    c = shape[1]
+    w, b = np.ones(c, np.float32), np.zeros(c, np.float32)
+    lines = [f"batch norm, float32 NCHW {shape}"]
+    ref = batch_norm_forward(x, w, b, backend="numpy")
+    gref = batch_norm_backward(dy, x, ref.mean, ref.invstd, w, backend="numpy")
+    t_ref_f = _median_ms(lambda: batch_norm_forward(x, w, b, backend="numpy"), 2)
+    t_ref_b = _median_ms(lambda: batch_norm_backward(dy, x, ref.mean, ref.invstd, w,
+                                                     backend="numpy"), 2)
+    lines.append(f"  {'numpy reference':16s} forward {t_ref_f:8.2f} ms   backward {t_ref_b:8.2f} ms")
+    y, dx = np.empty_like(x), np.empty_like(x)
+    for backend in ("cython", "numba"):
+        if not _dispatch.available("batchnorm", backend):
+            lines.append(f"  {backend:16s} unavailable")
+            continue
+        out = batch_norm_forward(x, w, b, backend=backend)
+        g = batch_norm_backward(dy, x, out.mean, out.invstd, w, backend=backend)
+        err = max(np.abs(out.y - ref.y).max(), np.abs(g.dx - gref.dx).max())
+        tf = _median_ms(lambda: batch_norm_forward(x, w, b, out=y, backend=backend), repeats)
+        tb = _median_ms(lambda: batch_norm_backward(dy, x, out.mean, out.invstd, w, out=dx,
+                                                    backend=backend), repeats)
+        lines.append(f"  {'fastopt-' + backend:16s} forward {tf:8.2f} ms   backward {tb:8.2f} ms"
+                     f"   max |error| vs reference {err:.1e}")
+    torch = _torch()
+    if torch is not None:
+        tx, tw, tb_ = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+        fwd = torch.ops.aten.native_batch_norm
+        _, m, inv = fwd(tx, tw, tb_, None, None, True, 0.1, 1e-5)
+        tdy = torch.from_numpy(dy)
+        tf = _median_ms(lambda: fwd(tx, tw, tb_, None, None, True, 0.1, 1e-5), repeats)
+        tb = _median_ms(lambda: torch.ops.aten.native_batch_norm_backward(
+            tdy, tx, tw, None, None, m, inv, True, 1e-5, [True, True, True]), repeats)
+        lines.append(f"  {'torch':16s} forward {tf:8.2f} ms   backward {tb:8.2f} ms")
+    return lines
+
+
+SECTIONS: list[Callable[[bool], list[str]]] = [demo_batchnorm]
+
+
+def run_demo(quick: bool = False) -> int:
+    """Print every section's report; return a process exit code (1 if a section failed)."""
+    from ._info import info_text
+
+    print(info_text())
+    status = 0
+    for section in SECTIONS:
+        print()
+        try:
+            for line in section(quick):
+                print(line, flush=True)
+        except Exception as exc:  # report and go on with the other families
+            print(f"  {section.__name__} failed: {type(exc).__name__}: {exc}")
+            status = 1
+    return status
+
+
+def run_bench(args: list[str]) -> int:
+    """Run bench/run.py from a source checkout (benchmarks are not installed with the package)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+    if not script.exists():
+        print("bench/run.py not found: run `python -m fastopt bench` from a source checkout")
+        return 2
+    return subprocess.call([sys.executable, str(script), *args])
