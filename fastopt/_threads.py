@@ -59,11 +59,11 @@ def set_num_threads(n: int) -> None:
     _num_threads = n
 
 
-def apply_numba_threads() -> int:
-    """Make Numba's parallel loops in this thread use :func:`get_num_threads` threads."""
+def apply_numba_threads(n: int | None = None) -> int:
+    """Make Numba's parallel loops in this thread use ``n`` (default :func:`get_num_threads`)."""
     import numba
 
-    n = min(get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    n = min(n or get_num_threads(), numba.config.NUMBA_NUM_THREADS)
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)
     return n

@@ -287,7 +287,7 @@ def _rows_grad_input(g2, x2, dx2, mean, ca, cb, cc, n_chunks):
 
 def forward_train(x, weight, bias, eps, y, mean, var, invstd, per_channel, n_chunks, n_threads):
     """Training forward; same contract as ``_cython.forward_train``."""
-    apply_numba_threads()
+    apply_numba_threads(n_threads)
     if per_channel:
         _forward_per_channel(x, weight, bias, eps, y, mean, var, invstd)
     else:
@@ -296,14 +296,14 @@ def forward_train(x, weight, bias, eps, y, mean, var, invstd, per_channel, n_chu
 
 def forward_eval(x, mean, scale, bias, y, n_chunks, n_threads):
     """Eval forward; same contract as ``_cython.forward_eval``."""
-    apply_numba_threads()
+    apply_numba_threads(n_threads)
     normalize(x, y, mean, scale, bias, n_chunks)
 
 
 def backward(dy, x, mean, invstd, weight, training, dx, dweight, dbias, per_channel, n_chunks,
              n_threads):
     """Backward; same contract as ``_cython.backward``."""
-    apply_numba_threads()
+    apply_numba_threads(n_threads)
     if per_channel:
         _backward_per_channel(dy, x, mean, invstd, weight, training, dx, dweight, dbias)
     else:

@@ -18,17 +18,21 @@ from __future__ import annotations
 from typing import NamedTuple
 
 MIN_RUN = 16  # shortest contiguous run (values) worth a per-channel strided walk
+MIN_PARALLEL = 1 << 15  # below this many values, waking threads costs more than it saves
 
 
 class Plan(NamedTuple):
-    """Work split for one call: ``per_channel`` strategy flag and chunk count for ``chunked``."""
+    """Work split for one call: strategy flag, chunk count for ``chunked``, threads to use."""
 
     per_channel: bool
     n_chunks: int
+    n_threads: int
 
 
 def make_plan(outer: int, channels: int, inner: int, n_threads: int) -> Plan:
     """Choose the strategy for an array viewed as ``(outer, channels, inner)``."""
+    if outer * channels * inner < MIN_PARALLEL:
+        n_threads = 1
     per_channel = inner >= MIN_RUN and channels >= 2 * n_threads
     n_chunks = max(1, min(outer, max(64, 4 * n_threads)))
-    return Plan(per_channel, n_chunks)
+    return Plan(per_channel, n_chunks, n_threads)

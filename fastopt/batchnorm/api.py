@@ -189,8 +189,7 @@ def batch_norm_forward(
     y = np.empty_like(x) if out is None else out
     x3 = x.reshape(outer, channels, inner)
     y3 = y.reshape(outer, channels, inner)
-    n_threads = get_num_threads()
-    plan = make_plan(outer, channels, inner, n_threads)
+    plan = make_plan(outer, channels, inner, get_num_threads())
     kernels = _dispatch.load(FAMILY, name)
 
     if training:
@@ -199,7 +198,7 @@ def batch_norm_forward(
         else:
             mean, var, invstd = np.empty(channels), np.empty(channels), np.empty(channels)
             kernels.forward_train(x3, w64, b64, eps, y3, mean, var, invstd,
-                                  plan.per_channel, plan.n_chunks, n_threads)
+                                  plan.per_channel, plan.n_chunks, plan.n_threads)
         if rm is not None:
             rm *= 1.0 - momentum
             rm += (momentum * mean).astype(rm.dtype)
@@ -211,7 +210,7 @@ def batch_norm_forward(
         if name == "numpy":
             y3[...] = kernels.forward_eval(x3, mean, invstd, w64, b64)
         else:
-            kernels.forward_eval(x3, mean, invstd * w64, b64, y3, plan.n_chunks, n_threads)
+            kernels.forward_eval(x3, mean, invstd * w64, b64, y3, plan.n_chunks, plan.n_threads)
     return BatchNormOutput(y, mean.astype(x.dtype), invstd.astype(x.dtype))
 
 
@@ -301,9 +300,8 @@ def batch_norm_backward(
     if name == "numpy":
         dx3[...], dweight, dbias = kernels.backward(g3, x3, mean64, invstd64, w64, bool(training))
     else:
-        n_threads = get_num_threads()
-        plan = make_plan(outer, channels, inner, n_threads)
+        plan = make_plan(outer, channels, inner, get_num_threads())
         dweight, dbias = np.empty(channels), np.empty(channels)
         kernels.backward(g3, x3, mean64, invstd64, w64, bool(training), dx3, dweight, dbias,
-                         plan.per_channel, plan.n_chunks, n_threads)
+                         plan.per_channel, plan.n_chunks, plan.n_threads)
     return BatchNormGrads(dx, dweight.astype(x.dtype), dbias.astype(x.dtype))
