@@ -1,6 +1,8 @@
 """Streaming kernels that measure the memory-bandwidth floor in the same run as the contenders.
 
-Numba, parallel over fixed chunks, float32 in and out; the same thread count as fastopt's kernels.
+Numba, parallel over fixed chunks, float32 in and out, fastopt's thread count. The inner loops
+take slices and loop over ``range(len)``: indexing with ``range(lo, hi)`` keeps Numba's
+negative-index check in the loop and blocks vectorization.
 """
 
 from __future__ import annotations
@@ -8,51 +10,74 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from fastopt._threads import apply_numba_threads
+
 FAST = {"reassoc", "contract", "nsz"}
+CHUNKS = 64
 
 
-@nb.njit(parallel=True, fastmath=FAST, cache=True)
+@nb.njit(fastmath=FAST, cache=True)
+def _sum(x, lo, hi):
+    x = x[lo:hi]
+    s = 0.0
+    for i in range(x.size):
+        s += x[i]
+    return s
+
+
+@nb.njit(fastmath=FAST, cache=True)
+def _scale(x, y, lo, hi):
+    x = x[lo:hi]
+    y = y[lo:hi]
+    for i in range(x.size):
+        y[i] = 2 * x[i]
+
+
+@nb.njit(fastmath=FAST, cache=True)
+def _add(a, b, out, lo, hi):
+    a = a[lo:hi]
+    b = b[lo:hi]
+    out = out[lo:hi]
+    for i in range(a.size):
+        out[i] = a[i] + b[i]
+
+
+@nb.njit(parallel=True, cache=True)
 def read_pass(x):
     """Sum of a flat array: one read of x."""
     n = x.size
-    chunks = 64
-    part = np.zeros(chunks)
-    for k in nb.prange(chunks):
-        s = 0.0
-        for i in range(k * n // chunks, (k + 1) * n // chunks):
-            s += x[i]
-        part[k] = s
+    part = np.zeros(CHUNKS)
+    for k in nb.prange(CHUNKS):
+        part[k] = _sum(x, k * n // CHUNKS, (k + 1) * n // CHUNKS)
     return part.sum()
 
 
-@nb.njit(parallel=True, fastmath=FAST, cache=True)
+@nb.njit(parallel=True, cache=True)
 def read_write_pass(x, y):
     """y = 2 x: one read of x, one write of y."""
     n = x.size
-    chunks = 64
-    for k in nb.prange(chunks):
-        for i in range(k * n // chunks, (k + 1) * n // chunks):
-            y[i] = 2 * x[i]
+    for k in nb.prange(CHUNKS):
+        _scale(x, y, k * n // CHUNKS, (k + 1) * n // CHUNKS)
 
 
-@nb.njit(parallel=True, fastmath=FAST, cache=True)
+@nb.njit(parallel=True, cache=True)
 def read_read_write_pass(a, b, out):
     """out = a + b: two reads, one write."""
     n = a.size
-    chunks = 64
-    for k in nb.prange(chunks):
-        for i in range(k * n // chunks, (k + 1) * n // chunks):
-            out[i] = a[i] + b[i]
+    for k in nb.prange(CHUNKS):
+        _add(a, b, out, k * n // CHUNKS, (k + 1) * n // CHUNKS)
 
 
 def forward_floor(x: np.ndarray, y: np.ndarray) -> None:
     """Batch-norm forward floor: a read pass plus a read-write pass of x's size."""
+    apply_numba_threads()
     read_pass(x.reshape(-1))
     read_write_pass(x.reshape(-1), y.reshape(-1))
 
 
 def backward_floor(x: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
     """Batch-norm backward floor: two read passes plus a read-read-write pass."""
+    apply_numba_threads()
     read_pass(x.reshape(-1))
     read_pass(dy.reshape(-1))
     read_read_write_pass(x.reshape(-1), dy.reshape(-1), dx.reshape(-1))

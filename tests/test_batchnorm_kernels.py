@@ -16,7 +16,7 @@ DTYPES = [np.float32, np.float64]
 LAYOUTS = [
     ((37, 5), 1),
     ((6, 9, 17), 1),
-    ((4, 8, 5, 7), 1),  # inner 35 >= 16, C 8 >= 2 threads: per-channel plan
+    ((4, 8, 5, 7), 1),  # inner 35 >= 16, C 8 >= 2 threads, 4 runs: per-channel plan
     ((3, 3, 6, 6), 1),  # few channels: chunked plan
     ((2, 4, 3, 4, 5), 1),
     ((5, 4, 3, 6), -1),
@@ -106,7 +106,8 @@ def test_both_work_splits_agree(backend, per_channel, n_chunks):
 
 
 def test_plan_chooses_per_channel_only_with_long_runs_and_many_channels():
-    assert make_plan(128, 256, 784, 2).per_channel
+    assert make_plan(8, 512, 196, 2).per_channel
+    assert not make_plan(128, 256, 784, 2).per_channel  # many runs per slab: rows stream faster
     assert not make_plan(128, 3, 784, 2).per_channel
     assert not make_plan(4096, 1024, 1, 2).per_channel
     assert make_plan(5, 6, 20, 2).n_chunks == 5

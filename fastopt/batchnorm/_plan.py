@@ -3,10 +3,11 @@
 Two strategies (both backends implement both, chosen here so that they agree):
 
 - ``per_channel``: one thread owns whole channels and runs the statistics pass and the normalize
-  pass back to back on the channel's slab (``outer`` runs of ``inner`` contiguous values). When the
-  slab fits in L2, the second pass reads it from cache: 1 read + 1 write of x from memory.
-  Used when there are enough channels to keep every thread busy and the runs are long enough
-  to stream.
+  pass back to back on the channel's slab (``outer`` runs of ``inner`` contiguous values), so the
+  second pass reads the slab from cache. Measured on this machine it only pays when the slab has
+  few runs (``outer <= MAX_RUNS``): a slab of many short runs at a large stride (a typical NCHW
+  batch) streams at about half the speed of whole rows, and its runs, whose stride is often a
+  multiple of 4 KiB, conflict in the cache sets (bench/, README).
 - ``chunked``: the ``outer`` rows (each ``C * inner`` contiguous values) are split into a fixed
   number of chunks; each chunk accumulates per-channel float64 partial sums, which are combined in
   chunk order (deterministic for a given thread count), then a second parallel pass normalizes.
@@ -18,6 +19,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 MIN_RUN = 16  # shortest contiguous run (values) worth a per-channel strided walk
+MAX_RUNS = 16  # most runs per channel slab for the per-channel strategy
 MIN_PARALLEL = 1 << 15  # below this many values, waking threads costs more than it saves
 
 
@@ -33,6 +35,6 @@ def make_plan(outer: int, channels: int, inner: int, n_threads: int) -> Plan:
     """Choose the strategy for an array viewed as ``(outer, channels, inner)``."""
     if outer * channels * inner < MIN_PARALLEL:
         n_threads = 1
-    per_channel = inner >= MIN_RUN and channels >= 2 * n_threads
+    per_channel = inner >= MIN_RUN and outer <= MAX_RUNS and channels >= 2 * n_threads
     n_chunks = max(1, min(outer, max(64, 4 * n_threads)))
     return Plan(per_channel, n_chunks, n_threads)
