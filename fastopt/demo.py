@@ -48,7 +48,8 @@ def demo_batchnorm(quick: bool) -> list[str]:
     t_ref_f = _median_ms(lambda: batch_norm_forward(x, w, b, backend="numpy"), 2)
     t_ref_b = _median_ms(lambda: batch_norm_backward(dy, x, ref.mean, ref.invstd, w,
                                                      backend="numpy"), 2)
-    lines.append(f"  {'numpy reference':16s} forward {t_ref_f:8.2f} ms   backward {t_ref_b:8.2f} ms")
+    lines.append(f"  {'numpy reference':16s} forward {t_ref_f:8.2f} ms   "
+                 f"backward {t_ref_b:8.2f} ms")
     y, dx = np.empty_like(x), np.empty_like(x)
     for backend in ("cython", "numba"):
         if not _dispatch.available("batchnorm", backend):
@@ -57,9 +58,10 @@ def demo_batchnorm(quick: bool) -> list[str]:
         out = batch_norm_forward(x, w, b, backend=backend)
         g = batch_norm_backward(dy, x, out.mean, out.invstd, w, backend=backend)
         err = max(np.abs(out.y - ref.y).max(), np.abs(g.dx - gref.dx).max())
-        tf = _median_ms(lambda: batch_norm_forward(x, w, b, out=y, backend=backend), repeats)
-        tb = _median_ms(lambda: batch_norm_backward(dy, x, out.mean, out.invstd, w, out=dx,
-                                                    backend=backend), repeats)
+        tf = _median_ms(lambda be=backend: batch_norm_forward(x, w, b, out=y, backend=be),
+                        repeats)
+        tb = _median_ms(lambda be=backend, o=out: batch_norm_backward(
+            dy, x, o.mean, o.invstd, w, out=dx, backend=be), repeats)
         lines.append(f"  {'fastopt-' + backend:16s} forward {tf:8.2f} ms   backward {tb:8.2f} ms"
                      f"   max |error| vs reference {err:.1e}")
     torch = _torch()
