@@ -64,8 +64,8 @@ def available(family: str, backend: str) -> bool:
 
 
 def is_cuda_array(x: object) -> bool:
-    """True for device arrays (numba.cuda, CuPy, torch CUDA tensors)."""
-    return hasattr(x, "__cuda_array_interface__")
+    """True for device arrays (numba.cuda, CuPy, torch CUDA tensors, the CUDA simulator's)."""
+    return hasattr(x, "__cuda_array_interface__") or type(x).__name__ == "FakeCUDAArray"
 
 
 def resolve(

@@ -62,6 +62,23 @@ def as_float_array(
     return arr
 
 
+def as_device_array(x: object, name: str):
+    """Validate a CUDA device array (numba, CuPy, torch, or the CUDA simulator's) without
+    copying it to the host: float32/float64 and C-contiguous. Returns a numba device array."""
+    from numba import cuda
+
+    arr = x if hasattr(x, "copy_to_host") else cuda.as_cuda_array(x)
+    dtype = np.dtype(arr.dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name}: dtype {dtype} is not supported (expected float32 or float64); "
+            + _conversion_hint(name, dtype)
+        )
+    if not arr.is_c_contiguous():
+        raise ValueError(f"{name}: device arrays must be C-contiguous")
+    return arr
+
+
 def as_param(
     x: object, name: str, length: int, dtype: np.dtype, *, writable: bool = False
 ) -> np.ndarray | None:

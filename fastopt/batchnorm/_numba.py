@@ -7,33 +7,20 @@ reductions vectorize while NaN and Inf keep their meaning.
 
 from __future__ import annotations
 
-import math
-
 import numba as nb
 import numpy as np
 
 from .._threads import apply_numba_threads
+from . import _scalar
 
 FAST = {"reassoc", "contract", "nsz"}
 jit = nb.njit(cache=True, fastmath=FAST, nogil=True)
 pjit = nb.njit(cache=True, fastmath=FAST, nogil=True, parallel=True)
 
 
-@jit
-def channel_shift(first):
-    # a value of the channel as shift keeps float64 sums accurate; a non-finite one would poison
-    # them beyond what the data does (an Inf channel gets mean Inf, as in PyTorch)
-    v = np.float64(first)
-    return v if math.isfinite(v) else 0.0
-
-
-@jit
-def finish_stats(s1, s2, shift, n, eps):
-    m = s1 / n
-    v = s2 / n - m * m
-    if v < 0.0:  # rounding; NaN stays NaN
-        v = 0.0
-    return shift + m, v, 1.0 / math.sqrt(v + eps)
+channel_shift = jit(_scalar.channel_shift)
+finish_stats = jit(_scalar.finish_stats)
+grad_coefficients = jit(_scalar.grad_coefficients)
 
 
 @jit
@@ -75,7 +62,7 @@ def _forward_per_channel(x, weight, bias, eps, y, mean, var, invstd):
     outer, C, inner = x.shape
     n = outer * inner
     for c in nb.prange(C):
-        shift = channel_shift(x[0, c, 0])
+        shift = channel_shift(np.float64(x[0, c, 0]))
         s1 = 0.0
         s2 = 0.0
         for o in range(outer):
@@ -130,7 +117,7 @@ def _forward_chunked(x, weight, bias, eps, y, mean, var, invstd, n_chunks):
     n = outer * inner
     shifts = np.empty(C)
     for c in range(C):
-        shifts[c] = channel_shift(x[0, c, 0])
+        shifts[c] = channel_shift(np.float64(x[0, c, 0]))
     if inner == 1:
         part = _rows_sums(x.reshape((outer, C)), shifts, n_chunks)
     else:
@@ -163,9 +150,7 @@ def _backward_per_channel(dy, x, mean, invstd, weight, training, dx, dweight, db
             d += b
         dbias[c] = s
         dweight[c] = d * invstd[c]
-        ca = invstd[c] * weight[c]
-        cb = -d * invstd[c] * invstd[c] * ca / n if training else 0.0
-        cc = -s / n * ca if training else 0.0
+        ca, cb, cc = grad_coefficients(s, d, invstd[c], weight[c], n, training)
         for o in range(outer):
             run_grad_input(dy, x, dx, o, c, mean[c], ca, cb, cc)
 
@@ -213,9 +198,7 @@ def _backward_chunked(dy, x, mean, invstd, weight, training, dx, dweight, dbias,
             d += part[k, 1, c]
         dbias[c] = s
         dweight[c] = d * invstd[c]
-        ca[c] = invstd[c] * weight[c]
-        cb[c] = -d * invstd[c] * invstd[c] * ca[c] / n if training else 0.0
-        cc[c] = -s / n * ca[c] if training else 0.0
+        ca[c], cb[c], cc[c] = grad_coefficients(s, d, invstd[c], weight[c], n, training)
     if inner == 1:
         _rows_grad_input(dy.reshape((outer, C)), x.reshape((outer, C)), dx.reshape((outer, C)),
                          mean, ca, cb, cc, n_chunks)

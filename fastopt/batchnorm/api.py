@@ -9,6 +9,7 @@ import numpy as np
 from .. import _dispatch
 from .._threads import get_num_threads
 from .._validate import (
+    as_device_array,
     as_float_array,
     as_param,
     check_all_finite,
@@ -54,8 +55,8 @@ def _prefer(outer: int, channels: int, inner: int) -> str:
     return "cython"
 
 
-def _check_x(x: object, name: str = "x") -> np.ndarray:
-    arr = as_float_array(x, name)
+def _check_x(x: object, name: str = "x"):
+    arr = as_device_array(x, name) if _dispatch.is_cuda_array(x) else as_float_array(x, name)
     if arr.ndim < 2:
         raise ValueError(
             f"{name}: expected at least 2 dimensions (N, C, ...), got shape {arr.shape}"
@@ -67,7 +68,7 @@ def _check_x(x: object, name: str = "x") -> np.ndarray:
 
 def _check_out_alias(out: np.ndarray | None, *inputs: np.ndarray) -> None:
     """out= may be exactly an input (in place) but must not partially overlap one."""
-    if out is None:
+    if out is None or not isinstance(out, np.ndarray):
         return
     for arr in inputs:
         if np.may_share_memory(out, arr):
@@ -131,8 +132,12 @@ def batch_norm_forward(
     check_finite : bool
         Raise ``ValueError`` if x holds NaN or Inf (by default they propagate within their
         channel, as in PyTorch).
-    backend : {"auto", "cython", "numba", "numpy"}
-        Kernel implementation; "auto" picks the faster compiled one for the layout.
+    backend : {"auto", "cython", "numba", "numpy", "cuda"}
+        Kernel implementation; "auto" picks the faster compiled one for the layout, and
+        "cuda" for device arrays (anything with ``__cuda_array_interface__``). With device
+        input, y, mean and invstd are device arrays, while weight, bias and the running
+        statistics stay host numpy arrays (C values, copied per call). ``backend="cuda"`` with
+        host input copies x to the device and the results back.
 
     Returns
     -------
@@ -180,11 +185,14 @@ def batch_norm_forward(
         )
     if not training and rm is None:
         raise ValueError("running_mean/running_var: required when training=False")
-    out = check_out(out, x.shape, x.dtype)
+    out = _check_out(out, x)
     _check_out_alias(out, x)
     if check_finite:
-        check_all_finite(x, "x")
-    name = _dispatch.resolve(FAMILY, backend, prefer=lambda: _prefer(outer, channels, inner))
+        check_all_finite(_host(x), "x")
+    name = _resolve(backend, x, outer, channels, inner)
+    if name == "cuda":
+        return _forward_cuda(x, w64, b64, outer, channels, inner, training, rm, rv, momentum, eps,
+                             out)
 
     y = np.empty_like(x) if out is None else out
     x3 = x.reshape(outer, channels, inner)
@@ -200,10 +208,7 @@ def batch_norm_forward(
             kernels.forward_train(x3, w64, b64, eps, y3, mean, var, invstd,
                                   plan.per_channel, plan.n_chunks, plan.n_threads)
         if rm is not None:
-            rm *= 1.0 - momentum
-            rm += (momentum * mean).astype(rm.dtype)
-            rv *= 1.0 - momentum
-            rv += (momentum * var * (n / (n - 1))).astype(rv.dtype)
+            _update_running(rm, rv, mean, var, momentum, n)
     else:
         mean = rm.astype(np.float64)
         invstd = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
@@ -212,6 +217,92 @@ def batch_norm_forward(
         else:
             kernels.forward_eval(x3, mean, invstd * w64, b64, y3, plan.n_chunks, plan.n_threads)
     return BatchNormOutput(y, mean.astype(x.dtype), invstd.astype(x.dtype))
+
+
+def _update_running(rm, rv, mean, var, momentum: float, n: int) -> None:
+    rm *= 1.0 - momentum
+    rm += (momentum * mean).astype(rm.dtype)
+    rv *= 1.0 - momentum
+    rv += (momentum * var * (n / (n - 1))).astype(rv.dtype)
+
+
+def _host(arr):
+    return arr.copy_to_host() if _dispatch.is_cuda_array(arr) else arr
+
+
+def _check_out(out, x):
+    """out= for host x (numpy, checked by check_out) or device x (device array, same checks)."""
+    if not _dispatch.is_cuda_array(x) or out is None:
+        return check_out(out, x.shape, x.dtype)
+    if not _dispatch.is_cuda_array(out):
+        raise TypeError("out: must be a device array when x is one")
+    out = as_device_array(out, "out")
+    if out.shape != x.shape or out.dtype != x.dtype:
+        raise ValueError(f"out: expected shape {x.shape} and dtype {x.dtype}, got {out.shape} "
+                         f"and {out.dtype}")
+    return out
+
+
+def _resolve(backend: str, x, outer: int, channels: int, inner: int) -> str:
+    device = _dispatch.is_cuda_array(x)
+    name = _dispatch.resolve(FAMILY, backend, prefer=lambda: _prefer(outer, channels, inner),
+                             cuda_input=device, supported=("cython", "numba", "numpy", "cuda"))
+    if device and name != "cuda":
+        raise ValueError(f"backend: {backend!r} runs on the CPU but x is a device array; use "
+                         "backend='cuda' or 'auto', or copy x to the host")
+    return name
+
+
+def _to_device(arr):
+    from numba import cuda
+
+    return arr if _dispatch.is_cuda_array(arr) else cuda.to_device(arr)
+
+
+def _forward_cuda(x, w64, b64, outer, channels, inner, training, rm, rv, momentum, eps, out):
+    from numba import cuda
+
+    kernels = _dispatch.load(FAMILY, "cuda")
+    host = not _dispatch.is_cuda_array(x)
+    xd = _to_device(x)
+    yd = cuda.device_array(x.shape, x.dtype) if out is None or host else out
+    x3, y3 = xd.reshape(outer, channels, inner), yd.reshape(outer, channels, inner)
+    if training:
+        mean, var, invstd = (a.copy_to_host() for a in kernels.forward_train(x3, w64, b64, eps, y3))
+        if rm is not None:
+            _update_running(rm, rv, mean, var, momentum, outer * inner)
+    else:
+        mean = rm.astype(np.float64)
+        invstd = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
+        kernels.forward_eval(x3, mean, invstd * w64, b64, y3)
+    mean, invstd = mean.astype(x.dtype), invstd.astype(x.dtype)
+    if host:
+        y = yd.copy_to_host() if out is None else _copy_into(out, yd)
+        return BatchNormOutput(y, mean, invstd)
+    return BatchNormOutput(yd, cuda.to_device(mean), cuda.to_device(invstd))
+
+
+def _copy_into(out: np.ndarray, device_array) -> np.ndarray:
+    out[...] = device_array.copy_to_host()
+    return out
+
+
+def _backward_cuda(dy, x, mean64, invstd64, w64, outer, channels, inner, training, out,
+                   dtype) -> BatchNormGrads:
+    from numba import cuda
+
+    kernels = _dispatch.load(FAMILY, "cuda")
+    host = not _dispatch.is_cuda_array(x)
+    xd, gd = _to_device(x), _to_device(dy)
+    dxd = cuda.device_array(x.shape, dtype) if out is None or host else out
+    shape3 = (outer, channels, inner)
+    dweight, dbias = kernels.backward(gd.reshape(*shape3), xd.reshape(*shape3), mean64, invstd64,
+                                      w64, training, dxd.reshape(*shape3))
+    dweight, dbias = dweight.copy_to_host().astype(dtype), dbias.copy_to_host().astype(dtype)
+    if host:
+        dx = dxd.copy_to_host() if out is None else _copy_into(out, dxd)
+        return BatchNormGrads(dx, dweight, dbias)
+    return BatchNormGrads(dxd, cuda.to_device(dweight), cuda.to_device(dbias))
 
 
 def _stat(value: object, name: str, channels: int) -> np.ndarray:
@@ -258,8 +349,8 @@ def batch_norm_backward(
         Whether the forward pass used batch statistics.
     out : ndarray, optional
         Destination for dx; may be dy itself.
-    backend : {"auto", "cython", "numba", "numpy"}
-        Kernel implementation.
+    backend : {"auto", "cython", "numba", "numpy", "cuda"}
+        Kernel implementation ("cuda" for device arrays, as in :func:`batch_norm_forward`).
 
     Returns
     -------
@@ -278,19 +369,24 @@ def batch_norm_backward(
     """
     x = _check_x(x)
     dy = _check_x(dy, "dy")
+    if _dispatch.is_cuda_array(dy) != _dispatch.is_cuda_array(x):
+        raise TypeError("dy and x: give both as device arrays or both as host arrays")
     if dy.shape != x.shape:
         raise ValueError(f"dy: shape {dy.shape} does not match x's shape {x.shape}")
     if dy.dtype != x.dtype:
         raise ValueError(f"dy: dtype {dy.dtype} does not match x's dtype {x.dtype}")
     ax = normalize_axis(axis, x.ndim)
     outer, channels, inner = _view3(x.shape, ax)
-    mean64 = _stat(mean, "mean", channels)
-    invstd64 = _stat(invstd, "invstd", channels)
+    mean64 = _stat(_host(mean), "mean", channels)
+    invstd64 = _stat(_host(invstd), "invstd", channels)
     w = as_param(weight, "weight", channels, x.dtype)
     w64 = np.ones(channels) if w is None else w.astype(np.float64)
-    out = check_out(out, x.shape, x.dtype)
+    out = _check_out(out, x)
     _check_out_alias(out, x, dy)
-    name = _dispatch.resolve(FAMILY, backend, prefer=lambda: _prefer(outer, channels, inner))
+    name = _resolve(backend, x, outer, channels, inner)
+    if name == "cuda":
+        return _backward_cuda(dy, x, mean64, invstd64, w64, outer, channels, inner,
+                              bool(training), out, x.dtype)
 
     dx = np.empty_like(x) if out is None else out
     x3 = x.reshape(outer, channels, inner)

@@ -1,0 +1,37 @@
+"""Scalar helpers shared by the Numba CPU kernels and the numba.cuda kernels.
+
+Plain Python functions of float64 scalars: ``_numba.py`` wraps them with ``njit`` and ``_cuda.py``
+with ``cuda.jit(device=True)``, so the two targets cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def channel_shift(first: float) -> float:
+    """Shift for a channel's float64 sums: its first value, unless that is NaN/Inf.
+
+    Summing ``x - shift`` keeps the variance of float32 data with a large offset; a non-finite
+    shift would poison the sums beyond what the data does (an Inf channel gets mean Inf, as in
+    PyTorch).
+    """
+    return first if math.isfinite(first) else 0.0
+
+
+def finish_stats(s1: float, s2: float, shift: float, n: float, eps: float):
+    """(mean, biased var, invstd) from shifted sums ``s1 = sum(x - shift)``, ``s2 = sum(.**2)``."""
+    m = s1 / n
+    v = s2 / n - m * m
+    if v < 0.0:  # rounding; NaN stays NaN
+        v = 0.0
+    return shift + m, v, 1.0 / math.sqrt(v + eps)
+
+
+def grad_coefficients(s: float, d: float, invstd: float, weight: float, n: float, training: bool):
+    """(a, b, c) with ``dx = dy * a + (x - mean) * b + c`` from ``s = sum(dy)``,
+    ``d = sum((x - mean) * dy)``; in eval mode the statistics are constants (b = c = 0)."""
+    a = invstd * weight
+    if not training:
+        return a, 0.0, 0.0
+    return a, -d * invstd * invstd * a / n, -s / n * a
