@@ -1,0 +1,284 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Cython kernels of the spectra family (OpenMP, GIL released).
+
+Kernels never validate (``fastopt.spectral.api`` does) and write only their output arguments.
+Shapes: ``W`` is a C-contiguous stack ``(B, n, m)``; ``active`` lists the matrices to process
+(int64 indices into the stack), so a batched solver can stop work on converged matrices.
+Reductions accumulate in float64. Work is split into a fixed number of chunks that depends only
+on ``n_threads`` and the shape, and partial sums are combined in chunk order: results are
+deterministic for a given thread count.
+"""
+
+cimport cython
+from cython.parallel cimport prange
+
+cdef extern from *:
+    """
+    #include <string.h>
+    #include <math.h>
+    /* One row-wise pass over rows [r0, r1) of a row-major (n, m) matrix W:
+       t[i] = W[i, :] . x   and   acc += t[i] * W[i, :]   (acc: float64, zeroed here).
+       Each row is read from memory once and reused from L1/L2 for the second product. */
+    /* Reductions: products are summed in the input type T in 32 independent lanes (so the
+       FMA latency does not bound the loop and float32 runs 16 lanes per AVX-512 register) for
+       at most FO_BLOCK columns (8 products per lane), then flushed into float64 sums in a fixed
+       order: float64 accumulation at float32 speed. */
+    #define FO_LANES 32
+    #define FO_BLOCK 256
+    #define FO_DOT(NAME, T)                                                                 \
+    static inline double NAME(const T *a, const T *x, Py_ssize_t m) {                      \
+        double s = 0.0;                                                                     \
+        Py_ssize_t j = 0;                                                                   \
+        while (j < m) {                                                                     \
+            Py_ssize_t je = (j + FO_BLOCK < m) ? j + FO_BLOCK : m;                          \
+            T p[FO_LANES] = {0};                                                            \
+            for (; j + FO_LANES <= je; j += FO_LANES) {                                     \
+                _Pragma("omp simd")                                                         \
+                for (int k = 0; k < FO_LANES; ++k) p[k] += a[j + k] * x[j + k];             \
+            }                                                                               \
+            for (; j < je; ++j) p[0] += a[j] * x[j];                                        \
+            for (int k = 0; k < FO_LANES; ++k) s += (double)p[k];                           \
+        }                                                                                   \
+        return s;                                                                           \
+    }
+    FO_DOT(fo_dot_f, float)
+    FO_DOT(fo_dot_d, double)
+
+    /* One row-wise pass over rows [r0, r1) of a row-major (n, m) matrix W:
+       t[i] = W[i, :] . x   and   acc += t[i] * W[i, :]   (acc: float64, zeroed here).
+       Rows go 4 at a time: their products are first added in T (4 terms), then into acc, so
+       acc is read and written once per 4 rows; the 4 rows are still in L1 for the second use. */
+    #define FO_WTWV_ROWS(NAME, T, DOT)                                                      \
+    static void NAME(const T *W, const T *x, T *t, double *acc,                             \
+                     Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t m) {                         \
+        memset(acc, 0, (size_t)m * sizeof(double));                                         \
+        Py_ssize_t i = r0;                                                                  \
+        for (; i + 4 <= r1; i += 4) {                                                       \
+            const T *a0 = W + i * m, *a1 = a0 + m, *a2 = a1 + m, *a3 = a2 + m;              \
+            double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;                                  \
+            Py_ssize_t j = 0;                                                               \
+            while (j < m) {                                                                 \
+                Py_ssize_t je = (j + FO_BLOCK < m) ? j + FO_BLOCK : m;                      \
+                T p0[16] = {0}, p1[16] = {0}, p2[16] = {0}, p3[16] = {0};                   \
+                for (; j + 16 <= je; j += 16) {                                             \
+                    _Pragma("omp simd")                                                     \
+                    for (int k = 0; k < 16; ++k) {                                          \
+                        T xj = x[j + k];                                                    \
+                        p0[k] += a0[j + k] * xj; p1[k] += a1[j + k] * xj;                   \
+                        p2[k] += a2[j + k] * xj; p3[k] += a3[j + k] * xj;                   \
+                    }                                                                       \
+                }                                                                           \
+                for (; j < je; ++j) {                                                       \
+                    T xj = x[j];                                                            \
+                    p0[0] += a0[j] * xj; p1[0] += a1[j] * xj;                               \
+                    p2[0] += a2[j] * xj; p3[0] += a3[j] * xj;                               \
+                }                                                                           \
+                for (int k = 0; k < 16; ++k) {                                              \
+                    s0 += (double)p0[k]; s1 += (double)p1[k];                               \
+                    s2 += (double)p2[k]; s3 += (double)p3[k];                               \
+                }                                                                           \
+            }                                                                               \
+            t[i] = (T)s0; t[i + 1] = (T)s1; t[i + 2] = (T)s2; t[i + 3] = (T)s3;             \
+            const T c0 = (T)s0, c1 = (T)s1, c2 = (T)s2, c3 = (T)s3;                         \
+            _Pragma("omp simd")                                                             \
+            for (Py_ssize_t jj = 0; jj < m; ++jj)                                           \
+                acc[jj] += (double)(c0 * a0[jj] + c1 * a1[jj] + c2 * a2[jj] + c3 * a3[jj]); \
+        }                                                                                   \
+        for (; i < r1; ++i) {                                                               \
+            const T *row = W + i * m;                                                       \
+            double s = DOT(row, x, m);                                                      \
+            t[i] = (T)s;                                                                    \
+            _Pragma("omp simd")                                                             \
+            for (Py_ssize_t j = 0; j < m; ++j) acc[j] += s * (double)row[j];                \
+        }                                                                                   \
+    }
+    FO_WTWV_ROWS(fo_wtwv_rows_f, float, fo_dot_f)
+    FO_WTWV_ROWS(fo_wtwv_rows_d, double, fo_dot_d)
+
+    /* Two passes of classical Gram-Schmidt of w against the k rows of V (row-major, (k, m)):
+       h[0:k] += coefficients (float64); returns ||w|| after (float64). */
+    #define FO_ORTH(NAME, T, DOT)                                                           \
+    static double NAME(const T *V, Py_ssize_t k, Py_ssize_t m, T *w, double *h) {           \
+        for (int pass = 0; pass < 2; ++pass) {                                              \
+            for (Py_ssize_t r = 0; r < k; ++r) {                                            \
+                double c = DOT(V + r * m, w, m);                                            \
+                h[r] += c;                                                                  \
+                h[k + r] = c;  /* scratch: this pass's coefficients */                      \
+            }                                                                               \
+            for (Py_ssize_t r = 0; r < k; ++r) {                                            \
+                const T c = (T)h[k + r];                                                    \
+                const T *row = V + r * m;                                                   \
+                _Pragma("omp simd")                                                         \
+                for (Py_ssize_t j = 0; j < m; ++j) w[j] -= c * row[j];                      \
+            }                                                                               \
+        }                                                                                   \
+        return sqrt(DOT(w, w, m));                                                          \
+    }
+    FO_ORTH(fo_orth_f, float, fo_dot_f)
+    FO_ORTH(fo_orth_d, double, fo_dot_d)
+
+    #define FO_MATVEC_ROWS(NAME, T, DOT)                                                    \
+    static void NAME(const T *W, const T *x, T *y, Py_ssize_t r0, Py_ssize_t r1,            \
+                     Py_ssize_t m) {                                                        \
+        for (Py_ssize_t i = r0; i < r1; ++i) y[i] = (T)DOT(W + i * m, x, m);                \
+    }
+    FO_MATVEC_ROWS(fo_matvec_rows_f, float, fo_dot_f)
+    FO_MATVEC_ROWS(fo_matvec_rows_d, double, fo_dot_d)
+
+    /* Streaming read floor: sum of all values (float64 accumulation). */
+    #define FO_SUM(NAME, T)                                                                 \\
+    static double NAME(const T *a, Py_ssize_t r0, Py_ssize_t r1) {                          \\
+        double s = 0.0;                                                                     \\
+        _Pragma("omp simd reduction(+:s) simdlen(32)")                                                  \\
+        for (Py_ssize_t j = r0; j < r1; ++j) s += (double)a[j];                             \\
+        return s;                                                                           \\
+    }
+    FO_SUM(fo_sum_f, float)
+    FO_SUM(fo_sum_d, double)
+    """
+    void fo_wtwv_rows_f(const float *W, const float *x, float *t, double *acc,
+                        Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t m) noexcept nogil
+    void fo_wtwv_rows_d(const double *W, const double *x, double *t, double *acc,
+                        Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t m) noexcept nogil
+    void fo_matvec_rows_f(const float *W, const float *x, float *y,
+                          Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t m) noexcept nogil
+    void fo_matvec_rows_d(const double *W, const double *x, double *y,
+                          Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t m) noexcept nogil
+    double fo_orth_f(const float *V, Py_ssize_t k, Py_ssize_t m, float *w,
+                     double *h) noexcept nogil
+    double fo_orth_d(const double *V, Py_ssize_t k, Py_ssize_t m, double *w,
+                     double *h) noexcept nogil
+    double fo_sum_f(const float *a, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
+    double fo_sum_d(const double *a, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
+
+
+ctypedef fused real:
+    float
+    double
+
+
+cdef inline void _wtwv_rows(const real *W, const real *x, real *t, double *acc,
+                            Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t m) noexcept nogil:
+    if real is float:
+        fo_wtwv_rows_f(W, x, t, acc, r0, r1, m)
+    else:
+        fo_wtwv_rows_d(W, x, t, acc, r0, r1, m)
+
+
+cdef inline void _matvec_rows(const real *W, const real *x, real *y,
+                              Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t m) noexcept nogil:
+    if real is float:
+        fo_matvec_rows_f(W, x, y, r0, r1, m)
+    else:
+        fo_matvec_rows_d(W, x, y, r0, r1, m)
+
+
+def n_chunks(Py_ssize_t n_rows, int n_threads):
+    """Number of row chunks (and rows of ``work``) the single-matrix path of :func:`wtwv` uses."""
+    return max(1, min(n_threads, n_rows))
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def wtwv(const real[:, :, ::1] W, const real[:, ::1] x, real[:, ::1] t, real[:, ::1] y,
+         const long long[::1] active, double[:, ::1] work, int n_threads):
+    """Fused ``t[b] = W[b] @ x[b]`` and ``y[b] = W[b].T @ t[b]`` for ``b`` in ``active``.
+
+    One row-wise pass over each ``W[b]``: every row is read once and used for both products.
+    ``work`` is float64 scratch of shape ``(max(len(active), n_chunks(n, n_threads)), m)``.
+    With at least ``n_threads`` active matrices, threads take whole matrices; otherwise each
+    matrix is split into ``n_chunks`` row blocks whose partial ``y`` are added in block order.
+    """
+    cdef Py_ssize_t nact = active.shape[0], n = W.shape[1], m = W.shape[2]
+    cdef Py_ssize_t a, b, c, j, k, nch
+    cdef double s
+    if nact == 0 or n == 0 or m == 0:
+        return
+    nch = n_chunks(n, n_threads)
+    with nogil:
+        if nact >= n_threads or nch == 1:
+            for a in prange(nact, num_threads=n_threads, schedule="static", chunksize=1):
+                b = active[a]
+                _wtwv_rows(&W[b, 0, 0], &x[b, 0], &t[b, 0], &work[a, 0], 0, n, m)
+                for j in range(m):
+                    y[b, j] = <real>work[a, j]
+        else:
+            for a in range(nact):
+                b = active[a]
+                for c in prange(nch, num_threads=n_threads, schedule="static", chunksize=1):
+                    _wtwv_rows(&W[b, 0, 0], &x[b, 0], &t[b, 0], &work[c, 0],
+                               (c * n) // nch, ((c + 1) * n) // nch, m)
+                for j in prange(m, num_threads=n_threads, schedule="static"):
+                    s = 0.0
+                    for k in range(nch):
+                        s = s + work[k, j]
+                    y[b, j] = <real>s
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def matvec(const real[:, :, ::1] W, const real[:, ::1] x, real[:, ::1] y,
+           const long long[::1] active, int n_threads):
+    """``y[b] = W[b] @ x[b]`` for ``b`` in ``active`` (rows in parallel; no cross-thread sums)."""
+    cdef Py_ssize_t nact = active.shape[0], n = W.shape[1], m = W.shape[2]
+    cdef Py_ssize_t a, b, c, nch, total
+    if nact == 0 or n == 0:
+        return
+    nch = n_chunks(n, n_threads)
+    total = nact * nch
+    with nogil:
+        for c in prange(total, num_threads=n_threads, schedule="static"):
+            a = c // nch
+            b = active[a]
+            _matvec_rows(&W[b, 0, 0], &x[b, 0], &y[b, 0],
+                         ((c % nch) * n) // nch, (((c % nch) + 1) * n) // nch, m)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def orth_step(real[:, :, ::1] V, Py_ssize_t j, real[:, ::1] w, double[:, ::1] h,
+              double[::1] beta, const long long[::1] active, int n_threads):
+    """Full reorthogonalization step of a Lanczos/Arnoldi basis, for ``b`` in ``active``.
+
+    Two classical Gram-Schmidt passes of ``w[b]`` against ``V[b, :j+1]``; ``h[b, :j+1]``
+    receives the summed coefficients (``h`` has at least ``2 * (j + 1)`` columns: the rest is
+    scratch), ``beta[b] = ||w[b]||`` afterwards and ``V[b, j+1] = w[b] / beta[b]`` (left
+    unchanged when ``beta[b] == 0``). Matrices run in parallel; each is serial (deterministic).
+    """
+    cdef Py_ssize_t nact = active.shape[0], m = V.shape[2], k = j + 1
+    cdef Py_ssize_t a, b, i
+    cdef double nrm
+    cdef real inv
+    if nact == 0:
+        return
+    with nogil:
+        for a in prange(nact, num_threads=n_threads, schedule="static", chunksize=1):
+            b = active[a]
+            for i in range(2 * k):
+                h[b, i] = 0.0
+            if real is float:
+                nrm = fo_orth_f(&V[b, 0, 0], k, m, &w[b, 0], &h[b, 0])
+            else:
+                nrm = fo_orth_d(&V[b, 0, 0], k, m, &w[b, 0], &h[b, 0])
+            beta[b] = nrm
+            if nrm > 0 and k < V.shape[1]:
+                inv = <real>(1.0 / nrm)
+                for i in range(m):
+                    V[b, k, i] = w[b, i] * inv
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def read_floor(const real[::1] a, int n_threads):
+    """Sum of ``a`` read once in parallel: the read-bandwidth floor of a pass over ``W``."""
+    cdef Py_ssize_t size = a.shape[0], c, nch = max(1, n_threads)
+    cdef double total = 0.0
+    if size == 0:
+        return 0.0
+    with nogil:
+        for c in prange(nch, num_threads=n_threads, schedule="static", chunksize=1):
+            if real is float:
+                total += fo_sum_f(&a[0], (c * size) // nch, ((c + 1) * size) // nch)
+            else:
+                total += fo_sum_d(&a[0], (c * size) // nch, ((c + 1) * size) // nch)
+    return total

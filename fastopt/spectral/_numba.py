@@ -1,0 +1,183 @@
+"""Numba kernels of the spectra family (same names and arguments as ``_cython``).
+
+Plain loops, compiled lazily on first call (``cache=True``, no eager signatures: one
+specialization per dtype). Reductions accumulate in float64 and are split into a fixed number of
+chunks that depends only on ``n_threads``; partial sums are combined in chunk order, so results
+are deterministic for a given thread count. The wrappers call
+:func:`fastopt._threads.apply_numba_threads` before every parallel kernel.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from .._threads import apply_numba_threads
+
+_FAST = {"reassoc", "contract"}  # lets LLVM vectorize the float64 reductions; no NaN assumptions
+
+
+def n_chunks(n_rows: int, n_threads: int) -> int:
+    """Number of row chunks (and rows of ``work``) the single-matrix path of :func:`wtwv` uses."""
+    return max(1, min(int(n_threads), int(n_rows)))
+
+
+@nb.njit(cache=True, fastmath=_FAST, nogil=True)
+def _dot(a, x):  # pragma: no cover - compiled
+    """Dot product: products summed in the input type over blocks of 256, blocks in float64."""
+    m = a.shape[0]
+    s = 0.0
+    for jb in range(0, m, 256):
+        p = a[0] * x[0] * 0  # input type (float32 stays float32 inside a block)
+        for j in range(jb, min(jb + 256, m)):
+            p += a[j] * x[j]
+        s += np.float64(p)
+    return s
+
+
+@nb.njit(cache=True, fastmath=_FAST, nogil=True)
+def _wtwv_rows(W, x, t, acc, r0, r1):  # pragma: no cover - compiled
+    m = W.shape[1]
+    for j in range(m):
+        acc[j] = 0.0
+    for i in range(r0, r1):
+        row = W[i]
+        s = _dot(row, x)
+        t[i] = s
+        for j in range(m):
+            acc[j] += s * np.float64(row[j])
+
+
+@nb.njit(cache=True, parallel=True, fastmath=_FAST, nogil=True)
+def _wtwv_batch(W, x, t, y, active, work):  # pragma: no cover - compiled
+    nact = active.shape[0]
+    n = W.shape[1]
+    m = W.shape[2]
+    for a in nb.prange(nact):
+        b = active[a]
+        _wtwv_rows(W[b], x[b], t[b], work[a], 0, n)
+        for j in range(m):
+            y[b, j] = work[a, j]
+
+
+@nb.njit(cache=True, parallel=True, fastmath=_FAST, nogil=True)
+def _wtwv_split(W, x, t, y, active, work, nch):  # pragma: no cover - compiled
+    n = W.shape[1]
+    m = W.shape[2]
+    for a in range(active.shape[0]):
+        b = active[a]
+        Wb = W[b]
+        for c in nb.prange(nch):
+            _wtwv_rows(Wb, x[b], t[b], work[c], (c * n) // nch, ((c + 1) * n) // nch)
+        for j in nb.prange(m):
+            s = 0.0
+            for k in range(nch):
+                s += work[k, j]
+            y[b, j] = s
+
+
+@nb.njit(cache=True, parallel=True, fastmath=_FAST, nogil=True)
+def _matvec(W, x, y, active, nch):  # pragma: no cover - compiled
+    n = W.shape[1]
+    total = active.shape[0] * nch
+    for c in nb.prange(total):
+        b = active[c // nch]
+        k = c % nch
+        xb = x[b]
+        for i in range((k * n) // nch, ((k + 1) * n) // nch):
+            y[b, i] = _dot(W[b, i], xb)
+
+
+@nb.njit(cache=True, parallel=True, fastmath=_FAST, nogil=True)
+def _orth(V, j, w, h, beta, active):  # pragma: no cover - compiled
+    k = j + 1
+    m = V.shape[2]
+    for a in nb.prange(active.shape[0]):
+        b = active[a]
+        Vb = V[b]
+        wb = w[b]
+        for i in range(2 * k):
+            h[b, i] = 0.0
+        for _ in range(2):
+            for r in range(k):
+                c = _dot(Vb[r], wb)
+                h[b, r] += c
+                h[b, k + r] = c
+            for r in range(k):
+                c = h[b, k + r]
+                row = Vb[r]
+                for i in range(m):
+                    wb[i] -= c * row[i]
+        nrm = np.sqrt(_dot(wb, wb))
+        beta[b] = nrm
+        if nrm > 0 and k < V.shape[1]:
+            inv = 1.0 / nrm
+            for i in range(m):
+                Vb[k, i] = wb[i] * inv
+
+
+@nb.njit(cache=True, parallel=True, fastmath=_FAST, nogil=True)
+def _read_floor(a, nch):  # pragma: no cover - compiled
+    size = a.shape[0]
+    part = np.zeros(nch)
+    for c in nb.prange(nch):
+        s = 0.0
+        for j in range((c * size) // nch, ((c + 1) * size) // nch):
+            s += np.float64(a[j])
+        part[c] = s
+    total = 0.0
+    for c in range(nch):
+        total += part[c]
+    return total
+
+
+def wtwv(W, x, t, y, active, work, n_threads):
+    """Fused ``t[b] = W[b] @ x[b]`` and ``y[b] = W[b].T @ t[b]`` for ``b`` in ``active``.
+
+    One row-wise pass over each ``W[b]`` (each row read once, used for both products). ``work`` is
+    float64 scratch of shape ``(max(len(active), n_chunks(n, n_threads)), m)``.
+    """
+    if active.shape[0] == 0 or W.shape[1] == 0 or W.shape[2] == 0:
+        return
+    n_threads = apply_numba_threads() if n_threads > 1 else _serial()
+    nch = n_chunks(W.shape[1], n_threads)
+    if active.shape[0] >= n_threads or nch == 1:
+        _wtwv_batch(W, x, t, y, active, work)
+    else:
+        _wtwv_split(W, x, t, y, active, work, nch)
+
+
+def matvec(W, x, y, active, n_threads):
+    """``y[b] = W[b] @ x[b]`` for ``b`` in ``active`` (rows in parallel; no cross-thread sums)."""
+    if active.shape[0] == 0 or W.shape[1] == 0:
+        return
+    n_threads = apply_numba_threads() if n_threads > 1 else _serial()
+    _matvec(W, x, y, active, n_chunks(W.shape[1], n_threads))
+
+
+def orth_step(V, j, w, h, beta, active, n_threads):
+    """Full reorthogonalization step of a Lanczos/Arnoldi basis, for ``b`` in ``active``.
+
+    Two classical Gram-Schmidt passes of ``w[b]`` against ``V[b, :j+1]``; ``h[b, :j+1]`` receives
+    the summed coefficients (columns beyond are scratch), ``beta[b] = ||w[b]||`` afterwards and
+    ``V[b, j+1] = w[b] / beta[b]`` (unchanged when ``beta[b] == 0``). Matrices run in parallel.
+    """
+    if active.shape[0] == 0:
+        return
+    if n_threads > 1:
+        apply_numba_threads()
+    else:
+        _serial()
+    _orth(V, j, w, h, beta, active)
+
+
+def read_floor(a, n_threads):
+    """Sum of ``a`` read once in parallel: the read-bandwidth floor of a pass over ``W``."""
+    n_threads = apply_numba_threads() if n_threads > 1 else _serial()
+    return float(_read_floor(a, max(1, n_threads)))
+
+
+def _serial() -> int:
+    if nb.get_num_threads() != 1:
+        nb.set_num_threads(1)
+    return 1
