@@ -3,11 +3,15 @@ spectral-norm state for training, Lanczos for symmetric operators (see ``docs/sp
 
 from .api import RadiusResult, SpectralResult, spectral_norm, spectral_radius
 from .lanczos import LanczosResult, lanczos_extremes
+from .training import GradientFlow, SpectralNormState, gradient_flow
 
 __all__ = [
+    "GradientFlow",
     "LanczosResult",
     "RadiusResult",
+    "SpectralNormState",
     "SpectralResult",
+    "gradient_flow",
     "lanczos_extremes",
     "spectral_norm",
     "spectral_radius",

@@ -501,7 +501,7 @@ def spectral_radius(
     >>> from fastopt import spectral_radius
     >>> R = np.array([[0.0, -2.0], [2.0, 0.0]])       # eigenvalues +-2i
     >>> res = spectral_radius(R)
-    >>> res.value, res.eigenvalue, res.converged
+    >>> round(res.value, 12), complex(np.round(res.eigenvalue, 12)), res.converged
     (2.0, 2j, True)
     >>> W = np.random.default_rng(0).standard_normal((400, 400)) / 20
     >>> res = spectral_radius(W)
