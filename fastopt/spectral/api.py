@@ -163,7 +163,7 @@ def _lanczos_norm(W3, kern, tol, maxiter, v0):
     eps = np.finfo(dtype).eps
     j = 0
     total = 0
-    next_check = min(8, ncv)
+    next_check = 1
     while True:
         np.copyto(x, V[:, j]) if B > 1 else None
         xin = V[:, j] if B == 1 else x
@@ -195,7 +195,8 @@ def _lanczos_norm(W3, kern, tol, maxiter, v0):
             if done.all() or out_of_budget:
                 break
             active = np.flatnonzero(~done).astype(np.int64)
-            next_check = j + 1 + max(2, (j + 1) // 8)
+            # eigh of T costs O(j^3): check every step at first (warm starts), then sparser
+            next_check = j + 1 + (1 if j + 1 < 4 else max(2, (j + 1) // 8))
             if full:  # thick restart: keep the `keep` largest Ritz vectors of every matrix
                 Y = evecs[:, :, -keep:]  # (B, ncv, keep)
                 V[:, :keep] = np.matmul(Y.transpose(0, 2, 1).astype(dtype), V[:, :ncv])
