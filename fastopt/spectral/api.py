@@ -106,6 +106,15 @@ def _as_stack(W: object, name: str = "W", *, square: bool = False) -> tuple[np.n
     return (arr if batched else arr[None]), batched
 
 
+# Below this many matrix entries per pass, one thread is faster than waking a team (and a team
+# of spinning threads competes with BLAS on a busy machine).
+_PARALLEL_MIN_ENTRIES = 1 << 17
+
+
+def _threads_for(entries: int) -> int:
+    return get_num_threads() if entries >= _PARALLEL_MIN_ENTRIES else 1
+
+
 def _maxiter(maxiter: object, default: int) -> int:
     return default if maxiter is None else check_int(maxiter, "maxiter", minimum=1)
 
@@ -139,7 +148,7 @@ def _lanczos_norm(W3, kern, tol, maxiter, v0):
     """Largest eigenpair of W^T W per matrix. Returns theta, residual, iterations, converged, Y."""
     B, n, m = W3.shape
     dtype = W3.dtype
-    nt = get_num_threads()
+    nt = _threads_for(W3.size)
     ncv = min(m, _LANCZOS_NCV)
     keep = min(_LANCZOS_KEEP, max(1, ncv - 2))
     V = np.zeros((B, ncv + 1, m), dtype=dtype)
@@ -290,7 +299,7 @@ def spectral_norm(
             nrm = np.linalg.norm(vb)
             v[b] = vb / nrm if nrm > 0 else V[b, 0]
         u = np.empty((B, n), dtype=W3.dtype)
-        kern.matvec(W3, v, u, np.arange(B, dtype=np.int64), get_num_threads())
+        kern.matvec(W3, v, u, np.arange(B, dtype=np.int64), _threads_for(W3.size))
         un = np.linalg.norm(u.astype(np.float64), axis=1)
         for b in range(B):
             if un[b] > 0:
@@ -352,7 +361,7 @@ def _arnoldi_radius(W1, kern, tol, maxiter, seed=0):
     """
     n = W1.shape[1]
     dtype = W1.dtype
-    nt = get_num_threads()
+    nt = _threads_for(W1.size)
     ncv = min(n - 1, _ARNOLDI_NCV)
     nev = min(_ARNOLDI_NEV, max(1, ncv // 3))
     keep_target = min(nev + (ncv - nev) // 2, ncv - 2)
@@ -424,7 +433,7 @@ def _bracket(W1, kern, tol):
 
     n = W1.shape[1]
     dtype = W1.dtype
-    nt = get_num_threads()
+    nt = _threads_for(W1.size)
     x = np.random.default_rng(1).standard_normal((1, n)).astype(dtype)
     x /= np.linalg.norm(x)
     t = np.empty((1, n), dtype=dtype)
