@@ -38,7 +38,7 @@ def test_wtwv_matches_reference(shape, dtype, backend, n_threads):
     active = np.arange(B, dtype=np.int64)[::2].copy()  # every other matrix
     t = np.full((B, n), 7, dtype)
     y = np.full((B, m), 7, dtype)
-    work = np.empty((max(B, k.n_chunks(n, n_threads)), m))
+    work = np.empty(k.work_shape(len(active), n, m, n_threads))
     k.wtwv(W, x, t, y, active, work, n_threads)
     tr = np.zeros((B, n))
     yr = np.zeros((B, m))

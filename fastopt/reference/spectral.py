@@ -15,6 +15,11 @@ def n_chunks(n_rows: int, n_threads: int) -> int:
     return max(1, min(int(n_threads), int(n_rows)))
 
 
+def work_shape(n_active: int, n: int, m: int, n_threads: int) -> tuple[int, int]:
+    """Shape of the float64 ``work`` array :func:`wtwv` needs (same as the Cython kernel's)."""
+    return (max(int(n_active), n_chunks(n, n_threads)), 2 * int(m))
+
+
 def wtwv(W, x, t, y, active, work, n_threads):
     """``t[b] = W[b] @ x[b]``, ``y[b] = W[b].T @ t[b]`` for ``b`` in ``active`` (float64 sums)."""
     for b in np.asarray(active):

@@ -16,74 +16,107 @@ cdef extern from *:
     """
     #include <string.h>
     #include <math.h>
-    /* One row-wise pass over rows [r0, r1) of a row-major (n, m) matrix W:
-       t[i] = W[i, :] . x   and   acc += t[i] * W[i, :]   (acc: float64, zeroed here).
-       Each row is read from memory once and reused from L1/L2 for the second product. */
-    /* Reductions: products are summed in the input type T in 32 independent lanes (so the
-       FMA latency does not bound the loop and float32 runs 16 lanes per AVX-512 register) for
-       at most FO_BLOCK columns (8 products per lane), then flushed into float64 sums in a fixed
-       order: float64 accumulation at float32 speed. */
-    #define FO_LANES 32
-    #define FO_BLOCK 256
+    /* Reductions: products are summed in the input type T in FO_LANES independent lanes (the
+       FMA latency does not bound the loop; float32 runs 16 lanes per AVX-512 register) over at
+       most FO_BLOCK columns (FO_BLOCK / FO_LANES products per lane), then the lanes are added
+       into float64 lanes (vectorized) and those summed in a fixed order at the end: float64
+       accumulation at float32 speed. */
+    #define FO_LANES 64
+    #define FO_BLOCK 1024
     #define FO_DOT(NAME, T)                                                                 \
     static inline double NAME(const T *a, const T *x, Py_ssize_t m) {                      \
+        double pd[FO_LANES] = {0};                                                          \
         double s = 0.0;                                                                     \
         Py_ssize_t j = 0;                                                                   \
-        while (j < m) {                                                                     \
+        while (j + FO_LANES <= m) {                                                         \
             Py_ssize_t je = (j + FO_BLOCK < m) ? j + FO_BLOCK : m;                          \
             T p[FO_LANES] = {0};                                                            \
             for (; j + FO_LANES <= je; j += FO_LANES) {                                     \
                 _Pragma("omp simd")                                                         \
                 for (int k = 0; k < FO_LANES; ++k) p[k] += a[j + k] * x[j + k];             \
             }                                                                               \
-            for (; j < je; ++j) p[0] += a[j] * x[j];                                        \
-            for (int k = 0; k < FO_LANES; ++k) s += (double)p[k];                           \
+            _Pragma("omp simd")                                                             \
+            for (int k = 0; k < FO_LANES; ++k) pd[k] += (double)p[k];                       \
         }                                                                                   \
+        for (; j < m; ++j) s += (double)a[j] * (double)x[j];                                \
+        for (int k = 0; k < FO_LANES; ++k) s += pd[k];                                      \
         return s;                                                                           \
     }
     FO_DOT(fo_dot_f, float)
     FO_DOT(fo_dot_d, double)
 
+    /* Four dot products a_r . x sharing the loads of x (same lane scheme as FO_DOT). */
+    #define FO_DOT4(NAME, T)                                                                \
+    static inline void NAME(const T *a0, const T *a1, const T *a2, const T *a3,            \
+                            const T *x, Py_ssize_t m, double *o0, double *o1, double *o2,  \
+                            double *o3) {                                                   \
+        double d0[16] = {0}, d1[16] = {0}, d2[16] = {0}, d3[16] = {0};              \
+        double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;                          \
+        Py_ssize_t j = 0;                                           \
+        while (j + 16 <= m) {                                           \
+            Py_ssize_t je = (j + FO_BLOCK < m) ? j + FO_BLOCK : m;                  \
+            T p0[16] = {0}, p1[16] = {0}, p2[16] = {0}, p3[16] = {0};               \
+            for (; j + 16 <= je; j += 16) {                                 \
+                _Pragma("omp simd")                                     \
+                for (int k = 0; k < 16; ++k) {                              \
+                T xj = x[j + k];                                    \
+                p0[k] += a0[j + k] * xj; p1[k] += a1[j + k] * xj;               \
+                p2[k] += a2[j + k] * xj; p3[k] += a3[j + k] * xj;               \
+                }                                                   \
+            }                                                   \
+            _Pragma("omp simd")                                         \
+            for (int k = 0; k < 16; ++k) {                                  \
+                d0[k] += (double)p0[k]; d1[k] += (double)p1[k];                 \
+                d2[k] += (double)p2[k]; d3[k] += (double)p3[k];                 \
+            }                                                   \
+        }                                                       \
+        for (; j < m; ++j) {                                        \
+            double xj = (double)x[j];                                   \
+            s0 += (double)a0[j] * xj; s1 += (double)a1[j] * xj;                 \
+            s2 += (double)a2[j] * xj; s3 += (double)a3[j] * xj;                 \
+        }                                                       \
+        for (int k = 0; k < 16; ++k) { s0 += d0[k]; s1 += d1[k]; s2 += d2[k]; s3 += d3[k]; } \
+        *o0 = s0; *o1 = s1; *o2 = s2; *o3 = s3;                                             \
+    }
+    FO_DOT4(fo_dot4_f, float)
+    FO_DOT4(fo_dot4_d, double)
+
+
     /* One row-wise pass over rows [r0, r1) of a row-major (n, m) matrix W:
        t[i] = W[i, :] . x   and   acc += t[i] * W[i, :]   (acc: float64, zeroed here).
        Rows go 4 at a time: their products are first added in T (4 terms), then into acc, so
        acc is read and written once per 4 rows; the 4 rows are still in L1 for the second use. */
-    #define FO_WTWV_ROWS(NAME, T, DOT)                                                      \
-    static void NAME(const T *W, const T *x, T *t, double *acc,                             \
+    /* acc_t (m values of T) gathers 4 rows' products in T; it is flushed into the float64
+       acc every FO_FLUSH rows, so the float64 sums are touched once per FO_FLUSH rows. */
+    #define FO_FLUSH 16
+    #define FO_WTWV_ROWS(NAME, T, DOT, DOT4)                                                \
+    static void NAME(const T *W, const T *x, T *t, double *acc, T *acc_t,                   \
                      Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t m) {                         \
         memset(acc, 0, (size_t)m * sizeof(double));                                         \
+        memset(acc_t, 0, (size_t)m * sizeof(T));                                            \
         Py_ssize_t i = r0;                                                                  \
+        int pending = 0;                                                                    \
         for (; i + 4 <= r1; i += 4) {                                                       \
             const T *a0 = W + i * m, *a1 = a0 + m, *a2 = a1 + m, *a3 = a2 + m;              \
-            double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;                                  \
-            Py_ssize_t j = 0;                                                               \
-            while (j < m) {                                                                 \
-                Py_ssize_t je = (j + FO_BLOCK < m) ? j + FO_BLOCK : m;                      \
-                T p0[16] = {0}, p1[16] = {0}, p2[16] = {0}, p3[16] = {0};                   \
-                for (; j + 16 <= je; j += 16) {                                             \
-                    _Pragma("omp simd")                                                     \
-                    for (int k = 0; k < 16; ++k) {                                          \
-                        T xj = x[j + k];                                                    \
-                        p0[k] += a0[j + k] * xj; p1[k] += a1[j + k] * xj;                   \
-                        p2[k] += a2[j + k] * xj; p3[k] += a3[j + k] * xj;                   \
-                    }                                                                       \
-                }                                                                           \
-                for (; j < je; ++j) {                                                       \
-                    T xj = x[j];                                                            \
-                    p0[0] += a0[j] * xj; p1[0] += a1[j] * xj;                               \
-                    p2[0] += a2[j] * xj; p3[0] += a3[j] * xj;                               \
-                }                                                                           \
-                for (int k = 0; k < 16; ++k) {                                              \
-                    s0 += (double)p0[k]; s1 += (double)p1[k];                               \
-                    s2 += (double)p2[k]; s3 += (double)p3[k];                               \
-                }                                                                           \
-            }                                                                               \
+            double s0, s1, s2, s3;                                                          \
+            DOT4(a0, a1, a2, a3, x, m, &s0, &s1, &s2, &s3);                                 \
             t[i] = (T)s0; t[i + 1] = (T)s1; t[i + 2] = (T)s2; t[i + 3] = (T)s3;             \
             const T c0 = (T)s0, c1 = (T)s1, c2 = (T)s2, c3 = (T)s3;                         \
             _Pragma("omp simd")                                                             \
             for (Py_ssize_t jj = 0; jj < m; ++jj)                                           \
-                acc[jj] += (double)(c0 * a0[jj] + c1 * a1[jj] + c2 * a2[jj] + c3 * a3[jj]); \
+                acc_t[jj] += c0 * a0[jj] + c1 * a1[jj] + c2 * a2[jj] + c3 * a3[jj];         \
+            pending += 4;                                                                   \
+            if (pending >= FO_FLUSH) {                                                      \
+                _Pragma("omp simd")                                                         \
+                for (Py_ssize_t jj = 0; jj < m; ++jj) {                                     \
+                    acc[jj] += (double)acc_t[jj];                                           \
+                    acc_t[jj] = 0;                                                          \
+                }                                                                           \
+                pending = 0;                                                                \
+            }                                                                               \
         }                                                                                   \
+        _Pragma("omp simd")                                                                 \
+        for (Py_ssize_t jj = 0; jj < m; ++jj) acc[jj] += (double)acc_t[jj];                 \
         for (; i < r1; ++i) {                                                               \
             const T *row = W + i * m;                                                       \
             double s = DOT(row, x, m);                                                      \
@@ -92,8 +125,8 @@ cdef extern from *:
             for (Py_ssize_t j = 0; j < m; ++j) acc[j] += s * (double)row[j];                \
         }                                                                                   \
     }
-    FO_WTWV_ROWS(fo_wtwv_rows_f, float, fo_dot_f)
-    FO_WTWV_ROWS(fo_wtwv_rows_d, double, fo_dot_d)
+    FO_WTWV_ROWS(fo_wtwv_rows_f, float, fo_dot_f, fo_dot4_f)
+    FO_WTWV_ROWS(fo_wtwv_rows_d, double, fo_dot_d, fo_dot4_d)
 
     /* Two passes of classical Gram-Schmidt of w against the k rows of V (row-major, (k, m)):
        h[0:k] += coefficients (float64); returns ||w|| after (float64). */
@@ -117,29 +150,48 @@ cdef extern from *:
     FO_ORTH(fo_orth_f, float, fo_dot_f)
     FO_ORTH(fo_orth_d, double, fo_dot_d)
 
-    #define FO_MATVEC_ROWS(NAME, T, DOT)                                                    \
+    #define FO_MATVEC_ROWS(NAME, T, DOT, DOT4)                                              \
     static void NAME(const T *W, const T *x, T *y, Py_ssize_t r0, Py_ssize_t r1,            \
                      Py_ssize_t m) {                                                        \
-        for (Py_ssize_t i = r0; i < r1; ++i) y[i] = (T)DOT(W + i * m, x, m);                \
+        Py_ssize_t i = r0;                                                                  \
+        for (; i + 4 <= r1; i += 4) {                                                       \
+            double s0, s1, s2, s3;                                                          \
+            const T *a0 = W + i * m;                                                        \
+            DOT4(a0, a0 + m, a0 + 2 * m, a0 + 3 * m, x, m, &s0, &s1, &s2, &s3);             \
+            y[i] = (T)s0; y[i + 1] = (T)s1; y[i + 2] = (T)s2; y[i + 3] = (T)s3;             \
+        }                                                                                   \
+        for (; i < r1; ++i) y[i] = (T)DOT(W + i * m, x, m);                                 \
     }
-    FO_MATVEC_ROWS(fo_matvec_rows_f, float, fo_dot_f)
-    FO_MATVEC_ROWS(fo_matvec_rows_d, double, fo_dot_d)
+    FO_MATVEC_ROWS(fo_matvec_rows_f, float, fo_dot_f, fo_dot4_f)
+    FO_MATVEC_ROWS(fo_matvec_rows_d, double, fo_dot_d, fo_dot4_d)
 
-    /* Streaming read floor: sum of all values (float64 accumulation). */
-    #define FO_SUM(NAME, T)                                                                 \\
-    static double NAME(const T *a, Py_ssize_t r0, Py_ssize_t r1) {                          \\
-        double s = 0.0;                                                                     \\
-        _Pragma("omp simd reduction(+:s) simdlen(32)")                                                  \\
-        for (Py_ssize_t j = r0; j < r1; ++j) s += (double)a[j];                             \\
-        return s;                                                                           \\
+    /* Streaming read floor: sum of all values, same lane scheme as FO_DOT (one read each). */
+    #define FO_SUM(NAME, T)                                                                 \
+    static double NAME(const T *a, Py_ssize_t r0, Py_ssize_t r1) {                          \
+        double pd[FO_LANES] = {0};                                                          \
+        double s = 0.0;                                                                     \
+        Py_ssize_t j = r0;                                                                  \
+        while (j + FO_LANES <= r1) {                                                        \
+            Py_ssize_t je = (j + FO_BLOCK < r1) ? j + FO_BLOCK : r1;                        \
+            T p[FO_LANES] = {0};                                                            \
+            for (; j + FO_LANES <= je; j += FO_LANES) {                                     \
+                _Pragma("omp simd")                                                         \
+                for (int k = 0; k < FO_LANES; ++k) p[k] += a[j + k];                        \
+            }                                                                               \
+            _Pragma("omp simd")                                                             \
+            for (int k = 0; k < FO_LANES; ++k) pd[k] += (double)p[k];                       \
+        }                                                                                   \
+        for (; j < r1; ++j) s += (double)a[j];                                              \
+        for (int k = 0; k < FO_LANES; ++k) s += pd[k];                                      \
+        return s;                                                                           \
     }
     FO_SUM(fo_sum_f, float)
     FO_SUM(fo_sum_d, double)
     """
-    void fo_wtwv_rows_f(const float *W, const float *x, float *t, double *acc,
+    void fo_wtwv_rows_f(const float *W, const float *x, float *t, double *acc, float *acc_t,
                         Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t m) noexcept nogil
     void fo_wtwv_rows_d(const double *W, const double *x, double *t, double *acc,
-                        Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t m) noexcept nogil
+                        double *acc_t, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t m) noexcept nogil
     void fo_matvec_rows_f(const float *W, const float *x, float *y,
                           Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t m) noexcept nogil
     void fo_matvec_rows_d(const double *W, const double *x, double *y,
@@ -159,10 +211,11 @@ ctypedef fused real:
 
 cdef inline void _wtwv_rows(const real *W, const real *x, real *t, double *acc,
                             Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t m) noexcept nogil:
+    # acc is a row of ``work`` (2 * m float64): [0, m) float64 sums, then m values of real
     if real is float:
-        fo_wtwv_rows_f(W, x, t, acc, r0, r1, m)
+        fo_wtwv_rows_f(W, x, t, acc, <float *>(acc + m), r0, r1, m)
     else:
-        fo_wtwv_rows_d(W, x, t, acc, r0, r1, m)
+        fo_wtwv_rows_d(W, x, t, acc, <double *>(acc + m), r0, r1, m)
 
 
 cdef inline void _matvec_rows(const real *W, const real *x, real *y,
@@ -178,6 +231,11 @@ def n_chunks(Py_ssize_t n_rows, int n_threads):
     return max(1, min(n_threads, n_rows))
 
 
+def work_shape(Py_ssize_t n_active, Py_ssize_t n, Py_ssize_t m, int n_threads):
+    """Shape of the float64 ``work`` array :func:`wtwv` needs."""
+    return (max(n_active, n_chunks(n, n_threads)), 2 * m)
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def wtwv(const real[:, :, ::1] W, const real[:, ::1] x, real[:, ::1] t, real[:, ::1] y,
@@ -185,7 +243,7 @@ def wtwv(const real[:, :, ::1] W, const real[:, ::1] x, real[:, ::1] t, real[:, 
     """Fused ``t[b] = W[b] @ x[b]`` and ``y[b] = W[b].T @ t[b]`` for ``b`` in ``active``.
 
     One row-wise pass over each ``W[b]``: every row is read once and used for both products.
-    ``work`` is float64 scratch of shape ``(max(len(active), n_chunks(n, n_threads)), m)``.
+    ``work`` is float64 scratch of shape :func:`work_shape` ``(len(active), n, m, n_threads)``.
     With at least ``n_threads`` active matrices, threads take whole matrices; otherwise each
     matrix is split into ``n_chunks`` row blocks whose partial ``y`` are added in block order.
     """
@@ -197,7 +255,8 @@ def wtwv(const real[:, :, ::1] W, const real[:, ::1] x, real[:, ::1] t, real[:, 
     nch = n_chunks(n, n_threads)
     with nogil:
         if nact >= n_threads or nch == 1:
-            for a in prange(nact, num_threads=n_threads, schedule="static", chunksize=1):
+            for a in prange(nact, num_threads=min(n_threads, nact), schedule="static",
+                            chunksize=1):
                 b = active[a]
                 _wtwv_rows(&W[b, 0, 0], &x[b, 0], &t[b, 0], &work[a, 0], 0, n, m)
                 for j in range(m):
@@ -208,7 +267,7 @@ def wtwv(const real[:, :, ::1] W, const real[:, ::1] x, real[:, ::1] t, real[:, 
                 for c in prange(nch, num_threads=n_threads, schedule="static", chunksize=1):
                     _wtwv_rows(&W[b, 0, 0], &x[b, 0], &t[b, 0], &work[c, 0],
                                (c * n) // nch, ((c + 1) * n) // nch, m)
-                for j in prange(m, num_threads=n_threads, schedule="static"):
+                for j in range(m):  # serial: a second parallel region costs more than this
                     s = 0.0
                     for k in range(nch):
                         s = s + work[k, j]
@@ -252,7 +311,7 @@ def orth_step(real[:, :, ::1] V, Py_ssize_t j, real[:, ::1] w, double[:, ::1] h,
     if nact == 0:
         return
     with nogil:
-        for a in prange(nact, num_threads=n_threads, schedule="static", chunksize=1):
+        for a in prange(nact, num_threads=min(n_threads, nact), schedule="static", chunksize=1):
             b = active[a]
             for i in range(2 * k):
                 h[b, i] = 0.0

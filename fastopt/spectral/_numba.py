@@ -131,11 +131,16 @@ def _read_floor(a, nch):  # pragma: no cover - compiled
     return total
 
 
+def work_shape(n_active: int, n: int, m: int, n_threads: int) -> tuple[int, int]:
+    """Shape of the float64 ``work`` array :func:`wtwv` needs (same as the Cython kernel's)."""
+    return (max(int(n_active), n_chunks(n, n_threads)), 2 * int(m))
+
+
 def wtwv(W, x, t, y, active, work, n_threads):
     """Fused ``t[b] = W[b] @ x[b]`` and ``y[b] = W[b].T @ t[b]`` for ``b`` in ``active``.
 
     One row-wise pass over each ``W[b]`` (each row read once, used for both products). ``work`` is
-    float64 scratch of shape ``(max(len(active), n_chunks(n, n_threads)), m)``.
+    float64 scratch of shape :func:`work_shape` ``(len(active), n, m, n_threads)``.
     """
     if active.shape[0] == 0 or W.shape[1] == 0 or W.shape[2] == 0:
         return
