@@ -57,6 +57,10 @@ cdef extern from *:
             Py_ssize_t je = (j + FO_BLOCK < m) ? j + FO_BLOCK : m;                  \
             T p0[16] = {0}, p1[16] = {0}, p2[16] = {0}, p3[16] = {0};               \
             for (; j + 16 <= je; j += 16) {                                 \
+                /* the next 4 rows (contiguous after a3) are read next: prefetch them */ \
+                const char *nx = (const char *)(a3 + m + 4 * j);                       \
+                for (int q = 0; q < (int)(4 * 16 * sizeof(T)); q += 64)                 \
+                    __builtin_prefetch(nx + q, 0, 1);                                    \
                 _Pragma("omp simd")                                     \
                 for (int k = 0; k < 16; ++k) {                              \
                 T xj = x[j + k];                                    \
