@@ -108,7 +108,7 @@ def test_kernels_do_not_compile_at_import():
     code = (
         "import fastopt, fastopt.spectral._numba as k; "
         "print(sum(len(f.signatures) for f in (k._dot, k._wtwv_rows, k._wtwv_batch, "
-        "k._wtwv_split, k._matvec, k._orth, k._read_floor)))"
+        "k._wtwv_split, k._matvec, k._orth, k._read_floor, k._sum)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0"  # nothing compiled (or loaded from cache) at import

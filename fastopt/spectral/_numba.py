@@ -22,16 +22,24 @@ def n_chunks(n_rows: int, n_threads: int) -> int:
     return max(1, min(int(n_threads), int(n_rows)))
 
 
-@nb.njit(cache=True, fastmath=_FAST, nogil=True)
+_BLOCK = 256  # products summed in the input type per lane within a block, blocks in float64
+
+
+@nb.njit(cache=True, fastmath=_FAST, nogil=True, boundscheck=False)
 def _dot(a, x):  # pragma: no cover - compiled
-    """Dot product: products summed in the input type over blocks of 256, blocks in float64."""
+    """Dot product: products summed in the input type over blocks of 256 (a fixed trip count,
+    so LLVM vectorizes the reduction), block sums added in float64 in order."""
     m = a.shape[0]
+    nblk = m // _BLOCK
     s = 0.0
-    for jb in range(0, m, 256):
-        p = a[0] * x[0] * 0  # input type (float32 stays float32 inside a block)
-        for j in range(jb, min(jb + 256, m)):
-            p += a[j] * x[j]
+    for blk in range(nblk):
+        o = blk * _BLOCK
+        p = a[o] * x[o] * 0  # input type: float32 stays float32 inside a block
+        for j in range(_BLOCK):
+            p += a[o + j] * x[o + j]
         s += np.float64(p)
+    for j in range(nblk * _BLOCK, m):
+        s += np.float64(a[j]) * np.float64(x[j])
     return s
 
 
@@ -116,15 +124,27 @@ def _orth(V, j, w, h, beta, active):  # pragma: no cover - compiled
                 Vb[k, i] = wb[i] * inv
 
 
+@nb.njit(cache=True, fastmath=_FAST, nogil=True, boundscheck=False)
+def _sum(a, r0, r1):  # pragma: no cover - compiled
+    nblk = (r1 - r0) // _BLOCK
+    s = 0.0
+    for blk in range(nblk):
+        o = r0 + blk * _BLOCK
+        p = a[o] * np.float32(0.0)  # input type
+        for j in range(_BLOCK):
+            p += a[o + j]
+        s += np.float64(p)
+    for j in range(r0 + nblk * _BLOCK, r1):
+        s += np.float64(a[j])
+    return s
+
+
 @nb.njit(cache=True, parallel=True, fastmath=_FAST, nogil=True)
 def _read_floor(a, nch):  # pragma: no cover - compiled
     size = a.shape[0]
     part = np.zeros(nch)
     for c in nb.prange(nch):
-        s = 0.0
-        for j in range((c * size) // nch, ((c + 1) * size) // nch):
-            s += np.float64(a[j])
-        part[c] = s
+        part[c] = _sum(a, (c * size) // nch, ((c + 1) * size) // nch)
     total = 0.0
     for c in range(nch):
         total += part[c]
