@@ -377,6 +377,7 @@ def _arnoldi_radius(W1, kern, tol, maxiter, seed=0):
     eps = np.finfo(dtype).eps
     k = 0
     mv = 0
+    hscale = 1e-300  # running estimate of ||H|| for the invariant-subspace test
     while True:
         invariant = False
         j = k
@@ -387,7 +388,7 @@ def _arnoldi_radius(W1, kern, tol, maxiter, seed=0):
             H[: j + 1, j] = hbuf[0, : j + 1]
             beta = float(beta_buf[0])
             H[j + 1, j] = beta
-            hscale = max(float(np.abs(H[: j + 2, : j + 1]).max()), 1e-300)
+            hscale = max(hscale, beta, abs(float(H[j, j])))
             if beta <= 16 * eps * hscale:  # invariant subspace: the Ritz values are exact
                 invariant = True
                 break
@@ -401,8 +402,16 @@ def _arnoldi_radius(W1, kern, tol, maxiter, seed=0):
         err = res * cond
         scale = float(np.abs(ev[0]))
         want = min(nev, ev.size)
-        # every wanted value converged to tol, and none of the unconverged ones can be larger
-        conv = err[:want] <= tol * scale
+        # The dominant value must be accurate to tol. The other wanted values must be resolved
+        # well enough (error <= sqrt(tol)) to be certainly smaller in modulus, or accurate to
+        # tol themselves (near-ties): then none of them can be the dominant one.
+        mods = np.abs(ev[:want])
+        accurate = err[:want] <= tol * scale
+        below = (err[:want] <= np.sqrt(tol) * scale) & (
+            mods + err[:want] < scale - err[0] - tol * scale
+        )
+        conv = accurate | below
+        conv[0] = accurate[0]
         if invariant or conv.all() or scale == 0:
             return scale, complex(ev[0]), mv, True
         if mv >= maxiter:
