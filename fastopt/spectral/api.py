@@ -173,20 +173,24 @@ def _lanczos_norm(W3, kern, tol, maxiter, v0):
     j = 0
     total = 0
     next_check = 1
+    scale = np.full(B, tiny)  # running max |alpha|: the scale of W^T W seen so far
+    last = None  # (j, worst relative residual) at the previous convergence check
     while True:
-        np.copyto(x, V[:, j]) if B > 1 else None
-        xin = V[:, j] if B == 1 else x
+        if B > 1:
+            np.copyto(x, V[:, j])
+            xin = x
+        else:
+            xin = V[:, j]
         kern.wtwv(W3, xin, tbuf, w, active, work, nt)
         kern.orth_step(V, j, w, hbuf, beta, active, nt)  # also sets V[:, j + 1] = w / beta
         total += 1
-        iters[active] += 1
         hh = hbuf[:, : j + 1]
         T[:, : j + 1, j] = hh
         T[:, j, : j + 1] = hh
         T[:, j + 1, j] = beta
         T[:, j, j + 1] = beta
-        scale_est = np.maximum(np.abs(T[:, np.arange(j + 1), np.arange(j + 1)]).max(axis=1), tiny)
-        invariant = beta <= 16 * eps * scale_est
+        np.maximum(scale, np.abs(hbuf[:, j]), out=scale)
+        invariant = beta <= 16 * eps * scale
         full = j + 1 == ncv
         out_of_budget = total >= maxiter
         if full or out_of_budget or j + 1 >= next_check or (invariant & ~done).any():
@@ -200,12 +204,21 @@ def _lanczos_norm(W3, kern, tol, maxiter, v0):
                 resid[b] = 0.0 if invariant[b] or th[b] <= tiny else rel[b]
                 coef[b] = evecs[b, :, -1].copy()
                 size[b] = j + 1
+                iters[b] = total
             done |= conv_now
             if done.all() or out_of_budget:
                 break
             active = np.flatnonzero(~done).astype(np.int64)
-            # eigh of T costs O(j^3): check every step at first (warm starts), then sparser
-            next_check = j + 1 + (1 if j + 1 < 4 else max(2, (j + 1) // 8))
+            # eigh of T costs O(j^3): check every step at first (warm starts), then where the
+            # residual's recent rate of decrease predicts convergence (at most j/4 steps ahead)
+            worst = float(rel[~done].max())
+            step = 1 if j + 1 < 4 else max(2, (j + 1) // 8)
+            if last is not None and j > last[0] and 0 < worst < last[1]:
+                q = (worst / last[1]) ** (1.0 / (j - last[0]))
+                predicted = int(np.ceil(np.log(tol / worst) / np.log(q)))
+                step = min(max(predicted, 1), max(2, (j + 1) // 4))
+            last = (j, worst)
+            next_check = j + 1 + step
             if full:  # thick restart: keep the `keep` largest Ritz vectors of every matrix
                 Y = evecs[:, :, -keep:]  # (B, ncv, keep)
                 V[:, :keep] = np.matmul(Y.transpose(0, 2, 1).astype(dtype), V[:, :ncv])
@@ -218,6 +231,7 @@ def _lanczos_norm(W3, kern, tol, maxiter, v0):
                 T[:, :keep, keep] = b_coupling
                 j = keep
                 next_check = j + 2
+                last = None
                 continue
         j += 1
     converged = done.copy()
