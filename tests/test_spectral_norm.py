@@ -186,3 +186,16 @@ def test_deterministic_and_backends_agree(backend):
 def test_bad_input(W, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         spectral_norm(W, **kwargs)
+
+
+def test_vectors_of_early_finisher_survive_a_restart_of_the_batch():
+    slow = _with_singular_values(300, 300, np.sqrt(np.linspace(1, 0, 300)), 4)  # > 64 steps
+    fast = np.diag(np.r_[2.0, np.ones(299)])  # converges in a few steps
+    W = np.stack([fast, slow])
+    res = spectral_norm(W, tol=1e-10, return_vectors=True)
+    assert res.converged.all() and res.iterations[1] > 64 > res.iterations[0]
+    for b in range(2):
+        s, u, v = res.value[b], res.u[b], res.v[b]
+        assert np.linalg.norm(W[b] @ v - s * u) <= 1e-8 * s
+        assert np.linalg.norm(W[b].T @ u - s * v) <= 1e-4 * s
+    np.testing.assert_allclose(res.value, truth(W), rtol=1e-10)

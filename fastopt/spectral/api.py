@@ -106,9 +106,13 @@ def _as_stack(W: object, name: str = "W", *, square: bool = False) -> tuple[np.n
     return (arr if batched else arr[None]), batched
 
 
-# Below this many matrix entries per pass, one thread is faster than waking a team (and a team
-# of spinning threads competes with BLAS on a busy machine).
-_PARALLEL_MIN_ENTRIES = 1 << 17
+# The Krylov solvers run their kernels on one thread below this many matrix entries per pass
+# (8M: e.g. 2896 x 2896, or 128 x 256 x 256). Measured on the 2-core development machine: one
+# pass over an L3-resident W is ~1.7x faster on 2 threads in isolation, but inside the solver
+# loop the OpenMP team's spin-wait competes with numpy/OpenBLAS calls (eigh, matmul) and
+# with other processes, and whole solves ran 1.1-4x slower on 2 threads than on one.
+# Kernels called directly always use the thread count they are given.
+_PARALLEL_MIN_ENTRIES = 1 << 23
 
 
 def _threads_for(entries: int) -> int:
@@ -144,8 +148,12 @@ def _start_vectors(v0: object, B: int, m: int, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
-def _lanczos_norm(W3, kern, tol, maxiter, v0):
-    """Largest eigenpair of W^T W per matrix. Returns theta, residual, iterations, converged, Y."""
+def _lanczos_norm(W3, kern, tol, maxiter, v0, want_vectors):
+    """Largest eigenpair of W^T W per matrix.
+
+    Returns theta, relative residual, iterations, converged and (if ``want_vectors``) the Ritz
+    vectors (float64, unnormalized rows) computed when each matrix stopped.
+    """
     B, n, m = W3.shape
     dtype = W3.dtype
     nt = _threads_for(W3.size)
@@ -165,8 +173,7 @@ def _lanczos_norm(W3, kern, tol, maxiter, v0):
     resid = np.full(B, np.inf)
     iters = np.zeros(B, dtype=np.int64)
     done = np.zeros(B, dtype=bool)
-    coef = [None] * B  # Ritz vector coefficients (in the basis V[b, :size]) at convergence
-    size = np.zeros(B, dtype=np.int64)
+    vecs = np.zeros((B, m)) if want_vectors else None
     active = np.arange(B, dtype=np.int64)
     tiny = np.finfo(np.float64).tiny
     eps = np.finfo(dtype).eps
@@ -194,7 +201,12 @@ def _lanczos_norm(W3, kern, tol, maxiter, v0):
         full = j + 1 == ncv
         out_of_budget = total >= maxiter
         if full or out_of_budget or j + 1 >= next_check or (invariant & ~done).any():
-            evals, evecs = np.linalg.eigh(T[:, : j + 1, : j + 1])
+            if full or active.size == B:
+                evals, evecs = np.linalg.eigh(T[:, : j + 1, : j + 1])
+            else:  # only the matrices still iterating (done ones keep their results)
+                evals = np.zeros((B, j + 1))
+                evecs = np.zeros((B, j + 1, j + 1))
+                evals[active], evecs[active] = np.linalg.eigh(T[active, : j + 1, : j + 1])
             th = evals[:, -1]
             r = np.abs(beta * evecs[:, -1, -1])
             rel = np.where(th > 0, r / np.maximum(th, tiny), 0.0)
@@ -202,21 +214,22 @@ def _lanczos_norm(W3, kern, tol, maxiter, v0):
             for b in np.flatnonzero(conv_now | (~done & out_of_budget)):
                 theta[b] = max(th[b], 0.0)
                 resid[b] = 0.0 if invariant[b] or th[b] <= tiny else rel[b]
-                coef[b] = evecs[b, :, -1].copy()
-                size[b] = j + 1
+                if want_vectors:  # before a restart can rotate the basis
+                    vecs[b] = evecs[b, :, -1] @ V[b, : j + 1].astype(np.float64)
                 iters[b] = total
             done |= conv_now
             if done.all() or out_of_budget:
                 break
             active = np.flatnonzero(~done).astype(np.int64)
-            # eigh of T costs O(j^3): check every step at first (warm starts), then where the
-            # residual's recent rate of decrease predicts convergence (at most j/4 steps ahead)
+            # eigh of T costs O(j^3) per matrix: check at steps 1 and 2 (warm starts), then
+            # where the residual's recent rate of decrease predicts convergence (at most j/3
+            # steps ahead, so a poor prediction overshoots by a third at worst)
             worst = float(rel[~done].max())
-            step = 1 if j + 1 < 4 else max(2, (j + 1) // 8)
+            step = 1 if j + 1 < 2 else max(2, (j + 1) // 4)
             if last is not None and j > last[0] and 0 < worst < last[1]:
                 q = (worst / last[1]) ** (1.0 / (j - last[0]))
                 predicted = int(np.ceil(np.log(tol / worst) / np.log(q)))
-                step = min(max(predicted, 1), max(2, (j + 1) // 4))
+                step = min(max(predicted, 1), max(2, (j + 1) // 3))
             last = (j, worst)
             next_check = j + 1 + step
             if full:  # thick restart: keep the `keep` largest Ritz vectors of every matrix
@@ -234,8 +247,7 @@ def _lanczos_norm(W3, kern, tol, maxiter, v0):
                 last = None
                 continue
         j += 1
-    converged = done.copy()
-    return theta, resid, iters, converged, coef, size, V
+    return theta, resid, iters, done.copy(), vecs
 
 
 def spectral_norm(
@@ -303,15 +315,18 @@ def spectral_norm(
     W3, batched = _as_stack(W)
     B, n, m = W3.shape
     kern = _kernels(backend)
-    theta, resid, iters, conv, coef, size, V = _lanczos_norm(W3, kern, tol, maxiter, v0)
+    theta, resid, iters, conv, vecs = _lanczos_norm(W3, kern, tol, maxiter, v0, return_vectors)
     value = np.sqrt(theta)
     u = v = None
     if return_vectors:
         v = np.empty((B, m), dtype=W3.dtype)
         for b in range(B):
-            vb = coef[b].astype(np.float64) @ V[b, : size[b]].astype(np.float64)
-            nrm = np.linalg.norm(vb)
-            v[b] = vb / nrm if nrm > 0 else V[b, 0]
+            nrm = np.linalg.norm(vecs[b])
+            if nrm > 0:
+                v[b] = vecs[b] / nrm
+            else:  # cannot happen for a unit start vector; keep a unit vector anyway
+                v[b] = 0
+                v[b, 0] = 1
         u = np.empty((B, n), dtype=W3.dtype)
         kern.matvec(W3, v, u, np.arange(B, dtype=np.int64), _threads_for(W3.size))
         un = np.linalg.norm(u.astype(np.float64), axis=1)
