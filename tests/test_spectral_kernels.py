@@ -108,7 +108,32 @@ def test_kernels_do_not_compile_at_import():
     code = (
         "import fastopt, fastopt.spectral._numba as k; "
         "print(sum(len(f.signatures) for f in (k._dot, k._wtwv_rows, k._wtwv_batch, "
-        "k._wtwv_split, k._matvec, k._orth, k._read_floor, k._sum)))"
+        "k._wtwv_split, k._matvec, k._orth, k._read_floor, k._sum, k._tridiag_top)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0"  # nothing compiled (or loaded from cache) at import
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tridiag_top_matches_eigh(backend):
+    k = kernels(backend)
+    rng = np.random.default_rng(4)
+    for K, offdiag in [(1, 1.0), (2, 1.0), (9, 1.0), (40, 1e-3), (60, 1e-9), (25, 0.0)]:
+        B = 4
+        alpha = rng.standard_normal((B, K + 1)) * 3
+        beta = np.abs(rng.standard_normal((B, K + 1))) * offdiag
+        theta = np.zeros(B)
+        s2 = np.zeros(B)
+        active = np.array([0, 1, 3], dtype=np.int64)
+        k.tridiag_top(alpha, beta, K, active, theta, s2, np.zeros((B, K + 1)), 2)
+        for b in active:
+            T = np.diag(alpha[b, :K]) + np.diag(beta[b, : K - 1], 1) + np.diag(beta[b, : K - 1], -1)
+            ev, S = np.linalg.eigh(T)
+            np.testing.assert_allclose(theta[b], ev[-1], rtol=1e-13, atol=1e-13)
+            np.testing.assert_allclose(np.sqrt(s2[b]), abs(S[-1, -1]), atol=1e-6)
+        assert theta[2] == 0 and s2[2] == 0  # inactive: untouched
+    zero = np.zeros((1, 5))
+    theta = np.ones(1)
+    s2 = np.zeros(1)
+    k.tridiag_top(zero, zero, 5, np.zeros(1, np.int64), theta, s2, np.zeros((1, 5)), 1)
+    assert theta[0] == 0.0

@@ -51,6 +51,17 @@ def orth_step(V, j, w, h, beta, active, n_threads):
             V[b, k] = w[b] / nrm
 
 
+def tridiag_top(alpha, beta, k, active, theta, s2, scratch, n_threads):
+    """Largest eigenvalue and squared last eigenvector component of each tridiagonal (LAPACK)."""
+    for b in np.asarray(active):
+        T = np.diag(alpha[b, :k])
+        if k > 1:
+            T += np.diag(beta[b, : k - 1], 1) + np.diag(beta[b, : k - 1], -1)
+        ev, V = np.linalg.eigh(T)
+        theta[b] = ev[-1]
+        s2[b] = V[-1, -1] ** 2
+
+
 def read_floor(a, n_threads):
     """Sum of ``a`` (one read of every value)."""
     return float(np.sum(a, dtype=np.float64))

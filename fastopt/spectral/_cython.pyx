@@ -11,6 +11,7 @@ deterministic for a given thread count.
 
 cimport cython
 from cython.parallel cimport prange
+from libc.math cimport fabs, fmax
 
 cdef extern from *:
     """
@@ -328,6 +329,100 @@ def orth_step(real[:, :, ::1] V, Py_ssize_t j, real[:, ::1] w, double[:, ::1] h,
                 inv = <real>(1.0 / nrm)
                 for i in range(m):
                     V[b, k, i] = w[b, i] * inv
+
+
+cdef inline int _sturm_below(const double *al, const double *b2, Py_ssize_t k,
+                            double x) noexcept nogil:
+    """Number of eigenvalues < x of the tridiagonal (al, sqrt(b2)) (Sturm sequence)."""
+    cdef Py_ssize_t i
+    cdef int cnt = 0
+    cdef double d = al[0] - x
+    if d == 0.0:
+        d = -1e-300
+    if d < 0:
+        cnt += 1
+    for i in range(1, k):
+        d = (al[i] - x) - b2[i - 1] / d
+        if d == 0.0:
+            d = -1e-300
+        if d < 0:
+            cnt += 1
+    return cnt
+
+
+cdef void _tridiag_top_one(const double *al, const double *be, Py_ssize_t k, double *b2,
+                           double *theta, double *s2) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double lo, hi, mid, r, rprev, g, gprev, gprev2, t, a, bl, br
+    for i in range(k - 1):
+        b2[i] = be[i] * be[i]
+    lo = al[0]
+    hi = al[0]
+    for i in range(k):  # Gershgorin bounds
+        bl = fabs(be[i - 1]) if i > 0 else 0.0
+        br = fabs(be[i]) if i < k - 1 else 0.0
+        if al[i] - bl - br < lo:
+            lo = al[i] - bl - br
+        if al[i] + bl + br > hi:
+            hi = al[i] + bl + br
+    a = fmax(fabs(lo), fabs(hi))
+    if a == 0.0:  # the zero matrix
+        theta[0] = 0.0
+        s2[0] = 1.0
+        return
+    hi = hi + 1e-15 * a
+    for i in range(200):  # bisection for the smallest x with all k eigenvalues below x
+        mid = 0.5 * (lo + hi)
+        if mid <= lo or mid >= hi or hi - lo <= 4e-16 * a:
+            break
+        if _sturm_below(al, b2, k, mid) == k:
+            hi = mid
+        else:
+            lo = mid
+    theta[0] = hi
+    if k == 1:
+        s2[0] = 1.0
+        return
+    # last eigenvector component: s^2 = p_{k-2}(t) / p'_{k-1}(t) with ratio recurrences
+    t = hi
+    rprev = 1.0   # r_{-1} (p_{-1} = 1)
+    gprev2 = 0.0  # g_{-2}: unused
+    r = t - al[0]
+    g = 1.0 / r if r != 0 else 1e300
+    gprev = 0.0   # g_{-1} = p'_{-1} / p_{-1} = 0
+    for i in range(1, k - 1):
+        gprev2 = gprev
+        gprev = g
+        rprev = r
+        r = (t - al[i]) - b2[i - 1] / rprev
+        if r == 0.0:
+            r = 1e-300
+        g = (1.0 + (t - al[i]) * gprev - b2[i - 1] * gprev2 / rprev) / r
+    # i = k - 1: D = p'_{k-1} / p_{k-2}
+    a = 1.0 + (t - al[k - 1]) * g - b2[k - 2] * gprev / r
+    s2[0] = 1.0 / a if a > 1.0 else 1.0
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def tridiag_top(const double[:, ::1] alpha, const double[:, ::1] beta, Py_ssize_t k,
+                const long long[::1] active, double[::1] theta, double[::1] s2,
+                double[:, ::1] scratch, int n_threads):
+    """Largest eigenvalue and its eigenvector's squared last component, per tridiagonal.
+
+    For ``b`` in ``active``: the symmetric tridiagonal matrix with diagonal ``alpha[b, :k]`` and
+    off-diagonal ``beta[b, :k-1]``. ``theta[b]`` is found by bisection on Sturm counts (to a few
+    ulps), ``s2[b]`` from the ratio recurrences of the characteristic polynomials
+    (``s_last^2 = p_{k-1}(theta) / p_k'(theta)``): O(k) per bisection step, no LAPACK call.
+    ``scratch`` is float64 of shape ``(len(active), k)``.
+    """
+    cdef Py_ssize_t nact = active.shape[0], a, b
+    if nact == 0 or k == 0:
+        return
+    with nogil:
+        for a in prange(nact, num_threads=min(n_threads, nact), schedule="static"):
+            b = active[a]
+            _tridiag_top_one(&alpha[b, 0], &beta[b, 0], k, &scratch[a, 0], &theta[b], &s2[b])
 
 
 @cython.boundscheck(False)

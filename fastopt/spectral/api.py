@@ -182,6 +182,11 @@ def _lanczos_norm(W3, kern, tol, maxiter, v0, want_vectors):
     next_check = 1
     scale = np.full(B, tiny)  # running max |alpha|: the scale of W^T W seen so far
     last = None  # (j, worst relative residual) at the previous convergence check
+    restarted = False
+    alph = np.zeros((B, ncv + 1))  # the tridiagonal T before any restart
+    bet = np.zeros((B, ncv + 1))
+    s2 = np.zeros(B)
+    scratch = np.zeros((B, ncv + 1))
     while True:
         if B > 1:
             np.copyto(x, V[:, j])
@@ -196,34 +201,40 @@ def _lanczos_norm(W3, kern, tol, maxiter, v0, want_vectors):
         T[:, j, : j + 1] = hh
         T[:, j + 1, j] = beta
         T[:, j, j + 1] = beta
+        alph[:, j] = hbuf[:, j]
+        bet[:, j] = beta
         np.maximum(scale, np.abs(hbuf[:, j]), out=scale)
         invariant = beta <= 16 * eps * scale
         full = j + 1 == ncv
         out_of_budget = total >= maxiter
         if full or out_of_budget or j + 1 >= next_check or (invariant & ~done).any():
-            if full or active.size == B:
-                evals, evecs = np.linalg.eigh(T[:, : j + 1, : j + 1])
-            else:  # only the matrices still iterating (done ones keep their results)
-                evals = np.zeros((B, j + 1))
-                evecs = np.zeros((B, j + 1, j + 1))
-                evals[active], evecs[active] = np.linalg.eigh(T[active, : j + 1, : j + 1])
-            th = evals[:, -1]
-            r = np.abs(beta * evecs[:, -1, -1])
+            chk = active
+            th = np.zeros(B)
+            r = np.zeros(B)
+            if restarted or full:  # T is no longer (or must be fully) diagonalized: LAPACK
+                ev_a, S_a = np.linalg.eigh(T[chk, : j + 1, : j + 1])
+                th[chk] = ev_a[:, -1]
+                r[chk] = np.abs(beta[chk] * S_a[:, -1, -1])
+            else:  # tridiagonal T: bisection + recurrences in the kernel, no LAPACK call
+                kern.tridiag_top(alph, bet, j + 1, chk, th, s2, scratch, nt)
+                r[chk] = np.abs(beta[chk]) * np.sqrt(s2[chk])
             rel = np.where(th > 0, r / np.maximum(th, tiny), 0.0)
             conv_now = ~done & ((rel <= tol) | invariant | (th <= tiny))
             for b in np.flatnonzero(conv_now | (~done & out_of_budget)):
                 theta[b] = max(th[b], 0.0)
                 resid[b] = 0.0 if invariant[b] or th[b] <= tiny else rel[b]
-                if want_vectors:  # before a restart can rotate the basis
-                    vecs[b] = evecs[b, :, -1] @ V[b, : j + 1].astype(np.float64)
                 iters[b] = total
+                if want_vectors:  # now, before a restart can rotate the basis
+                    _, S_b = np.linalg.eigh(T[b, : j + 1, : j + 1])
+                    vecs[b] = S_b[:, -1] @ V[b, : j + 1].astype(np.float64)
             done |= conv_now
             if done.all() or out_of_budget:
                 break
+            keep_rows = ~done[chk]
             active = np.flatnonzero(~done).astype(np.int64)
-            # eigh of T costs O(j^3) per matrix: check at steps 1 and 2 (warm starts), then
-            # where the residual's recent rate of decrease predicts convergence (at most j/3
-            # steps ahead, so a poor prediction overshoots by a third at worst)
+            # convergence checks cost O(j) (O(j^3) after a restart) per matrix: check at steps
+            # 1 and 2 (warm starts), then where the residual's recent rate of decrease predicts
+            # convergence (at most j/3 steps ahead: a poor prediction overshoots by a third)
             worst = float(rel[~done].max())
             step = 1 if j + 1 < 2 else max(2, (j + 1) // 4)
             if last is not None and j > last[0] and 0 < worst < last[1]:
@@ -233,18 +244,22 @@ def _lanczos_norm(W3, kern, tol, maxiter, v0, want_vectors):
             last = (j, worst)
             next_check = j + 1 + step
             if full:  # thick restart: keep the `keep` largest Ritz vectors of every matrix
-                Y = evecs[:, :, -keep:]  # (B, ncv, keep)
-                V[:, :keep] = np.matmul(Y.transpose(0, 2, 1).astype(dtype), V[:, :ncv])
-                V[:, keep] = V[:, ncv]
-                b_coupling = beta[:, None] * evecs[:, -1, -keep:]
-                T[:] = 0.0
+                ev_a, S_a = ev_a[keep_rows], S_a[keep_rows]
+                Y = S_a[:, :, -keep:]  # (nact, ncv, keep)
+                V[active, :keep] = np.matmul(
+                    Y.transpose(0, 2, 1).astype(dtype), V[active, :ncv]
+                )
+                V[active, keep] = V[active, ncv]
+                coupling = beta[active, None] * S_a[:, -1, -keep:]
+                T[active] = 0.0
                 idx = np.arange(keep)
-                T[:, idx, idx] = evals[:, -keep:]
-                T[:, keep, :keep] = b_coupling
-                T[:, :keep, keep] = b_coupling
+                T[active[:, None], idx, idx] = ev_a[:, -keep:]
+                T[active, keep, :keep] = coupling
+                T[active, :keep, keep] = coupling
                 j = keep
                 next_check = j + 2
                 last = None
+                restarted = True
                 continue
         j += 1
     return theta, resid, iters, done.copy(), vecs
