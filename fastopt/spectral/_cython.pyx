@@ -40,8 +40,9 @@ cdef extern from *:
             for (int k = 0; k < FO_LANES; ++k) pd[k] += (double)p[k];                       \
         }                                                                                   \
         for (; j < m; ++j) s += (double)a[j] * (double)x[j];                                \
-        for (int k = 0; k < FO_LANES; ++k) s += pd[k];                                      \
-        return s;                                                                           \
+        for (int w = FO_LANES / 2; w > 0; w >>= 1)                                          \
+            for (int k = 0; k < w; ++k) pd[k] += pd[k + w];                                 \
+        return s + pd[0];                                                                   \
     }
     FO_DOT(fo_dot_f, float)
     FO_DOT(fo_dot_d, double)
@@ -80,7 +81,13 @@ cdef extern from *:
             s0 += (double)a0[j] * xj; s1 += (double)a1[j] * xj;                 \
             s2 += (double)a2[j] * xj; s3 += (double)a3[j] * xj;                 \
         }                                                       \
-        for (int k = 0; k < 16; ++k) { s0 += d0[k]; s1 += d1[k]; s2 += d2[k]; s3 += d3[k]; } \
+        for (int w = 8; w > 0; w >>= 1) {  /* pairwise tree: vectorized, short chains */ \
+            for (int k = 0; k < w; ++k) {                                                   \
+                d0[k] += d0[k + w]; d1[k] += d1[k + w];                                     \
+                d2[k] += d2[k + w]; d3[k] += d3[k + w];                                     \
+            }                                                                               \
+        }                                                                                   \
+        s0 += d0[0]; s1 += d1[0]; s2 += d2[0]; s3 += d3[0];                                 \
         *o0 = s0; *o1 = s1; *o2 = s2; *o3 = s3;                                             \
     }
     FO_DOT4(fo_dot4_f, float)
