@@ -108,6 +108,32 @@ cdef extern from *:
         memset(acc_t, 0, (size_t)m * sizeof(T));                                            \
         Py_ssize_t i = r0;                                                                  \
         int pending = 0;                                                                    \
+        /* 8 rows at a time (acc_t touched once per 8 rows) while they fit half of L1 */     \
+        const Py_ssize_t r8 = (8 * m * (Py_ssize_t)sizeof(T) <= 16384) ? r1 : r0;           \
+        for (; i + 8 <= r8; i += 8) {                                                       \
+            const T *a0 = W + i * m, *a1 = a0 + m, *a2 = a1 + m, *a3 = a2 + m;              \
+            const T *a4 = a3 + m, *a5 = a4 + m, *a6 = a5 + m, *a7 = a6 + m;                 \
+            double s0, s1, s2, s3, s4, s5, s6, s7;                                          \
+            DOT4(a0, a1, a2, a3, x, m, &s0, &s1, &s2, &s3);                                 \
+            DOT4(a4, a5, a6, a7, x, m, &s4, &s5, &s6, &s7);                                 \
+            t[i] = (T)s0; t[i + 1] = (T)s1; t[i + 2] = (T)s2; t[i + 3] = (T)s3;             \
+            t[i + 4] = (T)s4; t[i + 5] = (T)s5; t[i + 6] = (T)s6; t[i + 7] = (T)s7;         \
+            const T c0 = (T)s0, c1 = (T)s1, c2 = (T)s2, c3 = (T)s3;                         \
+            const T c4 = (T)s4, c5 = (T)s5, c6 = (T)s6, c7 = (T)s7;                         \
+            _Pragma("omp simd")                                                             \
+            for (Py_ssize_t jj = 0; jj < m; ++jj)                                           \
+                acc_t[jj] += (c0 * a0[jj] + c1 * a1[jj] + c2 * a2[jj] + c3 * a3[jj])        \
+                           + (c4 * a4[jj] + c5 * a5[jj] + c6 * a6[jj] + c7 * a7[jj]);      \
+            pending += 8;                                                                   \
+            if (pending >= FO_FLUSH) {                                                      \
+                _Pragma("omp simd")                                                         \
+                for (Py_ssize_t jj = 0; jj < m; ++jj) {                                     \
+                    acc[jj] += (double)acc_t[jj];                                           \
+                    acc_t[jj] = 0;                                                          \
+                }                                                                           \
+                pending = 0;                                                                \
+            }                                                                               \
+        }                                                                                   \
         for (; i + 4 <= r1; i += 4) {                                                       \
             const T *a0 = W + i * m, *a1 = a0 + m, *a2 = a1 + m, *a3 = a2 + m;              \
             double s0, s1, s2, s3;                                                          \
