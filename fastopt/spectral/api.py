@@ -106,17 +106,19 @@ def _as_stack(W: object, name: str = "W", *, square: bool = False) -> tuple[np.n
     return (arr if batched else arr[None]), batched
 
 
-# The Krylov solvers run their kernels on one thread below this many matrix entries per pass
-# (8M: e.g. 2896 x 2896, or 128 x 256 x 256). Measured on the 2-core development machine: one
-# pass over an L3-resident W is ~1.7x faster on 2 threads in isolation, but inside the solver
-# loop the OpenMP team's spin-wait competes with numpy/OpenBLAS calls (eigh, matmul) and
-# with other processes, and whole solves ran 1.1-4x slower on 2 threads than on one.
-# Kernels called directly always use the thread count they are given.
-_PARALLEL_MIN_ENTRIES = 1 << 23
+# Thread policy of the solvers (kernels called directly use the count they are given).
+# spectral_norm's loop calls no BLAS: its kernels use fastopt's thread count from 128K entries
+# per pass on. spectral_radius restarts call LAPACK (eig, inv, qr, gemm) every ~30 products,
+# and OpenBLAS's spinning threads and the OpenMP team's then slow each other down by
+# 1.2-3.5x on the 2-core development machine: its kernels stay on one thread below 8M
+# entries, where one thread measured faster inside the solver.
+_PARALLEL_MIN_ENTRIES = 1 << 17
+_PARALLEL_MIN_ENTRIES_RADIUS = 1 << 23
 
 
-def _threads_for(entries: int) -> int:
-    return get_num_threads() if entries >= _PARALLEL_MIN_ENTRIES else 1
+def _threads_for(entries: int, minimum: int | None = None) -> int:
+    threshold = _PARALLEL_MIN_ENTRIES if minimum is None else minimum
+    return get_num_threads() if entries >= threshold else 1
 
 
 def _maxiter(maxiter: object, default: int) -> int:
@@ -405,7 +407,7 @@ def _arnoldi_radius(W1, kern, tol, maxiter, seed=0):
     """
     n = W1.shape[1]
     dtype = W1.dtype
-    nt = _threads_for(W1.size)
+    nt = _threads_for(W1.size, _PARALLEL_MIN_ENTRIES_RADIUS)
     ncv = min(n - 1, _ARNOLDI_NCV)
     nev = min(_ARNOLDI_NEV, max(1, ncv // 3))
     keep_target = min(nev + (ncv - nev) // 2, ncv - 2)
@@ -486,7 +488,7 @@ def _bracket(W1, kern, tol):
 
     n = W1.shape[1]
     dtype = W1.dtype
-    nt = _threads_for(W1.size)
+    nt = _threads_for(W1.size, _PARALLEL_MIN_ENTRIES_RADIUS)
     x = np.random.default_rng(1).standard_normal((1, n)).astype(dtype)
     x /= np.linalg.norm(x)
     t = np.empty((1, n), dtype=dtype)
