@@ -149,3 +149,23 @@ def test_input_not_modified_and_noncontiguous():
 def test_bad_input(W, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         spectral_radius(W, **kwargs)
+
+
+@pytest.mark.parametrize("n", [12, 40])
+def test_defective_dominant_eigenvalue_is_not_reported_converged(n):
+    # Jordan block J_n(0.5) (dense path): rho = 0.5, but the eigenvalues of a matrix within
+    # eps of it spread over a disc of radius ~eps**(1/n); LAPACK's error bound is infinite
+    rng = np.random.default_rng(n)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    J = Q @ (0.5 * np.eye(n) + np.eye(n, k=1)) @ Q.T
+    res = spectral_radius(J)
+    assert res.converged is False
+    assert np.isfinite(res.value)
+
+
+def test_dense_path_flags_match_truth_on_normal_matrices():
+    rng = np.random.default_rng(12)
+    W = rng.standard_normal((6, 40, 40)) / np.sqrt(40)
+    res = spectral_radius(W)
+    assert res.converged.all()
+    np.testing.assert_allclose(res.value, exact(W), rtol=1e-12)
