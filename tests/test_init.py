@@ -78,3 +78,12 @@ def test_module_is_reachable_from_package():
         "scale_to_spectral_radius",
         "identity_recurrent",
     }
+
+
+def test_fastopt_init_available_after_plain_import():
+    import subprocess
+    import sys
+
+    code = "import fastopt; print(fastopt.init.identity_recurrent(2, 3.0).trace())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "6.0"
