@@ -34,7 +34,7 @@ def _dot(a, x):  # pragma: no cover - compiled
     s = 0.0
     for blk in range(nblk):
         o = blk * _BLOCK
-        p = a[o] * x[o] * 0  # input type: float32 stays float32 inside a block
+        p = a[o] * x[o] * np.float32(0.0)  # input type: float32 stays float32 in a block
         for j in range(_BLOCK):
             p += a[o + j] * x[o + j]
         s += np.float64(p)
@@ -43,17 +43,66 @@ def _dot(a, x):  # pragma: no cover - compiled
     return s
 
 
-@nb.njit(cache=True, fastmath=_FAST, nogil=True)
+@nb.njit(cache=True, fastmath=_FAST, nogil=True, boundscheck=False)
+def _dot4(a0, a1, a2, a3, x):  # pragma: no cover - compiled
+    """Four dot products sharing the loads of ``x`` (same block scheme as :func:`_dot`)."""
+    m = x.shape[0]
+    nblk = m // _BLOCK
+    s0 = s1 = s2 = s3 = 0.0
+    for blk in range(nblk):
+        o = blk * _BLOCK
+        z = x[o] * np.float32(0.0)  # input type
+        p0 = p1 = p2 = p3 = z
+        for j in range(_BLOCK):
+            xj = x[o + j]
+            p0 += a0[o + j] * xj
+            p1 += a1[o + j] * xj
+            p2 += a2[o + j] * xj
+            p3 += a3[o + j] * xj
+        s0 += np.float64(p0)
+        s1 += np.float64(p1)
+        s2 += np.float64(p2)
+        s3 += np.float64(p3)
+    for j in range(nblk * _BLOCK, m):
+        xj = np.float64(x[j])
+        s0 += np.float64(a0[j]) * xj
+        s1 += np.float64(a1[j]) * xj
+        s2 += np.float64(a2[j]) * xj
+        s3 += np.float64(a3[j]) * xj
+    return s0, s1, s2, s3
+
+
+@nb.njit(cache=True, fastmath=_FAST, nogil=True, boundscheck=False)
 def _wtwv_rows(W, x, t, acc, r0, r1):  # pragma: no cover - compiled
+    """Rows [r0, r1): t[i] = W[i] . x; acc[:m] += t[i] W[i] (4 rows per pass over acc)."""
     m = W.shape[1]
     for j in range(m):
         acc[j] = 0.0
-    for i in range(r0, r1):
+    i = r0
+    while i + 4 <= r1:
+        a0 = W[i]
+        a1 = W[i + 1]
+        a2 = W[i + 2]
+        a3 = W[i + 3]
+        s0, s1, s2, s3 = _dot4(a0, a1, a2, a3, x)
+        t[i] = s0
+        t[i + 1] = s1
+        t[i + 2] = s2
+        t[i + 3] = s3
+        c0 = t[i]  # the sums rounded to the input type
+        c1 = t[i + 1]
+        c2 = t[i + 2]
+        c3 = t[i + 3]
+        for j in range(m):
+            acc[j] += np.float64(c0 * a0[j] + c1 * a1[j] + c2 * a2[j] + c3 * a3[j])
+        i += 4
+    while i < r1:
         row = W[i]
         s = _dot(row, x)
         t[i] = s
         for j in range(m):
             acc[j] += s * np.float64(row[j])
+        i += 1
 
 
 @nb.njit(cache=True, parallel=True, fastmath=_FAST, nogil=True)
@@ -194,16 +243,18 @@ def _tridiag_top(alpha, beta, k, active, theta, s2, scratch):  # pragma: no cove
 
 @nb.njit(cache=True, fastmath=_FAST, nogil=True, boundscheck=False)
 def _sum(a, r0, r1):  # pragma: no cover - compiled
-    nblk = (r1 - r0) // _BLOCK
+    v = a[r0:r1]  # indices from 0: provably non-negative, so LLVM vectorizes
+    size = v.shape[0]
+    nblk = size // _BLOCK
     s = 0.0
     for blk in range(nblk):
-        o = r0 + blk * _BLOCK
-        p = a[o] * np.float32(0.0)  # input type
+        o = blk * _BLOCK
+        p = v[o] * np.float32(0.0)  # input type
         for j in range(_BLOCK):
-            p += a[o + j]
+            p += v[o + j]
         s += np.float64(p)
-    for j in range(r0 + nblk * _BLOCK, r1):
-        s += np.float64(a[j])
+    for j in range(nblk * _BLOCK, size):
+        s += np.float64(v[j])
     return s
 
 
