@@ -106,14 +106,14 @@ def _as_stack(W: object, name: str = "W", *, square: bool = False) -> tuple[np.n
     return (arr if batched else arr[None]), batched
 
 
-# Thread policy of the solvers (kernels called directly use the count they are given).
-# spectral_norm's loop calls no BLAS: its kernels use fastopt's thread count from 128K entries
-# per pass on. spectral_radius restarts call LAPACK (eig, inv, qr, gemm) every ~30 products,
-# and OpenBLAS's spinning threads and the OpenMP team's then slow each other down by
-# 1.2-3.5x on the 2-core development machine: its kernels stay on one thread below 8M
-# entries, where one thread measured faster inside the solver.
+# Thread policy of the solvers (kernels called directly use the count they are given): the
+# kernels use fastopt's thread count from 128K matrix entries per pass on, one thread below.
+# No multithreaded BLAS call may sit in a solver loop: OpenBLAS's spinning worker threads and
+# the OpenMP team slow each other down badly on a 2-core machine (spectral_radius took
+# 65-130 ms instead of 30 ms while its restarts rotated the basis with a BLAS gemm; they use
+# a non-BLAS einsum now, and the remaining LAPACK calls are on 60 x 60 matrices).
 _PARALLEL_MIN_ENTRIES = 1 << 17
-_PARALLEL_MIN_ENTRIES_RADIUS = 1 << 23
+_PARALLEL_MIN_ENTRIES_RADIUS = 1 << 17
 
 
 def _threads_for(entries: int, minimum: int | None = None) -> int:
@@ -248,8 +248,8 @@ def _lanczos_norm(W3, kern, tol, maxiter, v0, want_vectors):
             if full:  # thick restart: keep the `keep` largest Ritz vectors of every matrix
                 ev_a, S_a = ev_a[keep_rows], S_a[keep_rows]
                 Y = S_a[:, :, -keep:]  # (nact, ncv, keep)
-                V[active, :keep] = np.matmul(
-                    Y.transpose(0, 2, 1).astype(dtype), V[active, :ncv]
+                V[active, :keep] = np.einsum(  # no BLAS in the loop (see the thread policy)
+                    "bji,bjn->bin", Y.astype(dtype), V[active, :ncv], optimize=False
                 )
                 V[active, keep] = V[active, ncv]
                 coupling = beta[active, None] * S_a[:, -1, -keep:]
@@ -469,7 +469,8 @@ def _arnoldi_radius(W1, kern, tol, maxiter, seed=0):
         k = Q.shape[1]
         G = Q.T @ Hm @ Q
         b = H[size, :size] @ Q
-        V[:k] = Q.T.astype(dtype) @ V[:size]
+        # V[:k] = Q^T V[:size] without BLAS (see the thread policy above)
+        V[:k] = np.einsum("ji,jn->in", Q.astype(dtype), V[:size], optimize=False)
         V[k] = V[size]
         H[:] = 0.0
         H[:k, :k] = G
