@@ -458,7 +458,7 @@ def _arnoldi_radius(W1, kern, tol, maxiter, seed=0):
         )
         conv = accurate | below
         conv[0] = accurate[0]
-        if invariant or conv.all() or scale == 0:
+        if invariant or conv.all():
             return scale, complex(ev[0]), mv, True
         if mv >= maxiter:
             return scale, complex(ev[0]), mv, False
