@@ -17,6 +17,11 @@ cdef extern from *:
     """
     #include <string.h>
     #include <math.h>
+    #if defined(__GNUC__) || defined(__clang__)
+    #define FO_PREFETCH_L2(p) __builtin_prefetch((p), 0, 1)
+    #else
+    #define FO_PREFETCH_L2(p) ((void)0)
+    #endif
     /* Reductions: products are summed in the input type T in FO_LANES independent lanes (the
        FMA latency does not bound the loop; float32 runs 16 lanes per AVX-512 register) over at
        most FO_BLOCK columns (FO_BLOCK / FO_LANES products per lane), then the lanes are added
@@ -62,7 +67,7 @@ cdef extern from *:
                 /* the next 4 rows (contiguous after a3) are read next: prefetch them */ \
                 const char *nx = (const char *)(a3 + m + 4 * j);                       \
                 for (int q = 0; q < (int)(4 * 16 * sizeof(T)); q += 64)                 \
-                    __builtin_prefetch(nx + q, 0, 1);                                    \
+                    FO_PREFETCH_L2(nx + q);                                    \
                 _Pragma("omp simd")                                     \
                 for (int k = 0; k < 16; ++k) {                              \
                 T xj = x[j + k];                                    \
