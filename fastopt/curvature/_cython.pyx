@@ -1,0 +1,261 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Cython kernels of the curvature family: the element-wise fused passes of the R-operator.
+
+The matrix products run through BLAS in ``fastopt.curvature.mlp``; these kernels do everything
+between them, one pass over memory each, in the input's dtype (float32 or float64):
+
+- ``hidden_forward``: bias, activation and its first/second derivatives on the forward stream, and
+  the R-forward stream Rz = (Ra W) + a V + c, Ra' = act'(z) Rz, for k directions at once;
+- ``output_forward``: bias, per-sample loss (accumulated in float64), the loss gradient and the
+  loss Hessian applied to the k R-streams (softmax cross-entropy, mse, logistic);
+- ``hidden_backward``: delta = da * act'(z) and the R-backward
+  R(delta) = (R(da) + delta_next V^T) * act'(z) + da * act''(z) * Rz (Gauss-Newton drops the
+  second-order terms);
+- ``colsum``: column sums in float64 (bias gradients), deterministic for any thread count.
+
+Layouts: streams are stored interleaved, ``(N, 1 + k, n)``: slot 0 is the forward value, slot
+``1 + j`` the R-stream of direction ``j``. Reshaped to ``(N * (1 + k), n)`` this is one matrix, so
+the next product runs as one large GEMM. Every kernel releases the GIL and runs ``prange`` with
+``n_threads`` threads; no kernel validates its input (``mlp.py`` does).
+"""
+
+from cython.parallel cimport prange
+from libc.math cimport exp, expf, fabs, fabsf, log, log1p, log1pf, tanh, tanhf
+
+ctypedef fused real:
+    float
+    double
+
+cdef double SQRT_2_OVER_PI = 0.7978845608028654
+cdef double GELU_A = 0.044715
+
+# activation codes (mlp.ACTIVATIONS order)
+cdef enum:
+    IDENTITY = 0
+    TANH = 1
+    SIGMOID = 2
+    RELU = 3
+    SOFTPLUS = 4
+    GELU = 5
+
+
+cdef inline real _tanh(real z) noexcept nogil:
+    if real is float:
+        return tanhf(z)
+    else:
+        return tanh(z)
+
+
+cdef inline real _sigmoid(real z) noexcept nogil:
+    cdef real e
+    if real is float:
+        if z >= 0:
+            return 1.0 / (1.0 + expf(-z))
+        e = expf(z)
+        return e / (1.0 + e)
+    else:
+        if z >= 0:
+            return 1.0 / (1.0 + exp(-z))
+        e = exp(z)
+        return e / (1.0 + e)
+
+
+cdef inline real _softplus(real z) noexcept nogil:
+    cdef real m = z if z > 0 else 0
+    if real is float:
+        return m + log1pf(expf(-fabsf(z)))
+    else:
+        return m + log1p(exp(-fabs(z)))
+
+
+cdef inline void _act(int code, real z, real* s, real* d1, real* d2) noexcept nogil:
+    """Activation value and its first and second derivatives at z."""
+    cdef real t, u1, sg, z2
+    if code == TANH:
+        t = _tanh(z)
+        s[0] = t
+        d1[0] = 1 - t * t
+        d2[0] = -2 * t * d1[0]
+    elif code == SIGMOID:
+        sg = _sigmoid(z)
+        s[0] = sg
+        d1[0] = sg * (1 - sg)
+        d2[0] = d1[0] * (1 - 2 * sg)
+    elif code == RELU:
+        if z > 0:
+            s[0] = z
+            d1[0] = 1
+        else:
+            s[0] = 0
+            d1[0] = 0
+        d2[0] = 0
+    elif code == SOFTPLUS:
+        sg = _sigmoid(z)
+        s[0] = _softplus(z)
+        d1[0] = sg
+        d2[0] = sg * (1 - sg)
+    elif code == GELU:
+        z2 = z * z
+        t = _tanh(<real>SQRT_2_OVER_PI * (z + <real>GELU_A * z2 * z))
+        u1 = <real>SQRT_2_OVER_PI * (1 + 3 * <real>GELU_A * z2)
+        s[0] = <real>0.5 * z * (1 + t)
+        d1[0] = <real>0.5 * (1 + t) + <real>0.5 * z * (1 - t * t) * u1
+        d2[0] = (1 - t * t) * (u1 - z * t * u1 * u1
+                               + <real>0.5 * z * <real>(6 * SQRT_2_OVER_PI * GELU_A) * z)
+    else:  # identity
+        s[0] = z
+        d1[0] = 1
+        d2[0] = 0
+
+
+def hidden_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, ::1] C,
+                   int act, int need, real[:, :, ::1] A, real[:, ::1] D1, real[:, ::1] D2,
+                   real[:, :, ::1] RZ, int n_threads):
+    """Fused bias + activation (+ derivatives, + R-forward) of one hidden layer.
+
+    Z : (N, kz, n) = A_prev @ W, kz = 1 + k when the previous layer carries R-streams, else 1.
+    AV : (N, k, n) = a_prev @ [V_1 .. V_k]; C : (k, n) bias directions.
+    need : 0 forward only; 1 also act' in D1; 2 also act'' in D2 and the R-streams.
+    Writes A (N, 1 + k, n), D1, D2 (N, n), RZ (N, k, n).
+    """
+    cdef Py_ssize_t N = Z.shape[0], kz = Z.shape[1], n = Z.shape[2]
+    cdef Py_ssize_t k = AV.shape[1] if need == 2 else 0
+    cdef Py_ssize_t i, o, j
+    cdef real z, s, d1, d2, rz
+    with nogil:
+        for i in prange(N, num_threads=n_threads, schedule="static"):
+            for o in range(n):
+                z = Z[i, 0, o] + b[o]
+                _act(act, z, &s, &d1, &d2)
+                A[i, 0, o] = s
+                if need >= 1:
+                    D1[i, o] = d1
+                if need == 2:
+                    D2[i, o] = d2
+                    for j in range(k):
+                        rz = AV[i, j, o] + C[j, o]
+                        if kz > 1:
+                            rz = rz + Z[i, 1 + j, o]
+                        RZ[i, j, o] = rz
+                        A[i, 1 + j, o] = d1 * rz
+
+
+def output_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, ::1] C,
+                   int loss, int need, long long[::1] labels, real[:, ::1] Y,
+                   real[:, :, ::1] D, double[::1] losses, int n_threads):
+    """Output layer: bias, per-sample loss, gradient and loss-Hessian on the R-streams.
+
+    loss : 0 softmax cross-entropy (``labels``), 1 mse (``Y`` (N, n)), 2 logistic (``Y`` (N, 1)).
+    need : 0 loss only; >= 1 also D[:, 0] = dloss/df / N; 2 also D[:, 1 + j] = H_loss Rf_j / N.
+    """
+    cdef Py_ssize_t N = Z.shape[0], kz = Z.shape[1], n = Z.shape[2]
+    cdef Py_ssize_t k = AV.shape[1] if need == 2 else 0
+    cdef Py_ssize_t i, o, j
+    cdef double m, ssum, lse, pr, f, rf, sg, inv_n = 1.0 / N
+    cdef real p
+    with nogil:
+        for i in prange(N, num_threads=n_threads, schedule="static"):
+            if loss == 0:
+                m = Z[i, 0, 0] + b[0]
+                for o in range(1, n):
+                    f = Z[i, 0, o] + b[o]
+                    if f > m:
+                        m = f
+                ssum = 0
+                for o in range(n):
+                    ssum = ssum + exp(Z[i, 0, o] + b[o] - m)
+                lse = m + log(ssum)
+                losses[i] = lse - (Z[i, 0, labels[i]] + b[labels[i]])
+                if need >= 1:
+                    for o in range(n):
+                        D[i, 0, o] = <real>(exp(Z[i, 0, o] + b[o] - lse))  # p, for now
+                    for j in range(k):
+                        pr = 0
+                        for o in range(n):
+                            rf = AV[i, j, o] + C[j, o]
+                            if kz > 1:
+                                rf = rf + Z[i, 1 + j, o]
+                            pr = pr + D[i, 0, o] * rf
+                        for o in range(n):
+                            rf = AV[i, j, o] + C[j, o]
+                            if kz > 1:
+                                rf = rf + Z[i, 1 + j, o]
+                            D[i, 1 + j, o] = <real>(D[i, 0, o] * (rf - pr) * inv_n)
+                    for o in range(n):
+                        p = D[i, 0, o]
+                        if o == labels[i]:
+                            D[i, 0, o] = <real>((p - 1.0) * inv_n)
+                        else:
+                            D[i, 0, o] = <real>(p * inv_n)
+            elif loss == 1:
+                ssum = 0
+                for o in range(n):
+                    f = Z[i, 0, o] + b[o] - Y[i, o]
+                    ssum = ssum + f * f
+                    if need >= 1:
+                        D[i, 0, o] = <real>(f * inv_n)
+                    for j in range(k):
+                        rf = AV[i, j, o] + C[j, o]
+                        if kz > 1:
+                            rf = rf + Z[i, 1 + j, o]
+                        D[i, 1 + j, o] = <real>(rf * inv_n)
+                losses[i] = 0.5 * ssum
+            else:
+                f = Z[i, 0, 0] + b[0]
+                if f > 0:
+                    losses[i] = f + log1p(exp(-f)) - Y[i, 0] * f
+                    sg = 1.0 / (1.0 + exp(-f))
+                else:
+                    losses[i] = log1p(exp(f)) - Y[i, 0] * f
+                    sg = exp(f) / (1.0 + exp(f))
+                if need >= 1:
+                    D[i, 0, 0] = <real>((sg - Y[i, 0]) * inv_n)
+                for j in range(k):
+                    rf = AV[i, j, 0] + C[j, 0]
+                    if kz > 1:
+                        rf = rf + Z[i, 1 + j, 0]
+                    D[i, 1 + j, 0] = <real>(sg * (1 - sg) * rf * inv_n)
+
+
+def hidden_backward(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, ::1] D1, real[:, ::1] D2,
+                    real[:, :, ::1] RZ, int gn, real[:, :, ::1] D, int n_threads):
+    """delta and R(delta) of one hidden layer from DA = D_next @ W^T (N, 1 + k, n).
+
+    DV : (N, k, n) = delta_next @ [V_1^T .. V_k^T] (unused when gn); D1, D2 : act', act'';
+    RZ : (N, k, n) the R-forward pre-activations. gn != 0: Gauss-Newton (no second-order terms).
+    """
+    cdef Py_ssize_t N = DA.shape[0], kk = DA.shape[1], n = DA.shape[2]
+    cdef Py_ssize_t i, o, j
+    cdef real d1, da, t
+    with nogil:
+        for i in prange(N, num_threads=n_threads, schedule="static"):
+            for o in range(n):
+                d1 = D1[i, o]
+                da = DA[i, 0, o]
+                D[i, 0, o] = da * d1
+                if kk > 1:
+                    if gn:
+                        for j in range(kk - 1):
+                            D[i, 1 + j, o] = DA[i, 1 + j, o] * d1
+                    else:
+                        t = da * D2[i, o]
+                        for j in range(kk - 1):
+                            D[i, 1 + j, o] = (DA[i, 1 + j, o] + DV[i, j, o]) * d1 + t * RZ[i, j, o]
+
+
+def colsum(real[:, ::1] D, double[::1] out, int n_threads):
+    """out[m] = sum_i D[i, m], accumulated in float64 in row order (deterministic)."""
+    cdef Py_ssize_t N = D.shape[0], M = D.shape[1]
+    cdef Py_ssize_t blk, nb, i, m, m0, m1, B = 64
+    nb = (M + B - 1) // B
+    with nogil:
+        for m in range(M):
+            out[m] = 0
+        for blk in prange(nb, num_threads=n_threads, schedule="static"):
+            m0 = blk * B
+            m1 = m0 + B
+            if m1 > M:
+                m1 = M
+            for i in range(N):
+                for m in range(m0, m1):
+                    out[m] += D[i, m]

@@ -1,0 +1,200 @@
+"""Numba kernels of the curvature family (same signatures and layouts as ``_cython.pyx``).
+
+Plain loops compiled lazily on first call (``cache=True``, no eager signatures): importing this
+module compiles nothing. Each kernel compiles once per dtype (float32, float64).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .._threads import apply_numba_threads
+
+_SQRT_2_OVER_PI = 0.7978845608028654
+_GELU_A = 0.044715
+
+
+@njit(cache=True, inline="always")
+def _sigmoid(z):
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+@njit(cache=True, inline="always")
+def _act(code, z):
+    """(value, first derivative, second derivative) of activation ``code`` at z."""
+    if code == 1:  # tanh
+        t = math.tanh(z)
+        d1 = 1.0 - t * t
+        return t, d1, -2.0 * t * d1
+    if code == 2:  # sigmoid
+        s = _sigmoid(z)
+        d1 = s * (1.0 - s)
+        return s, d1, d1 * (1.0 - 2.0 * s)
+    if code == 3:  # relu
+        if z > 0:
+            return z, 1.0, 0.0
+        return 0.0 * z, 0.0, 0.0
+    if code == 4:  # softplus
+        s = _sigmoid(z)
+        return max(z, 0.0) + math.log1p(math.exp(-abs(z))), s, s * (1.0 - s)
+    if code == 5:  # gelu, tanh form
+        z2 = z * z
+        t = math.tanh(_SQRT_2_OVER_PI * (z + _GELU_A * z2 * z))
+        u1 = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_A * z2)
+        s = 0.5 * z * (1.0 + t)
+        d1 = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * u1
+        d2 = (1.0 - t * t) * (u1 - z * t * u1 * u1 + 0.5 * z * 6.0 * _SQRT_2_OVER_PI * _GELU_A * z)
+        return s, d1, d2
+    return z, 1.0, 0.0
+
+
+@njit(cache=True, parallel=True)
+def _hidden_forward(Z, b, AV, C, act, need, A, D1, D2, RZ):
+    N, kz, n = Z.shape
+    k = AV.shape[1] if need == 2 else 0
+    for i in prange(N):
+        for o in range(n):
+            s, d1, d2 = _act(act, Z[i, 0, o] + b[o])
+            A[i, 0, o] = s
+            if need >= 1:
+                D1[i, o] = d1
+            if need == 2:
+                D2[i, o] = d2
+                for j in range(k):
+                    rz = AV[i, j, o] + C[j, o]
+                    if kz > 1:
+                        rz = rz + Z[i, 1 + j, o]
+                    RZ[i, j, o] = rz
+                    A[i, 1 + j, o] = d1 * rz
+
+
+@njit(cache=True, parallel=True)
+def _output_forward(Z, b, AV, C, loss, need, labels, Y, D, losses):
+    N, kz, n = Z.shape
+    k = AV.shape[1] if need == 2 else 0
+    inv_n = 1.0 / N
+    for i in prange(N):
+        if loss == 0:
+            m = np.float64(Z[i, 0, 0] + b[0])
+            for o in range(1, n):
+                f = np.float64(Z[i, 0, o] + b[o])
+                if f > m:
+                    m = f
+            ssum = 0.0
+            for o in range(n):
+                ssum += math.exp(np.float64(Z[i, 0, o] + b[o]) - m)
+            lse = m + math.log(ssum)
+            lab = labels[i]
+            losses[i] = lse - np.float64(Z[i, 0, lab] + b[lab])
+            if need >= 1:
+                for o in range(n):
+                    D[i, 0, o] = math.exp(np.float64(Z[i, 0, o] + b[o]) - lse)  # p, for now
+                for j in range(k):
+                    pr = 0.0
+                    for o in range(n):
+                        rf = AV[i, j, o] + C[j, o]
+                        if kz > 1:
+                            rf = rf + Z[i, 1 + j, o]
+                        pr += np.float64(D[i, 0, o]) * rf
+                    for o in range(n):
+                        rf = AV[i, j, o] + C[j, o]
+                        if kz > 1:
+                            rf = rf + Z[i, 1 + j, o]
+                        D[i, 1 + j, o] = D[i, 0, o] * (rf - pr) * inv_n
+                for o in range(n):
+                    p = np.float64(D[i, 0, o])
+                    if o == lab:
+                        D[i, 0, o] = (p - 1.0) * inv_n
+                    else:
+                        D[i, 0, o] = p * inv_n
+        elif loss == 1:
+            ssum = 0.0
+            for o in range(n):
+                f = np.float64(Z[i, 0, o] + b[o]) - Y[i, o]
+                ssum += f * f
+                if need >= 1:
+                    D[i, 0, o] = f * inv_n
+                for j in range(k):
+                    rf = AV[i, j, o] + C[j, o]
+                    if kz > 1:
+                        rf = rf + Z[i, 1 + j, o]
+                    D[i, 1 + j, o] = rf * inv_n
+            losses[i] = 0.5 * ssum
+        else:
+            f = np.float64(Z[i, 0, 0] + b[0])
+            yv = np.float64(Y[i, 0])
+            if f > 0:
+                losses[i] = f + math.log1p(math.exp(-f)) - yv * f
+            else:
+                losses[i] = math.log1p(math.exp(f)) - yv * f
+            sg = _sigmoid(f)
+            if need >= 1:
+                D[i, 0, 0] = (sg - yv) * inv_n
+            for j in range(k):
+                rf = AV[i, j, 0] + C[j, 0]
+                if kz > 1:
+                    rf = rf + Z[i, 1 + j, 0]
+                D[i, 1 + j, 0] = sg * (1.0 - sg) * rf * inv_n
+
+
+@njit(cache=True, parallel=True)
+def _hidden_backward(DA, DV, D1, D2, RZ, gn, D):
+    N, kk, n = DA.shape
+    for i in prange(N):
+        for o in range(n):
+            d1 = D1[i, o]
+            da = DA[i, 0, o]
+            D[i, 0, o] = da * d1
+            if kk > 1:
+                if gn:
+                    for j in range(kk - 1):
+                        D[i, 1 + j, o] = DA[i, 1 + j, o] * d1
+                else:
+                    t = da * D2[i, o]
+                    for j in range(kk - 1):
+                        D[i, 1 + j, o] = (DA[i, 1 + j, o] + DV[i, j, o]) * d1 + t * RZ[i, j, o]
+
+
+@njit(cache=True, parallel=True)
+def _colsum(D, out):
+    N, M = D.shape
+    B = 64
+    nb = (M + B - 1) // B
+    for blk in prange(nb):
+        m0 = blk * B
+        m1 = min(m0 + B, M)
+        for m in range(m0, m1):
+            out[m] = 0.0
+        for i in range(N):
+            for m in range(m0, m1):
+                out[m] += D[i, m]
+
+
+def hidden_forward(Z, b, AV, C, act, need, A, D1, D2, RZ, n_threads):
+    """See ``fastopt.curvature._cython.hidden_forward``."""
+    apply_numba_threads()
+    _hidden_forward(Z, b, AV, C, act, need, A, D1, D2, RZ)
+
+
+def output_forward(Z, b, AV, C, loss, need, labels, Y, D, losses, n_threads):
+    """See ``fastopt.curvature._cython.output_forward``."""
+    apply_numba_threads()
+    _output_forward(Z, b, AV, C, loss, need, labels, Y, D, losses)
+
+
+def hidden_backward(DA, DV, D1, D2, RZ, gn, D, n_threads):
+    """See ``fastopt.curvature._cython.hidden_backward``."""
+    apply_numba_threads()
+    _hidden_backward(DA, DV, D1, D2, RZ, gn, D)
+
+
+def colsum(D, out, n_threads):
+    """See ``fastopt.curvature._cython.colsum``."""
+    apply_numba_threads()
+    _colsum(D, out)
