@@ -126,6 +126,11 @@ def hidden_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, :
         for i in prange(N, num_threads=n_threads, schedule="static"):
             for o in range(n):
                 z = Z[i, 0, o] + b[o]
+                # s, d1, d2 are written through pointers: assign first so that prange makes
+                # them thread-private (Cython infers privacy from assignments only)
+                s = 0
+                d1 = 0
+                d2 = 0
                 _act(act, z, &s, &d1, &d2)
                 A[i, 0, o] = s
                 if need >= 1:

@@ -84,8 +84,9 @@ class MLP:
     >>> X = np.random.default_rng(1).standard_normal((8, 3))
     >>> y = np.array([0, 1, 1, 0, 1, 0, 0, 1])
     >>> loss, g = net.loss_and_grad(theta, X, y)
-    >>> hv = net.hvp(theta, X, y, g)          # H g, exact
-    >>> bool(np.isclose(hv @ g, g @ net.hvp(theta, X, y, g)))
+    >>> hg = net.hvp(theta, X, y, g)           # H g, exact
+    >>> u = np.random.default_rng(2).standard_normal(net.num_params)
+    >>> bool(np.isclose(u @ hg, g @ net.hvp(theta, X, y, u)))   # H is symmetric
     True
     """
 
