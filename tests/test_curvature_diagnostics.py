@@ -190,7 +190,8 @@ def test_curvature_along_gradient_matches_dense(tanh_ce):
     eps = 1e-3
     actual = net.loss(theta - eps * g, X, y) - L
     assert abs(actual - c.predicted_change(eps)) <= 1e-6 * abs(actual)
-    np.testing.assert_allclose(c.predicted_change(np.array([0.0, eps])), [0.0, c.predicted_change(eps)])
+    both = c.predicted_change(np.array([0.0, eps]))
+    np.testing.assert_allclose(both, [0.0, c.predicted_change(eps)])
 
 
 def test_curvature_best_step_inf_on_concave_direction():
