@@ -39,9 +39,30 @@ cdef enum:
     GELU = 5
 
 
+cdef inline float _tanh_fast(float x) noexcept nogil:
+    """tanh in float32 without a libm call, so that loops over it vectorize: a 13/6 rational
+    approximation on [-7.905, 7.905] (outside, tanh rounds to +-1 in float32); max relative
+    error 3.5e-7 (about 3 ulp), checked against float64 tanh on a fine grid."""
+    cdef float x2, p, q, c = <float>7.90531110763549805
+    x = c if x > c else x
+    x = -c if x < -c else x
+    x2 = x * x
+    p = x2 * <float>-2.76076847742355e-16 + <float>2.00018790482477e-13
+    p = p * x2 + <float>-8.60467152213735e-11
+    p = p * x2 + <float>5.12229709037114e-08
+    p = p * x2 + <float>1.48572235717979e-05
+    p = p * x2 + <float>6.37261928875436e-04
+    p = p * x2 + <float>4.89352455891786e-03
+    p = p * x
+    q = x2 * <float>1.19825839466702e-06 + <float>1.18534705686654e-04
+    q = q * x2 + <float>2.26843463243900e-03
+    q = q * x2 + <float>4.89352518554385e-03
+    return p / q
+
+
 cdef inline real _tanh(real z) noexcept nogil:
     if real is float:
-        return tanhf(z)
+        return _tanh_fast(z)
     else:
         return tanh(z)
 
@@ -108,6 +129,54 @@ cdef inline void _act(int code, real z, real* s, real* d1, real* d2) noexcept no
         d2[0] = 0
 
 
+cdef inline void _tanh_row(const real* z, const real* b, real* a, real* d1, real* d2,
+                           Py_ssize_t n, int need) noexcept nogil:
+    cdef Py_ssize_t o
+    cdef real t
+    # few pointers per loop: gcc gives up vectorizing when too many runtime alias checks
+    # would be needed (a loop writing a, d1 and d2 ran 9x slower)
+    if need >= 1:
+        for o in range(n):
+            t = _tanh(z[o] + b[o])
+            a[o] = t
+            d1[o] = 1 - t * t
+        if need == 2:
+            for o in range(n):
+                d2[o] = -2 * a[o] * d1[o]
+    else:
+        for o in range(n):
+            a[o] = _tanh(z[o] + b[o])
+
+
+cdef inline void _act_row(int act, const real* z, const real* b, real* a, real* d1, real* d2,
+                          Py_ssize_t n, int need) noexcept nogil:
+    cdef Py_ssize_t o
+    cdef real s, g1, g2
+    for o in range(n):
+        _act(act, z[o] + b[o], &s, &g1, &g2)
+        a[o] = s
+        if need >= 1:
+            d1[o] = g1
+        if need == 2:
+            d2[o] = g2
+
+
+cdef inline void _rforward_row(const real* av, const real* c, const real* zr, const real* d1,
+                               real* rz, real* ra, Py_ssize_t n, bint has_zr) noexcept nogil:
+    cdef Py_ssize_t o
+    cdef real r
+    if has_zr:
+        for o in range(n):
+            r = av[o] + c[o] + zr[o]
+            rz[o] = r
+            ra[o] = d1[o] * r
+    else:
+        for o in range(n):
+            r = av[o] + c[o]
+            rz[o] = r
+            ra[o] = d1[o] * r
+
+
 def hidden_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, ::1] C,
                    int act, int need, real[:, :, ::1] A, real[:, ::1] D1, real[:, ::1] D2,
                    real[:, :, ::1] RZ, int n_threads):
@@ -117,32 +186,25 @@ def hidden_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, :
     AV : (N, k, n) = a_prev @ [V_1 .. V_k]; C : (k, n) bias directions.
     need : 0 forward only; 1 also act' in D1; 2 also act'' in D2 and the R-streams.
     Writes A (N, 1 + k, n), D1, D2 (N, n), RZ (N, k, n).
+    Inner loops run over the contiguous feature axis of one row through raw pointers, without
+    branches, so that they vectorize (tanh in float32: the rational ``_tanh_fast``).
     """
     cdef Py_ssize_t N = Z.shape[0], kz = Z.shape[1], n = Z.shape[2]
     cdef Py_ssize_t k = AV.shape[1] if need == 2 else 0
-    cdef Py_ssize_t i, o, j
-    cdef real z, s, d1, d2, rz
+    cdef Py_ssize_t i, j
+    cdef real* d1p
+    cdef real* d2p
     with nogil:
         for i in prange(N, num_threads=n_threads, schedule="static"):
-            for o in range(n):
-                z = Z[i, 0, o] + b[o]
-                # s, d1, d2 are written through pointers: assign first so that prange makes
-                # them thread-private (Cython infers privacy from assignments only)
-                s = 0
-                d1 = 0
-                d2 = 0
-                _act(act, z, &s, &d1, &d2)
-                A[i, 0, o] = s
-                if need >= 1:
-                    D1[i, o] = d1
-                if need == 2:
-                    D2[i, o] = d2
-                    for j in range(k):
-                        rz = AV[i, j, o] + C[j, o]
-                        if kz > 1:
-                            rz = rz + Z[i, 1 + j, o]
-                        RZ[i, j, o] = rz
-                        A[i, 1 + j, o] = d1 * rz
+            d1p = &D1[i, 0] if need >= 1 else NULL
+            d2p = &D2[i, 0] if need == 2 else NULL
+            if act == TANH:
+                _tanh_row(&Z[i, 0, 0], &b[0], &A[i, 0, 0], d1p, d2p, n, need)
+            else:
+                _act_row(act, &Z[i, 0, 0], &b[0], &A[i, 0, 0], d1p, d2p, n, need)
+            for j in range(k):
+                _rforward_row(&AV[i, j, 0], &C[j, 0], &Z[i, 1 + j, 0] if kz > 1 else NULL,
+                              d1p, &RZ[i, j, 0], &A[i, 1 + j, 0], n, kz > 1)
 
 
 def output_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, ::1] C,
@@ -222,6 +284,18 @@ def output_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, :
                     D[i, 1 + j, 0] = <real>(sg * (1 - sg) * rf * inv_n)
 
 
+cdef inline void _backward_row(const real* da0, const real* dar, const real* dv,
+                               const real* d1, const real* d2, const real* rz, real* out,
+                               Py_ssize_t n, bint gn) noexcept nogil:
+    cdef Py_ssize_t o
+    if gn:
+        for o in range(n):
+            out[o] = dar[o] * d1[o]
+    else:
+        for o in range(n):
+            out[o] = (dar[o] + dv[o]) * d1[o] + da0[o] * d2[o] * rz[o]
+
+
 def hidden_backward(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, ::1] D1, real[:, ::1] D2,
                     real[:, :, ::1] RZ, int gn, real[:, :, ::1] D, int n_threads):
     """delta and R(delta) of one hidden layer from DA = D_next @ W^T (N, 1 + k, n).
@@ -231,36 +305,37 @@ def hidden_backward(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, ::1] D1, rea
     """
     cdef Py_ssize_t N = DA.shape[0], kk = DA.shape[1], n = DA.shape[2]
     cdef Py_ssize_t i, o, j
-    cdef real d1, da, t
+    cdef real* da0
+    cdef real* d1
+    cdef real* out
     with nogil:
         for i in prange(N, num_threads=n_threads, schedule="static"):
+            da0 = &DA[i, 0, 0]
+            d1 = &D1[i, 0]
+            out = &D[i, 0, 0]
             for o in range(n):
-                d1 = D1[i, o]
-                da = DA[i, 0, o]
-                D[i, 0, o] = da * d1
-                if kk > 1:
-                    if gn:
-                        for j in range(kk - 1):
-                            D[i, 1 + j, o] = DA[i, 1 + j, o] * d1
-                    else:
-                        t = da * D2[i, o]
-                        for j in range(kk - 1):
-                            D[i, 1 + j, o] = (DA[i, 1 + j, o] + DV[i, j, o]) * d1 + t * RZ[i, j, o]
+                out[o] = da0[o] * d1[o]
+            for j in range(kk - 1):
+                _backward_row(da0, &DA[i, 1 + j, 0], NULL if gn else &DV[i, j, 0], d1,
+                              NULL if gn else &D2[i, 0], NULL if gn else &RZ[i, j, 0],
+                              &D[i, 1 + j, 0], n, gn)
 
 
 def colsum(real[:, ::1] D, double[::1] out, int n_threads):
     """out[m] = sum_i D[i, m], accumulated in float64 in row order (deterministic)."""
     cdef Py_ssize_t N = D.shape[0], M = D.shape[1]
-    cdef Py_ssize_t blk, nb, i, m, m0, m1, B = 64
+    cdef Py_ssize_t blk, nb, i, m, m0, w, B = 256
+    cdef const real* row
+    cdef double* acc
     nb = (M + B - 1) // B
     with nogil:
         for m in range(M):
             out[m] = 0
         for blk in prange(nb, num_threads=n_threads, schedule="static"):
             m0 = blk * B
-            m1 = m0 + B
-            if m1 > M:
-                m1 = M
+            w = M - m0 if M - m0 < B else B
+            acc = &out[m0]
             for i in range(N):
-                for m in range(m0, m1):
-                    out[m] += D[i, m]
+                row = &D[i, m0]
+                for m in range(w):
+                    acc[m] = acc[m] + row[m]

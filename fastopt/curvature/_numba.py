@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -23,6 +24,28 @@ def _sigmoid(z):
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
+
+
+_F32 = np.float32
+
+
+@njit(cache=True, inline="always")
+def _tanh_fast(x):
+    """float32 tanh without a libm call (vectorizes); see ``_cython._tanh_fast``."""
+    c = _F32(7.90531110763549805)
+    x = min(max(x, -c), c)
+    x2 = x * x
+    p = x2 * _F32(-2.76076847742355e-16) + _F32(2.00018790482477e-13)
+    p = p * x2 + _F32(-8.60467152213735e-11)
+    p = p * x2 + _F32(5.12229709037114e-08)
+    p = p * x2 + _F32(1.48572235717979e-05)
+    p = p * x2 + _F32(6.37261928875436e-04)
+    p = p * x2 + _F32(4.89352455891786e-03)
+    p = p * x
+    q = x2 * _F32(1.19825839466702e-06) + _F32(1.18534705686654e-04)
+    q = q * x2 + _F32(2.26843463243900e-03)
+    q = q * x2 + _F32(4.89352518554385e-03)
+    return p / q
 
 
 @njit(cache=True, inline="always")
@@ -55,23 +78,42 @@ def _act(code, z):
 
 
 @njit(cache=True, parallel=True)
-def _hidden_forward(Z, b, AV, C, act, need, A, D1, D2, RZ):
+def _hidden_forward(Z, b, AV, C, act, need, A, D1, D2, RZ, fast):
     N, kz, n = Z.shape
     k = AV.shape[1] if need == 2 else 0
     for i in prange(N):
-        for o in range(n):
-            s, d1, d2 = _act(act, Z[i, 0, o] + b[o])
-            A[i, 0, o] = s
-            if need >= 1:
-                D1[i, o] = d1
+        if act == 1 and need == 0:
+            for o in range(n):
+                z = Z[i, 0, o] + b[o]
+                A[i, 0, o] = _tanh_fast(z) if fast else math.tanh(z)
+        elif act == 1:  # tanh: branch-free loops over the feature axis
+            for o in range(n):
+                z = Z[i, 0, o] + b[o]
+                t = _tanh_fast(z) if fast else math.tanh(z)
+                A[i, 0, o] = t
+                D1[i, o] = 1 - t * t
             if need == 2:
-                D2[i, o] = d2
-                for j in range(k):
-                    rz = AV[i, j, o] + C[j, o]
-                    if kz > 1:
-                        rz = rz + Z[i, 1 + j, o]
+                for o in range(n):
+                    D2[i, o] = -2 * A[i, 0, o] * D1[i, o]
+        else:
+            for o in range(n):
+                s, d1, d2 = _act(act, Z[i, 0, o] + b[o])
+                A[i, 0, o] = s
+                if need >= 1:
+                    D1[i, o] = d1
+                if need == 2:
+                    D2[i, o] = d2
+        for j in range(k):
+            if kz > 1:
+                for o in range(n):
+                    rz = AV[i, j, o] + C[j, o] + Z[i, 1 + j, o]
                     RZ[i, j, o] = rz
-                    A[i, 1 + j, o] = d1 * rz
+                    A[i, 1 + j, o] = D1[i, o] * rz
+            else:
+                for o in range(n):
+                    rz = AV[i, j, o] + C[j, o]
+                    RZ[i, j, o] = rz
+                    A[i, 1 + j, o] = D1[i, o] * rz
 
 
 @njit(cache=True, parallel=True)
@@ -148,17 +190,15 @@ def _hidden_backward(DA, DV, D1, D2, RZ, gn, D):
     N, kk, n = DA.shape
     for i in prange(N):
         for o in range(n):
-            d1 = D1[i, o]
-            da = DA[i, 0, o]
-            D[i, 0, o] = da * d1
-            if kk > 1:
-                if gn:
-                    for j in range(kk - 1):
-                        D[i, 1 + j, o] = DA[i, 1 + j, o] * d1
-                else:
-                    t = da * D2[i, o]
-                    for j in range(kk - 1):
-                        D[i, 1 + j, o] = (DA[i, 1 + j, o] + DV[i, j, o]) * d1 + t * RZ[i, j, o]
+            D[i, 0, o] = DA[i, 0, o] * D1[i, o]
+        for j in range(kk - 1):
+            if gn:
+                for o in range(n):
+                    D[i, 1 + j, o] = DA[i, 1 + j, o] * D1[i, o]
+            else:
+                for o in range(n):
+                    D[i, 1 + j, o] = ((DA[i, 1 + j, o] + DV[i, j, o]) * D1[i, o]
+                                      + DA[i, 0, o] * D2[i, o] * RZ[i, j, o])
 
 
 @njit(cache=True, parallel=True)
@@ -176,25 +216,32 @@ def _colsum(D, out):
                 out[m] += D[i, m]
 
 
+def _use_threads(n_threads):
+    """Numba's thread count for this call: fastopt's, or fewer when the caller asks."""
+    n = apply_numba_threads()
+    if n_threads < n:
+        numba.set_num_threads(max(1, n_threads))
+
+
 def hidden_forward(Z, b, AV, C, act, need, A, D1, D2, RZ, n_threads):
     """See ``fastopt.curvature._cython.hidden_forward``."""
-    apply_numba_threads()
-    _hidden_forward(Z, b, AV, C, act, need, A, D1, D2, RZ)
+    _use_threads(n_threads)
+    _hidden_forward(Z, b, AV, C, act, need, A, D1, D2, RZ, Z.dtype == np.float32)
 
 
 def output_forward(Z, b, AV, C, loss, need, labels, Y, D, losses, n_threads):
     """See ``fastopt.curvature._cython.output_forward``."""
-    apply_numba_threads()
+    _use_threads(n_threads)
     _output_forward(Z, b, AV, C, loss, need, labels, Y, D, losses)
 
 
 def hidden_backward(DA, DV, D1, D2, RZ, gn, D, n_threads):
     """See ``fastopt.curvature._cython.hidden_backward``."""
-    apply_numba_threads()
+    _use_threads(n_threads)
     _hidden_backward(DA, DV, D1, D2, RZ, gn, D)
 
 
 def colsum(D, out, n_threads):
     """See ``fastopt.curvature._cython.colsum``."""
-    apply_numba_threads()
+    _use_threads(n_threads)
     _colsum(D, out)

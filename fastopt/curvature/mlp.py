@@ -35,6 +35,13 @@ LOSSES = ("cross_entropy", "mse", "logistic")
 INIT_SCHEMES = ("xavier", "he", "orthogonal")
 
 
+# Element-wise passes smaller than this many values run on one thread: on small layers the
+# kernel costs less than waking a thread team, and OpenMP/Numba workers left spinning after a
+# parallel region steal the cores that the next BLAS call needs (measured on the 2-core machine:
+# an HVP of MLP [64, 128, 128, 10] ran up to 50x slower with every pass threaded).
+PARALLEL_MIN_VALUES = 1 << 18
+
+
 def _prefer() -> str:
     # bench/bench_curvature.py: the two compiled backends are within noise of each other on the
     # benchmark shapes (the GEMMs dominate); Cython has no JIT latency, so it goes first.
@@ -316,7 +323,10 @@ class MLP:
         """Forward (+ backward (+ R passes)). mode: "loss", "grad", "hvp", "gnvp"."""
         name = _dispatch.resolve("curvature", backend, prefer=_prefer)
         mod = _dispatch.load("curvature", name)
-        nt = get_num_threads()
+        nt_all = get_num_threads()
+
+        def nt(values: int) -> int:
+            return nt_all if values >= PARALLEL_MIN_VALUES else 1
         dt = self.dtype
         N = X.shape[0]
         need = {"loss": 0, "grad": 1, "hvp": 2, "gnvp": 2}[mode]
@@ -355,14 +365,14 @@ class MLP:
                 D1 = np.empty((N, n_o), dt) if need >= 1 else dummy2
                 D2 = np.empty((N, n_o), dt) if need == 2 else dummy2
                 RZ = np.empty((N, k, n_o), dt) if need == 2 else dummy3
-                mod.hidden_forward(Z, b, AV, C, self._act_code, need, A, D1, D2, RZ, nt)
+                mod.hidden_forward(Z, b, AV, C, self._act_code, need, A, D1, D2, RZ, nt(A.size))
                 caches.append((D1, D2, RZ))
                 Ain = A
             else:
                 D = np.empty((N, kk, n_o), dt) if need >= 1 else dummy3
                 losses = np.empty(N, np.float64)
                 mod.output_forward(
-                    Z, b, AV, C, self._loss_code, need, labels, Y, D, losses, nt
+                    Z, b, AV, C, self._loss_code, need, labels, Y, D, losses, nt(Z.size)
                 )
         loss = float(losses.sum() / N)
         if need == 0:
@@ -382,7 +392,7 @@ class MLP:
             Dflat = D.reshape(N, kk * n_o)
             G = np.matmul(Ain[:, 0, :].T, Dflat).reshape(n_in, kk, n_o)
             Sl = S[: kk * n_o]
-            mod.colsum(Dflat, Sl, nt)
+            mod.colsum(Dflat, Sl, nt(Dflat.size))
             Sl = Sl.reshape(kk, n_o)
             grad[o0:o1] = G[:, 0, :].ravel()
             grad[o1:o2] = Sl[0]
@@ -403,7 +413,7 @@ class MLP:
                     DV = dummy3
                 D1, D2, RZ = caches[l - 1]
                 Dn = np.empty((N, kk, n_in), dt)
-                mod.hidden_backward(DA, DV, D1, D2, RZ, gn, Dn, nt)
+                mod.hidden_backward(DA, DV, D1, D2, RZ, gn, Dn, nt(Dn.size))
                 D = Dn
         return loss, grad, hv
 
