@@ -247,6 +247,29 @@ def test_backends_match_reference(backend_cases, backend, dtype):
 
 
 @pytest.mark.parametrize("backend", compiled_backends("curvature"))
+def test_threaded_kernels_match_reference(backend_cases, backend, monkeypatch):
+    # small layers run on one thread (PARALLEL_MIN_VALUES); force the threaded kernels here
+    import fastopt
+    from fastopt.curvature import mlp
+
+    monkeypatch.setattr(mlp, "PARALLEL_MIN_VALUES", 0)
+    old = fastopt.get_num_threads()
+    fastopt.set_num_threads(2)
+    try:
+        for dt in ("float32", "float64"):
+            net, theta, X, y, V, ref = backend_cases[(dt, "tanh")]
+            tol = 4 * tolerance(dt)
+            HV = net.hvp(theta, X, y, V, backend=backend)
+            assert rel_err(HV, ref[1]) <= tol
+            assert rel_err(net.gnvp(theta, X, y, V, backend=backend), ref[2]) <= tol
+            assert rel_err(net.loss_and_grad(theta, X, y, backend=backend)[1], ref[0][1]) <= tol
+            for _ in range(3):
+                np.testing.assert_array_equal(net.hvp(theta, X, y, V, backend=backend), HV)
+    finally:
+        fastopt.set_num_threads(old)
+
+
+@pytest.mark.parametrize("backend", compiled_backends("curvature"))
 def test_float32_close_to_float64(backend_cases, backend):
     for act in ("tanh", "gelu"):
         net32, theta, X, y, V, _ = backend_cases[("float32", act)]
