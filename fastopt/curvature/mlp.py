@@ -15,6 +15,7 @@ the HVP runs six GEMMs whatever k is.
 from __future__ import annotations
 
 import numbers
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -75,6 +76,11 @@ class MLP:
 
     Notes
     -----
+    Each thread that calls the model keeps scratch buffers between calls (the activations and
+    R-streams of every layer, about ``(1 + k) * N * sum(sizes[1:])`` values for k directions)
+    so that repeated calls do not page-fault fresh memory; :meth:`clear_workspace` frees them.
+    Returned arrays are always new (or ``out=``).
+
     All methods validate their input, never modify it, and take ``backend=`` (``"auto"``,
     ``"cython"``, ``"numba"``, ``"numpy"``) selecting the element-wise kernels; the matrix
     products always run through numpy's BLAS. ``X`` and ``y`` that are not C-contiguous are
@@ -141,6 +147,16 @@ class MLP:
             self._offsets.append((off, off + n_in * n_o, off + n_in * n_o + n_o))
             off += n_in * n_o + n_o
         self.num_params = off
+        self._tls = threading.local()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_tls"]  # scratch buffers are per thread and not part of the model
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._tls = threading.local()
 
     def __repr__(self) -> str:
         return (
@@ -319,6 +335,16 @@ class MLP:
         return theta, X, labels, Y
 
     # ------------------------------------------------------------------ core
+    def _workspace(self) -> dict[str, np.ndarray]:
+        ws = getattr(self._tls, "buffers", None)
+        if ws is None:
+            ws = self._tls.buffers = {}
+        return ws
+
+    def clear_workspace(self) -> None:
+        """Free the scratch buffers this thread keeps between calls (see the class notes)."""
+        self._tls.buffers = {}
+
     def _run(self, theta, X, labels, Y, V, mode, backend):
         """Forward (+ backward (+ R passes)). mode: "loss", "grad", "hvp", "gnvp"."""
         name = _dispatch.resolve("curvature", backend, prefer=_prefer)
@@ -327,7 +353,19 @@ class MLP:
 
         def nt(values: int) -> int:
             return nt_all if values >= PARALLEL_MIN_VALUES else 1
+
         dt = self.dtype
+        ws = self._workspace()
+
+        def buf(key: str, shape: tuple[int, ...], dtype: np.dtype = dt) -> np.ndarray:
+            # Scratch arrays are reused across calls: fresh ones would be fresh pages from the
+            # OS, and first-touch page faults cost more than the kernels (6x on the small
+            # benchmark shape).
+            a = ws.get(key)
+            if a is None or a.shape != shape or a.dtype != dtype:
+                a = ws[key] = np.empty(shape, dtype)
+            return a
+
         N = X.shape[0]
         need = {"loss": 0, "grad": 1, "hvp": 2, "gnvp": 2}[mode]
         k = V.shape[1] if need == 2 else 0
@@ -339,13 +377,22 @@ class MLP:
 
         Vc, VTc, Cs = [], [], []
         if k:
-            for (n_in, n_o), (o0, o1, o2) in zip(
+            for l, ((n_in, n_o), (o0, o1, o2)) in enumerate(zip(
                 zip(self.sizes[:-1], self.sizes[1:], strict=True), self._offsets, strict=True
-            ):
+            )):
                 Vl = V[o0:o1].reshape(n_in, n_o, k)
-                Vc.append(Vl.transpose(0, 2, 1).reshape(n_in, k * n_o))
-                VTc.append(Vl.transpose(1, 2, 0).reshape(n_o, k * n_in) if mode == "hvp" else None)
-                Cs.append(np.ascontiguousarray(V[o1:o2].T))
+                vc = buf(f"Vc{l}", (n_in, k, n_o))
+                np.copyto(vc, Vl.transpose(0, 2, 1))
+                Vc.append(vc.reshape(n_in, k * n_o))
+                if mode == "hvp" and l > 0:
+                    vt = buf(f"VTc{l}", (n_o, k, n_in))
+                    np.copyto(vt, Vl.transpose(1, 2, 0))
+                    VTc.append(vt.reshape(n_o, k * n_in))
+                else:
+                    VTc.append(None)
+                c = buf(f"C{l}", (k, n_o))
+                np.copyto(c, V[o1:o2].T)
+                Cs.append(c)
 
         # ---- forward and R-forward
         Ain = X.reshape(N, 1, X.shape[1])
@@ -353,24 +400,28 @@ class MLP:
         for l, (W, b) in enumerate(layers):
             n_in, n_o = W.shape
             kz = Ain.shape[1]
-            Z = np.matmul(Ain.reshape(N * kz, n_in), W).reshape(N, kz, n_o)
+            Z = buf(f"Z{l}", (N * kz, n_o))
+            np.matmul(Ain.reshape(N * kz, n_in), W, out=Z)
+            Z = Z.reshape(N, kz, n_o)
             if k:
-                AV = np.matmul(Ain[:, 0, :], Vc[l]).reshape(N, k, n_o)
+                AV = buf(f"AV{l}", (N, k * n_o))
+                np.matmul(Ain[:, 0, :], Vc[l], out=AV)
+                AV = AV.reshape(N, k, n_o)
                 C = Cs[l]
             else:
                 AV, C = np.empty((N, 0, n_o), dt), np.empty((0, n_o), dt)
             inputs.append(Ain)
             if l < L - 1:
-                A = np.empty((N, kk, n_o), dt)
-                D1 = np.empty((N, n_o), dt) if need >= 1 else dummy2
-                D2 = np.empty((N, n_o), dt) if need == 2 else dummy2
-                RZ = np.empty((N, k, n_o), dt) if need == 2 else dummy3
+                A = buf(f"A{l}", (N, kk, n_o))
+                D1 = buf(f"D1{l}", (N, n_o)) if need >= 1 else dummy2
+                D2 = buf(f"D2{l}", (N, n_o)) if need == 2 else dummy2
+                RZ = buf(f"RZ{l}", (N, k, n_o)) if need == 2 else dummy3
                 mod.hidden_forward(Z, b, AV, C, self._act_code, need, A, D1, D2, RZ, nt(A.size))
                 caches.append((D1, D2, RZ))
                 Ain = A
             else:
-                D = np.empty((N, kk, n_o), dt) if need >= 1 else dummy3
-                losses = np.empty(N, np.float64)
+                D = buf("Dout", (N, kk, n_o)) if need >= 1 else dummy3
+                losses = buf("losses", (N,), np.dtype(np.float64))
                 mod.output_forward(
                     Z, b, AV, C, self._loss_code, need, labels, Y, D, losses, nt(Z.size)
                 )
@@ -382,7 +433,7 @@ class MLP:
         grad = np.empty(self.num_params, dt)
         hv = np.empty((self.num_params, k), dt) if k else None
         gn = 1 if mode == "gnvp" else 0
-        S = np.empty(kk * max(self.sizes[1:]), np.float64)
+        S = buf("S", (kk * max(self.sizes[1:]),), np.dtype(np.float64))
         for l in range(L - 1, -1, -1):
             W, _ = layers[l]
             n_in, n_o = W.shape
@@ -390,29 +441,36 @@ class MLP:
             Ain = inputs[l]
             kz = Ain.shape[1]
             Dflat = D.reshape(N, kk * n_o)
-            G = np.matmul(Ain[:, 0, :].T, Dflat).reshape(n_in, kk, n_o)
+            G = buf(f"G{l}", (n_in, kk * n_o))
+            np.matmul(Ain[:, 0, :].T, Dflat, out=G)
+            G = G.reshape(n_in, kk, n_o)
             Sl = S[: kk * n_o]
             mod.colsum(Dflat, Sl, nt(Dflat.size))
             Sl = Sl.reshape(kk, n_o)
-            grad[o0:o1] = G[:, 0, :].ravel()
+            grad[o0:o1].reshape(n_in, n_o)[...] = G[:, 0, :]
             grad[o1:o2] = Sl[0]
             if k:
                 hvW = hv[o0:o1].reshape(n_in, n_o, k)
                 if mode == "hvp" and kz > 1:
-                    Gr = np.matmul(Ain[:, 1:, :].reshape(N, k * n_in).T, D[:, 0, :])
+                    Gr = buf(f"Gr{l}", (k * n_in, n_o))
+                    np.matmul(Ain[:, 1:, :].reshape(N, k * n_in).T, D[:, 0, :], out=Gr)
                     np.add(G[:, 1:, :].transpose(0, 2, 1),
                            Gr.reshape(k, n_in, n_o).transpose(1, 2, 0), out=hvW)
                 else:
                     hvW[...] = G[:, 1:, :].transpose(0, 2, 1)
                 hv[o1:o2] = Sl[1:].T
             if l > 0:
-                DA = np.matmul(D.reshape(N * kk, n_o), W.T).reshape(N, kk, n_in)
+                DA = buf(f"DA{l}", (N * kk, n_in))
+                np.matmul(D.reshape(N * kk, n_o), W.T, out=DA)
+                DA = DA.reshape(N, kk, n_in)
                 if mode == "hvp" and k:
-                    DV = np.matmul(D[:, 0, :], VTc[l]).reshape(N, k, n_in)
+                    DV = buf(f"DV{l}", (N, k * n_in))
+                    np.matmul(D[:, 0, :], VTc[l], out=DV)
+                    DV = DV.reshape(N, k, n_in)
                 else:
                     DV = dummy3
                 D1, D2, RZ = caches[l - 1]
-                Dn = np.empty((N, kk, n_in), dt)
+                Dn = buf(f"D{l}", (N, kk, n_in))
                 mod.hidden_backward(DA, DV, D1, D2, RZ, gn, Dn, nt(Dn.size))
                 D = Dn
         return loss, grad, hv
