@@ -5,8 +5,9 @@ shape) and their contenders:
 
 - ``hvp <shape>``: fastopt-cython, fastopt-numba, numpy (the reference kernels), torch
   (double-backward through autograd), jax (``jit(jvp(grad(loss)))``, forward-over-reverse) and
-  ``floor``: the matrix products an R-operator HVP needs (8 per hidden layer: forward,
-  R-forward x2, backward x3 incl. the R terms, weight gradient x3 — fewer for the first layer),
+  ``floor``: the matrix products an R-operator HVP needs (8 per hidden layer: z = a W,
+  R(z) = R(a) W + a V, da = delta W^T, R(da) = R(delta) W^T + delta V^T,
+  R(grad W) = R(a)^T delta + a^T R(delta); 3 for the first layer, whose input has no R-stream),
   alone, on preallocated contiguous operands, through numpy's BLAS. ``floor / fastopt`` is the
   fraction of the float32 matrix-product rate that the HVP reaches.
 - ``grad <shape>``: fastopt's own loss-and-gradient (the HVP should cost <= 3x).
@@ -69,7 +70,7 @@ def floor_products(net, N: int, rng: np.random.Generator):
         g = np.empty((n_in, n_out), f)
         da = np.empty((N, n_in), f)
         triples += [(a, W, z), (a, W, z)]  # z = a W; R-forward a V
-        triples += [(aT, d, g), (aT, d, g)]  # gW = a^T delta; a^T R(delta)
+        triples += [(aT, d, g)]  # a^T R(delta) (the HVP does not need the gradient a^T delta)
         if l > 0:  # layers whose input carries an R-stream and needs a backward pass
             triples += [(a, W, z), (aT, d, g)]  # R(a) W; R(a)^T delta
             triples += [(d, WT, da)] * 3  # delta W^T; R(delta) W^T; delta V^T

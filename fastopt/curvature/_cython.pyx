@@ -321,9 +321,14 @@ def hidden_backward(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, ::1] D1, rea
                               &D[i, 1 + j, 0], n, gn)
 
 
-def colsum(real[:, ::1] D, double[::1] out, int n_threads):
-    """out[m] = sum_i D[i, m], accumulated in float64 in row order (deterministic)."""
+def colsum(real[:, :] D, double[::1] out, int n_threads):
+    """out[m] = sum_i D[i, m], accumulated in float64 in row order (deterministic).
+
+    D may have any row stride (a slice of the interleaved streams) but contiguous rows.
+    """
     cdef Py_ssize_t N = D.shape[0], M = D.shape[1]
+    if M > 1 and D.strides[1] != sizeof(real):
+        raise ValueError("colsum: rows of D must be contiguous")
     cdef Py_ssize_t blk, nb, i, m, m0, w, B = 256
     cdef const real* row
     cdef double* acc

@@ -430,35 +430,40 @@ class MLP:
             return loss, None, None
 
         # ---- backward and R-backward
-        grad = np.empty(self.num_params, dt)
-        hv = np.empty((self.num_params, k), dt) if k else None
+        # The products' weight/bias terms need only the streams that are returned: the gradient
+        # (slot 0) for mode "grad", the R-streams (slots 1..k) for "hvp"/"gnvp" -- the HVP does
+        # not pay for the gradient's a^T delta.
+        first = 1 if k else 0
+        if k:
+            hv = np.empty((self.num_params, k), dt)
+            out = hv
+        else:
+            grad = np.empty(self.num_params, dt)
+            out = grad.reshape(-1, 1)
+        m = kk - first
         gn = 1 if mode == "gnvp" else 0
-        S = buf("S", (kk * max(self.sizes[1:]),), np.dtype(np.float64))
+        S = buf("S", (m * max(self.sizes[1:]),), np.dtype(np.float64))
         for l in range(L - 1, -1, -1):
             W, _ = layers[l]
             n_in, n_o = W.shape
             o0, o1, o2 = self._offsets[l]
             Ain = inputs[l]
             kz = Ain.shape[1]
-            Dflat = D.reshape(N, kk * n_o)
-            G = buf(f"G{l}", (n_in, kk * n_o))
-            np.matmul(Ain[:, 0, :].T, Dflat, out=G)
-            G = G.reshape(n_in, kk, n_o)
-            Sl = S[: kk * n_o]
-            mod.colsum(Dflat, Sl, nt(Dflat.size))
-            Sl = Sl.reshape(kk, n_o)
-            grad[o0:o1].reshape(n_in, n_o)[...] = G[:, 0, :]
-            grad[o1:o2] = Sl[0]
-            if k:
-                hvW = hv[o0:o1].reshape(n_in, n_o, k)
-                if mode == "hvp" and kz > 1:
-                    Gr = buf(f"Gr{l}", (k * n_in, n_o))
-                    np.matmul(Ain[:, 1:, :].reshape(N, k * n_in).T, D[:, 0, :], out=Gr)
-                    np.add(G[:, 1:, :].transpose(0, 2, 1),
-                           Gr.reshape(k, n_in, n_o).transpose(1, 2, 0), out=hvW)
-                else:
-                    hvW[...] = G[:, 1:, :].transpose(0, 2, 1)
-                hv[o1:o2] = Sl[1:].T
+            Dsel = D[:, first:, :].reshape(N, m * n_o)
+            G = buf(f"G{l}", (n_in, m * n_o))
+            np.matmul(Ain[:, 0, :].T, Dsel, out=G)
+            G = G.reshape(n_in, m, n_o)
+            Sl = S[: m * n_o]
+            mod.colsum(Dsel, Sl, nt(Dsel.size))
+            outW = out[o0:o1].reshape(n_in, n_o, m)
+            if mode == "hvp" and kz > 1:
+                Gr = buf(f"Gr{l}", (k * n_in, n_o))
+                np.matmul(Ain[:, 1:, :].reshape(N, k * n_in).T, D[:, 0, :], out=Gr)
+                np.add(G.transpose(0, 2, 1), Gr.reshape(k, n_in, n_o).transpose(1, 2, 0),
+                       out=outW)
+            else:
+                outW[...] = G.transpose(0, 2, 1)
+            out[o1:o2] = Sl.reshape(m, n_o).T
             if l > 0:
                 DA = buf(f"DA{l}", (N * kk, n_in))
                 np.matmul(D.reshape(N * kk, n_o), W.T, out=DA)
@@ -473,7 +478,7 @@ class MLP:
                 Dn = buf(f"D{l}", (N, kk, n_in))
                 mod.hidden_backward(DA, DV, D1, D2, RZ, gn, Dn, nt(Dn.size))
                 D = Dn
-        return loss, grad, hv
+        return (loss, None, hv) if k else (loss, grad, None)
 
     # ------------------------------------------------------------------ public
     def forward(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
