@@ -27,6 +27,7 @@ def _sigmoid(z):
 
 
 _F32 = np.float32
+_COLSUM_BLOCK = 256  # columns per block of the float64 column sums
 
 
 @njit(cache=True, inline="always")
@@ -77,11 +78,11 @@ def _act(code, z):
     return z, 1.0, 0.0
 
 
-@njit(cache=True, parallel=True)
-def _hidden_forward(Z, b, AV, C, act, need, A, D1, D2, RZ, fast):
+@njit(cache=True)
+def _hidden_forward_rows(Z, b, AV, C, act, need, A, D1, D2, RZ, fast, i0, i1):
     N, kz, n = Z.shape
     k = AV.shape[1] if need == 2 else 0
-    for i in prange(N):
+    for i in range(i0, i1):
         if act == 1 and need == 0:
             for o in range(n):
                 z = Z[i, 0, o] + b[o]
@@ -116,12 +117,12 @@ def _hidden_forward(Z, b, AV, C, act, need, A, D1, D2, RZ, fast):
                     A[i, 1 + j, o] = D1[i, o] * rz
 
 
-@njit(cache=True, parallel=True)
-def _output_forward(Z, b, AV, C, loss, need, labels, Y, D, losses):
+@njit(cache=True)
+def _output_forward_rows(Z, b, AV, C, loss, need, labels, Y, D, losses, i0, i1):
     N, kz, n = Z.shape
     k = AV.shape[1] if need == 2 else 0
     inv_n = 1.0 / N
-    for i in prange(N):
+    for i in range(i0, i1):
         if loss == 0:
             m = np.float64(Z[i, 0, 0] + b[0])
             for o in range(1, n):
@@ -185,10 +186,10 @@ def _output_forward(Z, b, AV, C, loss, need, labels, Y, D, losses):
                 D[i, 1 + j, 0] = sg * (1.0 - sg) * rf * inv_n
 
 
-@njit(cache=True, parallel=True)
-def _hidden_backward(DA, DV, D1, D2, RZ, gn, D):
+@njit(cache=True)
+def _hidden_backward_rows(DA, DV, D1, D2, RZ, gn, D, i0, i1):
     N, kk, n = DA.shape
-    for i in prange(N):
+    for i in range(i0, i1):
         for o in range(n):
             D[i, 0, o] = DA[i, 0, o] * D1[i, o]
         for j in range(kk - 1):
@@ -201,14 +202,12 @@ def _hidden_backward(DA, DV, D1, D2, RZ, gn, D):
                                       + DA[i, 0, o] * D2[i, o] * RZ[i, j, o])
 
 
-@njit(cache=True, parallel=True)
-def _colsum(D, out):
+@njit(cache=True)
+def _colsum_blocks(D, out, b0, b1):
     N, M = D.shape
-    B = 64
-    nb = (M + B - 1) // B
-    for blk in prange(nb):
-        m0 = blk * B
-        m1 = min(m0 + B, M)
+    for blk in range(b0, b1):
+        m0 = blk * _COLSUM_BLOCK
+        m1 = min(m0 + _COLSUM_BLOCK, M)
         for m in range(m0, m1):
             out[m] = 0.0
         for i in range(N):
@@ -216,32 +215,87 @@ def _colsum(D, out):
                 out[m] += D[i, m]
 
 
-def _use_threads(n_threads):
-    """Numba's thread count for this call: fastopt's, or fewer when the caller asks."""
-    n = apply_numba_threads()
-    if n_threads < n:
-        numba.set_num_threads(max(1, n_threads))
+# Parallel drivers: a fixed number of contiguous chunks (rows or column blocks) per call, each
+# handled by the serial body above, so that results do not depend on scheduling. With one
+# thread the body runs directly, without touching Numba's thread pool (whose OpenMP workers,
+# left spinning, steal the cores that the next BLAS call needs).
+
+
+@njit(cache=True, parallel=True)
+def _hidden_forward_par(Z, b, AV, C, act, need, A, D1, D2, RZ, fast, chunks):
+    N = Z.shape[0]
+    step = (N + chunks - 1) // chunks
+    for c in prange(chunks):
+        _hidden_forward_rows(Z, b, AV, C, act, need, A, D1, D2, RZ, fast, c * step,
+                             min(N, (c + 1) * step))
+
+
+@njit(cache=True, parallel=True)
+def _output_forward_par(Z, b, AV, C, loss, need, labels, Y, D, losses, chunks):
+    N = Z.shape[0]
+    step = (N + chunks - 1) // chunks
+    for c in prange(chunks):
+        _output_forward_rows(Z, b, AV, C, loss, need, labels, Y, D, losses, c * step,
+                             min(N, (c + 1) * step))
+
+
+@njit(cache=True, parallel=True)
+def _hidden_backward_par(DA, DV, D1, D2, RZ, gn, D, chunks):
+    N = DA.shape[0]
+    step = (N + chunks - 1) // chunks
+    for c in prange(chunks):
+        _hidden_backward_rows(DA, DV, D1, D2, RZ, gn, D, c * step, min(N, (c + 1) * step))
+
+
+@njit(cache=True, parallel=True)
+def _colsum_par(D, out, chunks):
+    nb = (D.shape[1] + _COLSUM_BLOCK - 1) // _COLSUM_BLOCK
+    step = (nb + chunks - 1) // chunks
+    for c in prange(chunks):
+        _colsum_blocks(D, out, c * step, min(nb, (c + 1) * step))
+
+
+def _threads(n_threads: int) -> int:
+    """Threads for this call: fastopt's count, or fewer when the caller asks (1: serial)."""
+    n = min(apply_numba_threads(), max(1, int(n_threads)))
+    if n > 1 and numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+    return n
 
 
 def hidden_forward(Z, b, AV, C, act, need, A, D1, D2, RZ, n_threads):
     """See ``fastopt.curvature._cython.hidden_forward``."""
-    _use_threads(n_threads)
-    _hidden_forward(Z, b, AV, C, act, need, A, D1, D2, RZ, Z.dtype == np.float32)
+    fast = Z.dtype == np.float32
+    n = _threads(n_threads)
+    if n == 1:
+        _hidden_forward_rows(Z, b, AV, C, act, need, A, D1, D2, RZ, fast, 0, Z.shape[0])
+    else:
+        _hidden_forward_par(Z, b, AV, C, act, need, A, D1, D2, RZ, fast, 4 * n)
 
 
 def output_forward(Z, b, AV, C, loss, need, labels, Y, D, losses, n_threads):
     """See ``fastopt.curvature._cython.output_forward``."""
-    _use_threads(n_threads)
-    _output_forward(Z, b, AV, C, loss, need, labels, Y, D, losses)
+    n = _threads(n_threads)
+    if n == 1:
+        _output_forward_rows(Z, b, AV, C, loss, need, labels, Y, D, losses, 0, Z.shape[0])
+    else:
+        _output_forward_par(Z, b, AV, C, loss, need, labels, Y, D, losses, 4 * n)
 
 
 def hidden_backward(DA, DV, D1, D2, RZ, gn, D, n_threads):
     """See ``fastopt.curvature._cython.hidden_backward``."""
-    _use_threads(n_threads)
-    _hidden_backward(DA, DV, D1, D2, RZ, gn, D)
+    n = _threads(n_threads)
+    if n == 1:
+        _hidden_backward_rows(DA, DV, D1, D2, RZ, gn, D, 0, DA.shape[0])
+    else:
+        _hidden_backward_par(DA, DV, D1, D2, RZ, gn, D, 4 * n)
 
 
 def colsum(D, out, n_threads):
     """See ``fastopt.curvature._cython.colsum``."""
-    _use_threads(n_threads)
-    _colsum(D, out)
+    n = _threads(n_threads)
+    nb = (D.shape[1] + _COLSUM_BLOCK - 1) // _COLSUM_BLOCK
+    if n == 1 or nb == 1:
+        _colsum_blocks(D, out, 0, nb)
+    else:
+        _colsum_par(D, out, min(nb, 4 * n))
