@@ -36,11 +36,14 @@ LOSSES = ("cross_entropy", "mse", "logistic")
 INIT_SCHEMES = ("xavier", "he", "orthogonal")
 
 
-# Element-wise passes smaller than this many values run on one thread: on small layers the
-# kernel costs less than waking a thread team, and OpenMP/Numba workers left spinning after a
-# parallel region steal the cores that the next BLAS call needs (measured on the 2-core machine:
-# an HVP of MLP [64, 128, 128, 10] ran up to 50x slower with every pass threaded).
-PARALLEL_MIN_VALUES = 1 << 18
+# Element-wise passes with fewer values than this run on one thread. BLAS already uses every
+# core for the matrix products in between, and a thread team left spinning after a parallel
+# region (OpenMP for Cython, Numba's pool) steals the cores the next BLAS call needs: measured on
+# the 2-core machine, threading the passes made the HVP of MLP [64, 128, 128, 10] with k = 8 go
+# from 10 ms to 116 ms (median), and of MLP [784, 1024, 1024, 1024, 10] from 230 to 361 ms. Single-
+# threaded passes cost about 1 ns per value, a few percent of the products' time; only passes
+# big enough to amortize a contended hand-over (2^24 values, ~16 ms) are threaded.
+PARALLEL_MIN_VALUES = 1 << 24
 
 
 def _prefer() -> str:
