@@ -383,6 +383,12 @@ class MLP:
             for l, ((n_in, n_o), (o0, o1, o2)) in enumerate(zip(
                 zip(self.sizes[:-1], self.sizes[1:], strict=True), self._offsets, strict=True
             )):
+                if k == 1:  # V_l is already laid out as [V_1]; BLAS reads V_l^T in place
+                    Vl = V[o0:o1].reshape(n_in, n_o)
+                    Vc.append(Vl)
+                    VTc.append(Vl.T)
+                    Cs.append(V[o1:o2].reshape(1, n_o))
+                    continue
                 Vl = V[o0:o1].reshape(n_in, n_o, k)
                 vc = buf(f"Vc{l}", (n_in, k, n_o))
                 np.copyto(vc, Vl.transpose(0, 2, 1))
