@@ -173,16 +173,20 @@ def test_hvp_k8(benchmark, contender, key):
     benchmark.pedantic(fn, rounds=max(3, ROUNDS[key] // 2), warmup_rounds=1, iterations=1)
 
 
-def _report(paths: list[str]) -> str:
-    """Merge pytest-benchmark JSON files into per-group medians and the issue's ratios."""
+def _report(paths: list[str], stat: str = "median") -> str:
+    """Merge pytest-benchmark JSON files into per-group times and the issue's ratios.
+
+    ``stat`` is the pytest-benchmark statistic compared ("median", or "min": the least disturbed
+    round, more robust on a machine shared with other jobs).
+    """
     import json
 
     med: dict[tuple[str, str], float] = {}
     for p in paths:
         with open(p) as fh:
             for b in json.load(fh)["benchmarks"]:
-                med[(b["group"], b["params"]["contender"])] = b["stats"]["median"]
-    lines = []
+                med[(b["group"], b["params"]["contender"])] = b["stats"][stat]
+    lines = [f"statistic: {stat}"]
     for group in sorted({g for g, _ in med}):
         row = {c: t for (g, c), t in med.items() if g == group}
         cells = ", ".join(f"{c} {t * 1e3:.3f} ms" for c, t in sorted(row.items()))
@@ -198,11 +202,11 @@ def _report(paths: list[str]) -> str:
             parts = [f"{s} {c}:"]
             for other in ("torch", "jax"):
                 if other in h:
-                    parts.append(f"{h[other] / h[c]:.2f}x faster than {other}")
+                    parts.append(f"{h[other] / h[c]:.2f}x faster than {other};")
             if "floor" in h:
-                parts.append(f"{h['floor'] / h[c]:.0%} of the matmul rate")
+                parts.append(f"{h['floor'] / h[c]:.0%} of the matmul rate;")
             if c in gr:
-                parts.append(f"hvp/grad {h[c] / gr[c]:.2f}")
+                parts.append(f"hvp/grad {h[c] / gr[c]:.2f};")
             if c in h8:
                 parts.append(f"k=8/k=1 {h8[c] / h[c]:.2f}")
             lines.append(" ".join(parts))
@@ -227,3 +231,4 @@ if __name__ == "__main__":  # pragma: no cover - a driver, run by hand
         if subprocess.run(cmd, env=env).returncode == 0 and os.path.exists(path):
             paths.append(path)
     print(_report(paths))
+    print(_report(paths, "min"))
