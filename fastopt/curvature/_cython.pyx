@@ -230,12 +230,15 @@ def output_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, :
                         m = f
                 ssum = 0
                 for o in range(n):
-                    ssum = ssum + exp(Z[i, 0, o] + b[o] - m)
+                    pr = exp(Z[i, 0, o] + b[o] - m)
+                    ssum = ssum + pr
+                    if need >= 1:
+                        D[i, 0, o] = <real>pr  # exp(f - max), normalized below
                 lse = m + log(ssum)
                 losses[i] = lse - (Z[i, 0, labels[i]] + b[labels[i]])
                 if need >= 1:
                     for o in range(n):
-                        D[i, 0, o] = <real>(exp(Z[i, 0, o] + b[o] - lse))  # p, for now
+                        D[i, 0, o] = <real>(D[i, 0, o] / ssum)  # p, for now
                     for j in range(k):
                         pr = 0
                         for o in range(n):

@@ -135,13 +135,16 @@ def _output_forward_rows(Z, b, AV, C, loss, need, labels, Y, D, losses, i0, i1):
                     m = f
             ssum = 0.0
             for o in range(n):
-                ssum += math.exp(np.float64(Z[i, 0, o] + b[o]) - m)
+                e = math.exp(np.float64(Z[i, 0, o] + b[o]) - m)
+                ssum += e
+                if need >= 1:
+                    D[i, 0, o] = e  # exp(f - max), normalized below
             lse = m + math.log(ssum)
             lab = labels[i]
             losses[i] = lse - np.float64(Z[i, 0, lab] + b[lab])
             if need >= 1:
                 for o in range(n):
-                    D[i, 0, o] = math.exp(np.float64(Z[i, 0, o] + b[o]) - lse)  # p, for now
+                    D[i, 0, o] = D[i, 0, o] / ssum  # p, for now
                 for j in range(k):
                     pr = 0.0
                     for o in range(n):
