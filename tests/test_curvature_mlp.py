@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import compiled_backends, tolerance
+from hypothesis import given
+from hypothesis import strategies as st
 
-from fastopt import MLP, hvp_fd
+from fastopt import MLP, _dispatch, hvp_fd
 
 ACTS = ["identity", "tanh", "sigmoid", "relu", "softplus", "gelu"]
 LOSSES = ["cross_entropy", "mse", "logistic"]
@@ -342,3 +344,39 @@ def test_non_contiguous_inputs_and_inputs_unchanged():
     np.testing.assert_array_equal(HV, net.hvp(theta, X, y, V))
     for a, c in zip((theta, Xf, y, Vs), copies, strict=True):
         np.testing.assert_array_equal(a, c)
+
+
+# ------------------------------------------------------------------------------ properties
+@given(
+    sizes=st.lists(st.integers(1, 6), min_size=2, max_size=4),
+    N=st.integers(1, 7),
+    act=st.sampled_from(ACTS),
+    loss=st.sampled_from(LOSSES),
+    seed=st.integers(0, 2**16),
+)
+def test_hvp_symmetric_and_backends_agree_on_random_nets(sizes, N, act, loss, seed):
+    sizes = list(sizes)
+    if loss == "logistic":
+        sizes[-1] = 1
+    elif loss == "cross_entropy":
+        sizes[-1] = max(2, sizes[-1])
+    rng = np.random.default_rng(seed)
+    net = MLP(sizes, activation=act, loss=loss)
+    theta = net.init(rng) + 0.5 * rng.standard_normal(net.num_params)
+    X = rng.standard_normal((N, sizes[0]))
+    if loss == "cross_entropy":
+        y = rng.integers(0, sizes[-1], N)
+    elif loss == "mse":
+        y = rng.standard_normal((N, sizes[-1]))
+    else:
+        y = rng.random(N)
+    UV = rng.standard_normal((net.num_params, 2))
+    ref = net.hvp(theta, X, y, UV, backend="numpy")
+    scale = max(np.abs(ref).max(), 1e-300) * np.abs(UV).max() * net.num_params
+    # u^T H v == v^T H u
+    assert abs(UV[:, 0] @ ref[:, 1] - UV[:, 1] @ ref[:, 0]) <= 1e-12 * scale
+    for backend in ("cython", "numba"):
+        if _dispatch.available("curvature", backend):
+            assert rel_err(net.hvp(theta, X, y, UV, backend=backend), ref) <= 1e-11 or (
+                np.abs(ref).max() == 0 and not net.hvp(theta, X, y, UV, backend=backend).any()
+            )
