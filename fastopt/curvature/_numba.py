@@ -264,7 +264,9 @@ def _colsum_par(D, out, chunks):
 
 def _threads(n_threads: int) -> int:
     """Threads for this call: fastopt's count, or fewer when the caller asks (1: serial)."""
-    n = min(apply_numba_threads(), max(1, int(n_threads)))
+    if n_threads <= 1:  # the serial body runs without Numba's thread pool
+        return 1
+    n = min(apply_numba_threads(), int(n_threads))
     if n > 1 and numba.get_num_threads() != n:
         numba.set_num_threads(n)
     return n
