@@ -345,7 +345,16 @@ class MLP:
         return ws
 
     def clear_workspace(self) -> None:
-        """Free the scratch buffers this thread keeps between calls (see the class notes)."""
+        """Free the scratch buffers this thread keeps between calls (see the class notes).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> net = MLP([3, 4, 2])
+        >>> _ = net.loss_and_grad(net.init(0), np.ones((5, 3)), np.array([0, 1, 1, 0, 1]))
+        >>> net.clear_workspace()   # the next call allocates its buffers again
+        """
         self._tls.buffers = {}
 
     def _run(self, theta, X, labels, Y, V, mode, backend):
