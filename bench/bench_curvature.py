@@ -20,7 +20,9 @@ OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset, e.g.::
         bench/bench_curvature.py -o python_files='bench_*.py' --benchmark-enable \\
         --contender fastopt-cython --benchmark-json=bench/results/curvature-cython.json
 
-or all of them and a ratio table: ``PYTHONPATH=. python bench/bench_curvature.py``.
+or all of them and a ratio table: ``PYTHONPATH=. python bench/bench_curvature.py [--passes 2]``
+(with ``--passes N`` every contender runs N times, in alternating order, and the pass with the
+lowest median is kept: on a machine shared with other jobs, they only ever slow a pass down).
 """
 
 from __future__ import annotations
@@ -213,10 +215,32 @@ def _report(paths: list[str], stat: str = "median") -> str:
     return "\n".join(lines)
 
 
+def _best_of(paths: list[str], out_path: str) -> None:
+    """Keep, per (group, contender), the pass with the lowest median (other jobs on a shared
+    machine only ever slow a pass down)."""
+    import json
+
+    best: dict[tuple[str, str], dict] = {}
+    for p in paths:
+        with open(p) as fh:
+            for b in json.load(fh)["benchmarks"]:
+                key = (b["group"], b["params"]["contender"])
+                if key not in best or b["stats"]["median"] < best[key]["stats"]["median"]:
+                    best[key] = b
+    with open(out_path, "w") as fh:
+        json.dump({"benchmarks": list(best.values())}, fh)
+
+
 if __name__ == "__main__":  # pragma: no cover - a driver, run by hand
     import subprocess
     import sys
 
+    args = sys.argv[1:]
+    passes = 1
+    if "--passes" in args:  # run every contender this many times, interleaved; keep the best
+        i = args.index("--passes")
+        passes = int(args[i + 1])
+        del args[i : i + 2]
     here = os.path.dirname(os.path.abspath(__file__))
     out_dir = os.path.join(here, "results")
     os.makedirs(out_dir, exist_ok=True)
@@ -224,11 +248,25 @@ if __name__ == "__main__":  # pragma: no cover - a driver, run by hand
            if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     paths = []
     for c in HVP_CONTENDERS:
-        path = os.path.join(out_dir, f"curvature-{c}.json")
-        cmd = [sys.executable, "-m", "pytest", "-q", os.path.join(here, "bench_curvature.py"),
-               "-o", "python_files=bench_*.py", "--benchmark-enable", "-p", "no:cacheprovider",
-               "--contender", c, f"--benchmark-json={path}", *sys.argv[1:]]
-        if subprocess.run(cmd, env=env).returncode == 0 and os.path.exists(path):
-            paths.append(path)
-    print(_report(paths))
-    print(_report(paths, "min"))
+        runs = []
+        for p in range(passes):
+            path = os.path.join(out_dir, f"curvature-{c}-pass{p}.json")
+            runs.append(path)
+        paths.append((c, runs))
+    for p in range(passes):
+        order = HVP_CONTENDERS if p % 2 == 0 else HVP_CONTENDERS[::-1]
+        for c in order:
+            path = os.path.join(out_dir, f"curvature-{c}-pass{p}.json")
+            cmd = [sys.executable, "-m", "pytest", "-q", os.path.join(here, "bench_curvature.py"),
+                   "-o", "python_files=bench_*.py", "--benchmark-enable", "-p", "no:cacheprovider",
+                   "--contender", c, f"--benchmark-json={path}", *args]
+            subprocess.run(cmd, env=env, check=False)
+    merged = []
+    for c, runs in paths:
+        runs = [r for r in runs if os.path.exists(r)]
+        if runs:
+            out = os.path.join(out_dir, f"curvature-{c}.json")
+            _best_of(runs, out)
+            merged.append(out)
+    print(_report(merged))
+    print(_report(merged, "min"))
