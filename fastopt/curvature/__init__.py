@@ -1,1 +1,31 @@
-"""Curvature: Hessian-vector products and diagnostics."""
+"""Curvature: exact Hessian-vector products for MLP losses and the diagnostics built on them."""
+
+from .diagnostics import (
+    Curvature,
+    HessianExtremes,
+    IllConditioningMonitor,
+    SpectralDensity,
+    TraceEstimate,
+    curvature_along_gradient,
+    hessian_extremes,
+    hessian_operator,
+    hutchinson_trace,
+    hvp_fd,
+    spectral_density,
+)
+from .mlp import MLP
+
+__all__ = [
+    "MLP",
+    "hvp_fd",
+    "hessian_operator",
+    "Curvature",
+    "curvature_along_gradient",
+    "IllConditioningMonitor",
+    "HessianExtremes",
+    "hessian_extremes",
+    "TraceEstimate",
+    "hutchinson_trace",
+    "SpectralDensity",
+    "spectral_density",
+]

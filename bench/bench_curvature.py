@@ -1,0 +1,272 @@
+"""Benchmarks of the curvature family: exact Hessian-vector products of an MLP loss.
+
+float32, tanh, softmax cross-entropy, on two shapes (``SHAPES``). Groups (one per kernel and
+shape) and their contenders:
+
+- ``hvp <shape>``: fastopt-cython, fastopt-numba, numpy (the reference kernels), torch
+  (double-backward through autograd), jax (``jit(jvp(grad(loss)))``, forward-over-reverse) and
+  ``floor``: the matrix products an R-operator HVP needs (8 per hidden layer: z = a W,
+  R(z) = R(a) W + a V, da = delta W^T, R(da) = R(delta) W^T + delta V^T,
+  R(grad W) = R(a)^T delta + a^T R(delta); 3 for the first layer, whose input has no R-stream),
+  alone, on preallocated contiguous operands, through numpy's BLAS. ``floor / fastopt`` is the
+  fraction of the float32 matrix-product rate that the HVP reaches.
+- ``grad <shape>``: fastopt's own loss-and-gradient (the HVP should cost <= 3x).
+- ``hvp k=8 <shape>``: eight directions in one call (should cost <= 4x one direction).
+
+Run one contender per process (thread pools of torch, jax and numba disturb each other), with
+OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset, e.g.::
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=. python -m pytest \\
+        bench/bench_curvature.py -o python_files='bench_*.py' --benchmark-enable \\
+        --contender fastopt-cython --benchmark-json=bench/results/curvature-cython.json
+
+or all of them and a ratio table: ``PYTHONPATH=. python bench/bench_curvature.py [--passes 2]``
+(with ``--passes N`` every contender runs N times, in alternating order, and the pass with the
+lowest median is kept: on a machine shared with other jobs, they only ever slow a pass down).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+SHAPES = {
+    "small": ([64, 128, 128, 10], 512),
+    "large": ([784, 1024, 1024, 1024, 10], 1024),
+}
+ROUNDS = {"small": 60, "large": 5}
+HVP_CONTENDERS = ["fastopt-cython", "fastopt-numba", "numpy", "torch", "jax", "floor"]
+
+
+def shape_name(key: str) -> str:
+    sizes, N = SHAPES[key]
+    return f"[{','.join(map(str, sizes))}] N={N}"
+
+
+def make_problem(key: str, k: int = 1):
+    from fastopt import MLP
+
+    sizes, N = SHAPES[key]
+    rng = np.random.default_rng(0)
+    net = MLP(sizes, activation="tanh", loss="cross_entropy", dtype=np.float32)
+    theta = net.init(rng)
+    X = rng.standard_normal((N, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], N)
+    v = rng.standard_normal((net.num_params, k) if k > 1 else net.num_params).astype(np.float32)
+    return net, theta, X, y, v
+
+
+def floor_products(net, N: int, rng: np.random.Generator):
+    """The matrix products of one R-operator HVP, as (A, B, out) triples of the right shapes."""
+    f = np.float32
+    triples = []
+    for l, (n_in, n_out) in enumerate(zip(net.sizes[:-1], net.sizes[1:], strict=True)):
+        a = rng.standard_normal((N, n_in)).astype(f)
+        W = rng.standard_normal((n_in, n_out)).astype(f)
+        d = rng.standard_normal((N, n_out)).astype(f)
+        WT = np.ascontiguousarray(W.T)
+        aT = np.ascontiguousarray(a.T)
+        z = np.empty((N, n_out), f)
+        g = np.empty((n_in, n_out), f)
+        da = np.empty((N, n_in), f)
+        triples += [(a, W, z), (a, W, z)]  # z = a W; R-forward a V
+        triples += [(aT, d, g)]  # a^T R(delta) (the HVP does not need the gradient a^T delta)
+        if l > 0:  # layers whose input carries an R-stream and needs a backward pass
+            triples += [(a, W, z), (aT, d, g)]  # R(a) W; R(a)^T delta
+            triples += [(d, WT, da)] * 3  # delta W^T; R(delta) W^T; delta V^T
+    return triples
+
+
+def hvp_callable(contender: str, key: str, k: int = 1):
+    net, theta, X, y, v = make_problem(key, k)
+    if contender in ("fastopt-cython", "fastopt-numba", "numpy"):
+        backend = {"fastopt-cython": "cython", "fastopt-numba": "numba"}.get(contender, "numpy")
+        return lambda: net.hvp(theta, X, y, v, backend=backend)
+    if contender == "floor":
+        triples = floor_products(net, SHAPES[key][1], np.random.default_rng(1))
+
+        def run():
+            for A, B, out in triples:
+                np.matmul(A, B, out=out)
+
+        return run
+    if contender == "torch":
+        return torch_hvp(net, theta, X, y, v)
+    if contender == "jax":
+        return jax_hvp(net, theta, X, y, v)
+    raise ValueError(contender)
+
+
+def torch_hvp(net, theta, X, y, v):
+    import torch
+
+    params = [torch.tensor(a.copy(), requires_grad=True) for pair in net.unpack(theta)
+              for a in pair]
+    vs = [torch.tensor(a.copy()) for pair in net.unpack(v) for a in pair]
+    Xt, yt = torch.tensor(X), torch.tensor(y)
+    L = net.num_layers
+
+    def run():
+        a = Xt
+        for l in range(L):
+            a = torch.addmm(params[2 * l + 1], a, params[2 * l])
+            if l < L - 1:
+                a = torch.tanh(a)
+        loss = torch.nn.functional.cross_entropy(a, yt)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        return torch.autograd.grad(grads, params, vs)
+
+    return run
+
+
+def jax_hvp(net, theta, X, y, v):
+    import jax
+    import jax.numpy as jnp
+
+    params = [tuple(jnp.asarray(a) for a in pair) for pair in net.unpack(theta)]
+    vs = [tuple(jnp.asarray(a) for a in pair) for pair in net.unpack(v)]
+    Xj, yj = jnp.asarray(X), jnp.asarray(y)
+
+    def loss(p):
+        a = Xj
+        for l, (W, b) in enumerate(p):
+            a = a @ W + b
+            if l < len(p) - 1:
+                a = jnp.tanh(a)
+        logp = jax.nn.log_softmax(a)
+        return -jnp.mean(jnp.take_along_axis(logp, yj[:, None], axis=1))
+
+    hvp = jax.jit(lambda p, t: jax.jvp(jax.grad(loss), (p,), (t,))[1])
+
+    def run():
+        return jax.block_until_ready(hvp(params, vs))
+
+    return run
+
+
+@pytest.mark.parametrize("key", list(SHAPES))
+@pytest.mark.parametrize("contender", HVP_CONTENDERS, indirect=True)
+def test_hvp(benchmark, contender, key):
+    benchmark.group = f"hvp {shape_name(key)}"
+    fn = hvp_callable(contender, key)
+    fn()  # compile / warm up (numba, jax) outside the timing
+    benchmark.pedantic(fn, rounds=ROUNDS[key], warmup_rounds=1, iterations=1)
+
+
+@pytest.mark.parametrize("key", list(SHAPES))
+@pytest.mark.parametrize("contender", ["fastopt-cython", "fastopt-numba"], indirect=True)
+def test_grad(benchmark, contender, key):
+    benchmark.group = f"grad {shape_name(key)}"
+    net, theta, X, y, _ = make_problem(key)
+    backend = contender.split("-")[1]
+    fn = lambda: net.loss_and_grad(theta, X, y, backend=backend)  # noqa: E731
+    fn()
+    benchmark.pedantic(fn, rounds=ROUNDS[key], warmup_rounds=1, iterations=1)
+
+
+@pytest.mark.parametrize("key", list(SHAPES))
+@pytest.mark.parametrize("contender", ["fastopt-cython", "fastopt-numba"], indirect=True)
+def test_hvp_k8(benchmark, contender, key):
+    benchmark.group = f"hvp k=8 {shape_name(key)}"
+    fn = hvp_callable(contender, key, k=8)
+    fn()
+    benchmark.pedantic(fn, rounds=max(3, ROUNDS[key] // 2), warmup_rounds=1, iterations=1)
+
+
+def _report(paths: list[str], stat: str = "median") -> str:
+    """Merge pytest-benchmark JSON files into per-group times and the issue's ratios.
+
+    ``stat`` is the pytest-benchmark statistic compared ("median", or "min": the least disturbed
+    round, more robust on a machine shared with other jobs).
+    """
+    import json
+
+    med: dict[tuple[str, str], float] = {}
+    for p in paths:
+        with open(p) as fh:
+            for b in json.load(fh)["benchmarks"]:
+                med[(b["group"], b["params"]["contender"])] = b["stats"][stat]
+    lines = [f"statistic: {stat}"]
+    for group in sorted({g for g, _ in med}):
+        row = {c: t for (g, c), t in med.items() if g == group}
+        cells = ", ".join(f"{c} {t * 1e3:.3f} ms" for c, t in sorted(row.items()))
+        lines.append(f"{group}: {cells}")
+    for key in SHAPES:
+        s = shape_name(key)
+        h = {c: t for (g, c), t in med.items() if g == f"hvp {s}"}
+        gr = {c: t for (g, c), t in med.items() if g == f"grad {s}"}
+        h8 = {c: t for (g, c), t in med.items() if g == f"hvp k=8 {s}"}
+        for c in ("fastopt-cython", "fastopt-numba"):
+            if c not in h:
+                continue
+            parts = [f"{s} {c}:"]
+            for other in ("torch", "jax"):
+                if other in h:
+                    parts.append(f"{h[other] / h[c]:.2f}x faster than {other};")
+            if "floor" in h:
+                parts.append(f"{h['floor'] / h[c]:.0%} of the matmul rate;")
+            if c in gr:
+                parts.append(f"hvp/grad {h[c] / gr[c]:.2f};")
+            if c in h8:
+                parts.append(f"k=8/k=1 {h8[c] / h[c]:.2f}")
+            lines.append(" ".join(parts))
+    return "\n".join(lines)
+
+
+def _best_of(paths: list[str], out_path: str) -> None:
+    """Keep, per (group, contender), the pass with the lowest median (other jobs on a shared
+    machine only ever slow a pass down)."""
+    import json
+
+    best: dict[tuple[str, str], dict] = {}
+    for p in paths:
+        with open(p) as fh:
+            for b in json.load(fh)["benchmarks"]:
+                key = (b["group"], b["params"]["contender"])
+                if key not in best or b["stats"]["median"] < best[key]["stats"]["median"]:
+                    best[key] = b
+    with open(out_path, "w") as fh:
+        json.dump({"benchmarks": list(best.values())}, fh)
+
+
+if __name__ == "__main__":  # pragma: no cover - a driver, run by hand
+    import subprocess
+    import sys
+
+    args = sys.argv[1:]
+    passes = 1
+    if "--passes" in args:  # run every contender this many times, interleaved; keep the best
+        i = args.index("--passes")
+        passes = int(args[i + 1])
+        del args[i : i + 2]
+    here = os.path.dirname(os.path.abspath(__file__))
+    out_dir = os.path.join(here, "results")
+    os.makedirs(out_dir, exist_ok=True)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    paths = []
+    for c in HVP_CONTENDERS:
+        runs = []
+        for p in range(passes):
+            path = os.path.join(out_dir, f"curvature-{c}-pass{p}.json")
+            runs.append(path)
+        paths.append((c, runs))
+    for p in range(passes):
+        order = HVP_CONTENDERS if p % 2 == 0 else HVP_CONTENDERS[::-1]
+        for c in order:
+            path = os.path.join(out_dir, f"curvature-{c}-pass{p}.json")
+            cmd = [sys.executable, "-m", "pytest", "-q", os.path.join(here, "bench_curvature.py"),
+                   "-o", "python_files=bench_*.py", "--benchmark-enable", "-p", "no:cacheprovider",
+                   "--contender", c, f"--benchmark-json={path}", *args]
+            subprocess.run(cmd, env=env, check=False)
+    merged = []
+    for c, runs in paths:
+        runs = [r for r in runs if os.path.exists(r)]
+        if runs:
+            out = os.path.join(out_dir, f"curvature-{c}.json")
+            _best_of(runs, out)
+            merged.append(out)
+    print(_report(merged))
+    print(_report(merged, "min"))

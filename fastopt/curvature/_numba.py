@@ -1,0 +1,310 @@
+"""Numba kernels of the curvature family (same signatures and layouts as ``_cython.pyx``).
+
+Plain loops compiled lazily on first call (``cache=True``, no eager signatures): importing this
+module compiles nothing. Each kernel compiles once per dtype (float32, float64).
+``error_model="numpy"``: a division does not test for zero, so the loops vectorize (the Python
+error model's check made the float32 tanh loop 8x slower).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from .._threads import apply_numba_threads
+
+_SQRT_2_OVER_PI = 0.7978845608028654
+_GELU_A = 0.044715
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _sigmoid(z):
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+_F32 = np.float32
+_COLSUM_BLOCK = 256  # columns per block of the float64 column sums
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _tanh_fast(x):
+    """float32 tanh without a libm call (vectorizes); see ``_cython._tanh_fast``."""
+    c = _F32(7.90531110763549805)
+    x = min(max(x, -c), c)
+    x2 = x * x
+    p = x2 * _F32(-2.76076847742355e-16) + _F32(2.00018790482477e-13)
+    p = p * x2 + _F32(-8.60467152213735e-11)
+    p = p * x2 + _F32(5.12229709037114e-08)
+    p = p * x2 + _F32(1.48572235717979e-05)
+    p = p * x2 + _F32(6.37261928875436e-04)
+    p = p * x2 + _F32(4.89352455891786e-03)
+    p = p * x
+    q = x2 * _F32(1.19825839466702e-06) + _F32(1.18534705686654e-04)
+    q = q * x2 + _F32(2.26843463243900e-03)
+    q = q * x2 + _F32(4.89352518554385e-03)
+    return p / q
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _act(code, z):
+    """(value, first derivative, second derivative) of activation ``code`` at z."""
+    if code == 1:  # tanh
+        t = math.tanh(z)
+        d1 = 1.0 - t * t
+        return t, d1, -2.0 * t * d1
+    if code == 2:  # sigmoid
+        s = _sigmoid(z)
+        d1 = s * (1.0 - s)
+        return s, d1, d1 * (1.0 - 2.0 * s)
+    if code == 3:  # relu
+        if z > 0:
+            return z, 1.0, 0.0
+        return 0.0 * z, 0.0, 0.0
+    if code == 4:  # softplus
+        s = _sigmoid(z)
+        return max(z, 0.0) + math.log1p(math.exp(-abs(z))), s, s * (1.0 - s)
+    if code == 5:  # gelu, tanh form
+        z2 = z * z
+        t = math.tanh(_SQRT_2_OVER_PI * (z + _GELU_A * z2 * z))
+        u1 = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_A * z2)
+        s = 0.5 * z * (1.0 + t)
+        d1 = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * u1
+        d2 = (1.0 - t * t) * (u1 - z * t * u1 * u1 + 0.5 * z * 6.0 * _SQRT_2_OVER_PI * _GELU_A * z)
+        return s, d1, d2
+    return z, 1.0, 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def _hidden_forward_rows(Z, b, AV, C, act, need, A, D1, D2, RZ, fast, i0, i1):
+    N, kz, n = Z.shape
+    k = AV.shape[1] if need == 2 else 0
+    one = Z.dtype.type(1)  # keeps float32 arithmetic in float32 (an int literal promotes)
+    two = Z.dtype.type(2)
+    for i in range(i0, i1):
+        if act == 1:  # tanh: branch-free loops over the feature axis (they vectorize)
+            if fast:
+                for o in range(n):
+                    A[i, 0, o] = _tanh_fast(Z[i, 0, o] + b[o])
+            else:
+                for o in range(n):
+                    A[i, 0, o] = math.tanh(Z[i, 0, o] + b[o])
+            if need >= 1:
+                for o in range(n):
+                    D1[i, o] = one - A[i, 0, o] * A[i, 0, o]
+            if need == 2:
+                for o in range(n):
+                    D2[i, o] = -two * A[i, 0, o] * D1[i, o]
+        else:
+            for o in range(n):
+                s, d1, d2 = _act(act, Z[i, 0, o] + b[o])
+                A[i, 0, o] = s
+                if need >= 1:
+                    D1[i, o] = d1
+                if need == 2:
+                    D2[i, o] = d2
+        for j in range(k):
+            if kz > 1:
+                for o in range(n):
+                    rz = AV[i, j, o] + C[j, o] + Z[i, 1 + j, o]
+                    RZ[i, j, o] = rz
+                    A[i, 1 + j, o] = D1[i, o] * rz
+            else:
+                for o in range(n):
+                    rz = AV[i, j, o] + C[j, o]
+                    RZ[i, j, o] = rz
+                    A[i, 1 + j, o] = D1[i, o] * rz
+
+
+@njit(cache=True, error_model="numpy")
+def _output_forward_rows(Z, b, AV, C, loss, need, labels, Y, D, losses, i0, i1):
+    N, kz, n = Z.shape
+    k = AV.shape[1] if need == 2 else 0
+    inv_n = 1.0 / N
+    for i in range(i0, i1):
+        if loss == 0:
+            m = np.float64(Z[i, 0, 0] + b[0])
+            for o in range(1, n):
+                f = np.float64(Z[i, 0, o] + b[o])
+                if f > m:
+                    m = f
+            ssum = 0.0
+            for o in range(n):
+                e = math.exp(np.float64(Z[i, 0, o] + b[o]) - m)
+                ssum += e
+                if need >= 1:
+                    D[i, 0, o] = e  # exp(f - max), normalized below
+            lse = m + math.log(ssum)
+            lab = labels[i]
+            losses[i] = lse - np.float64(Z[i, 0, lab] + b[lab])
+            if need >= 1:
+                for o in range(n):
+                    D[i, 0, o] = D[i, 0, o] / ssum  # p, for now
+                for j in range(k):
+                    pr = 0.0
+                    for o in range(n):
+                        rf = AV[i, j, o] + C[j, o]
+                        if kz > 1:
+                            rf = rf + Z[i, 1 + j, o]
+                        pr += np.float64(D[i, 0, o]) * rf
+                    for o in range(n):
+                        rf = AV[i, j, o] + C[j, o]
+                        if kz > 1:
+                            rf = rf + Z[i, 1 + j, o]
+                        D[i, 1 + j, o] = D[i, 0, o] * (rf - pr) * inv_n
+                for o in range(n):
+                    p = np.float64(D[i, 0, o])
+                    if o == lab:
+                        D[i, 0, o] = (p - 1.0) * inv_n
+                    else:
+                        D[i, 0, o] = p * inv_n
+        elif loss == 1:
+            ssum = 0.0
+            for o in range(n):
+                f = np.float64(Z[i, 0, o] + b[o]) - Y[i, o]
+                ssum += f * f
+                if need >= 1:
+                    D[i, 0, o] = f * inv_n
+                for j in range(k):
+                    rf = AV[i, j, o] + C[j, o]
+                    if kz > 1:
+                        rf = rf + Z[i, 1 + j, o]
+                    D[i, 1 + j, o] = rf * inv_n
+            losses[i] = 0.5 * ssum
+        else:
+            f = np.float64(Z[i, 0, 0] + b[0])
+            yv = np.float64(Y[i, 0])
+            if f > 0:
+                losses[i] = f + math.log1p(math.exp(-f)) - yv * f
+            else:
+                losses[i] = math.log1p(math.exp(f)) - yv * f
+            sg = _sigmoid(f)
+            if need >= 1:
+                D[i, 0, 0] = (sg - yv) * inv_n
+            for j in range(k):
+                rf = AV[i, j, 0] + C[j, 0]
+                if kz > 1:
+                    rf = rf + Z[i, 1 + j, 0]
+                D[i, 1 + j, 0] = sg * (1.0 - sg) * rf * inv_n
+
+
+@njit(cache=True, error_model="numpy")
+def _hidden_backward_rows(DA, DV, D1, D2, RZ, gn, D, i0, i1):
+    N, kk, n = DA.shape
+    for i in range(i0, i1):
+        for o in range(n):
+            D[i, 0, o] = DA[i, 0, o] * D1[i, o]
+        for j in range(kk - 1):
+            if gn:
+                for o in range(n):
+                    D[i, 1 + j, o] = DA[i, 1 + j, o] * D1[i, o]
+            else:
+                for o in range(n):
+                    D[i, 1 + j, o] = ((DA[i, 1 + j, o] + DV[i, j, o]) * D1[i, o]
+                                      + DA[i, 0, o] * D2[i, o] * RZ[i, j, o])
+
+
+@njit(cache=True, error_model="numpy")
+def _colsum_blocks(D, out, b0, b1):
+    N, M = D.shape
+    for blk in range(b0, b1):
+        m0 = blk * _COLSUM_BLOCK
+        m1 = min(m0 + _COLSUM_BLOCK, M)
+        for m in range(m0, m1):
+            out[m] = 0.0
+        for i in range(N):
+            for m in range(m0, m1):
+                out[m] += D[i, m]
+
+
+# Parallel drivers: a fixed number of contiguous chunks (rows or column blocks) per call, each
+# handled by the serial body above, so that results do not depend on scheduling. With one
+# thread the body runs directly, without touching Numba's thread pool (whose OpenMP workers,
+# left spinning, steal the cores that the next BLAS call needs).
+
+
+@njit(cache=True, parallel=True)
+def _hidden_forward_par(Z, b, AV, C, act, need, A, D1, D2, RZ, fast, chunks):
+    N = Z.shape[0]
+    step = (N + chunks - 1) // chunks
+    for c in prange(chunks):
+        _hidden_forward_rows(Z, b, AV, C, act, need, A, D1, D2, RZ, fast, c * step,
+                             min(N, (c + 1) * step))
+
+
+@njit(cache=True, parallel=True)
+def _output_forward_par(Z, b, AV, C, loss, need, labels, Y, D, losses, chunks):
+    N = Z.shape[0]
+    step = (N + chunks - 1) // chunks
+    for c in prange(chunks):
+        _output_forward_rows(Z, b, AV, C, loss, need, labels, Y, D, losses, c * step,
+                             min(N, (c + 1) * step))
+
+
+@njit(cache=True, parallel=True)
+def _hidden_backward_par(DA, DV, D1, D2, RZ, gn, D, chunks):
+    N = DA.shape[0]
+    step = (N + chunks - 1) // chunks
+    for c in prange(chunks):
+        _hidden_backward_rows(DA, DV, D1, D2, RZ, gn, D, c * step, min(N, (c + 1) * step))
+
+
+@njit(cache=True, parallel=True)
+def _colsum_par(D, out, chunks):
+    nb = (D.shape[1] + _COLSUM_BLOCK - 1) // _COLSUM_BLOCK
+    step = (nb + chunks - 1) // chunks
+    for c in prange(chunks):
+        _colsum_blocks(D, out, c * step, min(nb, (c + 1) * step))
+
+
+def _threads(n_threads: int) -> int:
+    """Threads for this call: fastopt's count, or fewer when the caller asks (1: serial)."""
+    if n_threads <= 1:  # the serial body runs without Numba's thread pool
+        return 1
+    n = min(apply_numba_threads(), int(n_threads))
+    if n > 1 and numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+    return n
+
+
+def hidden_forward(Z, b, AV, C, act, need, A, D1, D2, RZ, n_threads):
+    """See ``fastopt.curvature._cython.hidden_forward``."""
+    fast = Z.dtype == np.float32
+    n = _threads(n_threads)
+    if n == 1:
+        _hidden_forward_rows(Z, b, AV, C, act, need, A, D1, D2, RZ, fast, 0, Z.shape[0])
+    else:
+        _hidden_forward_par(Z, b, AV, C, act, need, A, D1, D2, RZ, fast, 4 * n)
+
+
+def output_forward(Z, b, AV, C, loss, need, labels, Y, D, losses, n_threads):
+    """See ``fastopt.curvature._cython.output_forward``."""
+    n = _threads(n_threads)
+    if n == 1:
+        _output_forward_rows(Z, b, AV, C, loss, need, labels, Y, D, losses, 0, Z.shape[0])
+    else:
+        _output_forward_par(Z, b, AV, C, loss, need, labels, Y, D, losses, 4 * n)
+
+
+def hidden_backward(DA, DV, D1, D2, RZ, gn, D, n_threads):
+    """See ``fastopt.curvature._cython.hidden_backward``."""
+    n = _threads(n_threads)
+    if n == 1:
+        _hidden_backward_rows(DA, DV, D1, D2, RZ, gn, D, 0, DA.shape[0])
+    else:
+        _hidden_backward_par(DA, DV, D1, D2, RZ, gn, D, 4 * n)
+
+
+def colsum(D, out, n_threads):
+    """See ``fastopt.curvature._cython.colsum``."""
+    n = _threads(n_threads)
+    nb = (D.shape[1] + _COLSUM_BLOCK - 1) // _COLSUM_BLOCK
+    if n == 1 or nb == 1:
+        _colsum_blocks(D, out, 0, nb)
+    else:
+        _colsum_par(D, out, min(nb, 4 * n))

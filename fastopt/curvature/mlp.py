@@ -1,0 +1,628 @@
+"""The MLP model: loss, gradient, exact Hessian-vector and Gauss-Newton-vector products.
+
+The Hessian-vector product is Pearlmutter's R-operator: one forward pass, one R-forward pass, one
+backward pass and one R-backward pass, all k directions at once. Matrix products go through BLAS
+(numpy's matmul); everything between them is one fused element-wise kernel per layer and pass
+(``_cython.pyx`` / ``_numba.py`` / ``fastopt.reference.curvature``).
+
+Streams are stored interleaved as ``(N, 1 + k, n)`` arrays (slot 0: forward value, slot 1 + j:
+R-stream of direction j), so that ``[a; Ra_1; ...; Ra_k] @ W`` and
+``[delta; R delta_1; ...] @ W.T`` each run as one GEMM on an ``(N (1 + k), n)`` matrix, and
+``a.T @ [delta | R delta_1 | ...]`` as one GEMM on an ``(N, (1 + k) n)`` matrix. Per hidden layer
+the HVP runs six GEMMs whatever k is.
+"""
+
+from __future__ import annotations
+
+import numbers
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from .. import _dispatch
+from .._threads import get_num_threads
+from .._validate import (
+    as_float_array,
+    check_all_finite,
+    check_choice,
+    check_out,
+)
+
+__all__ = ["MLP", "ACTIVATIONS", "LOSSES"]
+
+ACTIVATIONS = ("identity", "tanh", "sigmoid", "relu", "softplus", "gelu")
+LOSSES = ("cross_entropy", "mse", "logistic")
+INIT_SCHEMES = ("xavier", "he", "orthogonal")
+
+
+# Element-wise passes with fewer values than this run on one thread. BLAS already uses every
+# core for the matrix products in between, and a thread team left spinning after a parallel
+# region (OpenMP for Cython, Numba's pool) steals the cores the next BLAS call needs: measured on
+# the 2-core machine, threading the passes made the HVP of MLP [64, 128, 128, 10] with k = 8 go
+# from 10 ms to 116 ms (median), and of MLP [784, 1024, 1024, 1024, 10] from 230 to 361 ms. Single-
+# threaded passes cost about 1 ns per value, a few percent of the products' time; only passes
+# big enough to amortize a contended hand-over (2^24 values, ~16 ms) are threaded.
+PARALLEL_MIN_VALUES = 1 << 24
+
+
+def _prefer() -> str:
+    # bench/bench_curvature.py: the two compiled backends are within noise of each other on the
+    # benchmark shapes (the GEMMs dominate); Cython has no JIT latency, so it goes first.
+    return "cython"
+
+
+class MLP:
+    """A multilayer perceptron whose parameters are one flat vector ``theta``.
+
+    Layer ``l`` computes ``act(a @ W_l + b_l)`` (the last layer has no activation); the loss is
+    averaged over the batch. ``theta`` holds, for each layer in order, ``W`` of shape
+    ``(n_in, n_out)`` row-major, then ``b`` of shape ``(n_out,)``.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Layer widths ``[n_input, hidden..., n_output]`` (at least two entries, all >= 1).
+    activation : {"identity", "tanh", "sigmoid", "relu", "softplus", "gelu"}
+        Hidden-layer activation; ``"gelu"`` is the tanh form
+        ``0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))``. ReLU's second derivative is taken
+        as 0 everywhere (as autodiff frameworks do).
+    loss : {"cross_entropy", "mse", "logistic"}
+        ``"cross_entropy"``: softmax cross-entropy with integer labels in ``[0, n_output)``
+        (needs ``n_output >= 2``); ``"mse"``: ``0.5 * ||f(x) - y||^2`` per sample, ``y`` of shape
+        ``(N, n_output)`` (or ``(N,)`` when ``n_output == 1``); ``"logistic"``: binary
+        cross-entropy on one output logit, ``y`` of shape ``(N,)`` or ``(N, 1)`` with values in
+        ``[0, 1]`` (0/1 labels; soft labels are accepted).
+    dtype : {np.float64, np.float32}
+        Dtype of ``theta``, ``X``, ``v`` and of the computation (losses and bias-gradient sums
+        accumulate in float64). Inputs of the other float dtype raise ``ValueError``.
+
+    Notes
+    -----
+    Each thread that calls the model keeps scratch buffers between calls (the activations and
+    R-streams of every layer, about ``(1 + k) * N * sum(sizes[1:])`` values for k directions)
+    so that repeated calls do not page-fault fresh memory; :meth:`clear_workspace` frees them.
+    Returned arrays are always new (or ``out=``).
+
+    All methods validate their input, never modify it, and take ``backend=`` (``"auto"``,
+    ``"cython"``, ``"numba"``, ``"numpy"``) selecting the element-wise kernels; the matrix
+    products always run through numpy's BLAS. ``X`` and ``y`` that are not C-contiguous are
+    copied once.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastopt import MLP
+    >>> net = MLP([3, 5, 2], activation="tanh", loss="cross_entropy")
+    >>> net.num_params
+    32
+    >>> theta = net.init(np.random.default_rng(0))
+    >>> X = np.random.default_rng(1).standard_normal((8, 3))
+    >>> y = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+    >>> loss, g = net.loss_and_grad(theta, X, y)
+    >>> hg = net.hvp(theta, X, y, g)           # H g, exact
+    >>> u = np.random.default_rng(2).standard_normal(net.num_params)
+    >>> bool(np.isclose(u @ hg, g @ net.hvp(theta, X, y, u)))   # H is symmetric
+    True
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        *,
+        activation: str = "tanh",
+        loss: str = "cross_entropy",
+        dtype: type | np.dtype = np.float64,
+    ) -> None:
+        if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence | np.ndarray):
+            raise TypeError(f"sizes: must be a sequence of integers, got {type(sizes).__name__}")
+        sizes = list(sizes)
+        if len(sizes) < 2:
+            raise ValueError(f"sizes: needs at least 2 entries (input and output), got {sizes}")
+        for s in sizes:
+            if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+                raise TypeError(f"sizes: entries must be integers, got {s!r}")
+            if s < 1:
+                raise ValueError(f"sizes: entries must be >= 1, got {sizes}")
+        self.sizes = [int(s) for s in sizes]
+        self.activation = check_choice(activation, "activation", ACTIVATIONS)
+        self.loss_name = check_choice(loss, "loss", LOSSES)
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype: {dtype!r} is not a numpy dtype") from None
+        if dt not in (np.float32, np.float64):
+            raise TypeError(f"dtype: {dt} is not supported (expected float32 or float64)")
+        self.dtype = dt
+        n_out = self.sizes[-1]
+        if self.loss_name == "logistic" and n_out != 1:
+            raise ValueError(f"loss: 'logistic' needs one output, got sizes[-1]={n_out}")
+        if self.loss_name == "cross_entropy" and n_out < 2:
+            raise ValueError(
+                f"loss: 'cross_entropy' needs at least 2 outputs (classes), got sizes[-1]={n_out};"
+                " use loss='logistic' for a binary problem with one logit"
+            )
+        self._act_code = ACTIVATIONS.index(self.activation)
+        self._loss_code = LOSSES.index(self.loss_name)
+        self._offsets = []
+        off = 0
+        for n_in, n_o in zip(self.sizes[:-1], self.sizes[1:], strict=True):
+            self._offsets.append((off, off + n_in * n_o, off + n_in * n_o + n_o))
+            off += n_in * n_o + n_o
+        self.num_params = off
+        self._tls = threading.local()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_tls"]  # scratch buffers are per thread and not part of the model
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._tls = threading.local()
+
+    def __repr__(self) -> str:
+        return (
+            f"MLP({self.sizes}, activation={self.activation!r}, loss={self.loss_name!r}, "
+            f"dtype=np.{self.dtype.name})"
+        )
+
+    @property
+    def num_layers(self) -> int:
+        """Number of dense layers (``len(sizes) - 1``)."""
+        return len(self.sizes) - 1
+
+    # ------------------------------------------------------------------ parameters
+    def unpack(self, theta: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per-layer ``(W, b)`` views into ``theta`` (writing to them writes to ``theta``).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> net = MLP([2, 3, 1], loss="mse")
+        >>> [(W.shape, b.shape) for W, b in net.unpack(np.zeros(net.num_params))]
+        [((2, 3), (3,)), ((3, 1), (1,))]
+        """
+        theta = self._check_theta(theta, contiguous=False)
+        if not theta.flags.c_contiguous:
+            raise ValueError("theta: must be contiguous to be unpacked into views")
+        layers = []
+        for (n_in, n_o), (o0, o1, o2) in zip(
+            zip(self.sizes[:-1], self.sizes[1:], strict=True), self._offsets, strict=True
+        ):
+            layers.append((theta[o0:o1].reshape(n_in, n_o), theta[o1:o2]))
+        return layers
+
+    def pack(self, layers: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Flat ``theta`` (a new array of the model's dtype) from per-layer ``(W, b)``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> net = MLP([2, 3, 1], loss="mse")
+        >>> theta = np.arange(net.num_params, dtype=float)
+        >>> bool(np.array_equal(net.pack(net.unpack(theta)), theta))
+        True
+        """
+        if len(layers) != self.num_layers:
+            raise ValueError(f"layers: expected {self.num_layers} (W, b) pairs, got {len(layers)}")
+        theta = np.empty(self.num_params, dtype=self.dtype)
+        for l, (pair, (n_in, n_o), (o0, o1, o2)) in enumerate(
+            zip(layers, zip(self.sizes[:-1], self.sizes[1:], strict=True), self._offsets,
+                strict=True)
+        ):
+            W, b = pair
+            W = as_float_array(W, f"layers[{l}][0]", allow_int=True)
+            b = as_float_array(b, f"layers[{l}][1]", allow_int=True)
+            if W.shape != (n_in, n_o):
+                raise ValueError(f"layers[{l}][0]: expected shape {(n_in, n_o)}, got {W.shape}")
+            if b.shape != (n_o,):
+                raise ValueError(f"layers[{l}][1]: expected shape {(n_o,)}, got {b.shape}")
+            theta[o0:o1] = W.ravel()
+            theta[o1:o2] = b
+        return theta
+
+    def init(self, rng: np.random.Generator | int | None = None, scheme: str = "xavier"
+             ) -> np.ndarray:
+        """Random parameters: weights by ``scheme``, biases zero.
+
+        ``"xavier"``: uniform on ``±sqrt(6 / (n_in + n_out))``; ``"he"``: normal with standard
+        deviation ``sqrt(2 / n_in)``; ``"orthogonal"``: orthonormal rows or columns (QR of a
+        Gaussian matrix, sign-corrected).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> net = MLP([4, 4, 2])
+        >>> W, b = net.unpack(net.init(0, scheme="orthogonal"))[0]
+        >>> bool(np.allclose(W.T @ W, np.eye(4)))
+        True
+        """
+        scheme = check_choice(scheme, "scheme", INIT_SCHEMES)
+        if not isinstance(rng, np.random.Generator):
+            rng = np.random.default_rng(rng)
+        layers = []
+        for n_in, n_o in zip(self.sizes[:-1], self.sizes[1:], strict=True):
+            if scheme == "xavier":
+                lim = np.sqrt(6.0 / (n_in + n_o))
+                W = rng.uniform(-lim, lim, size=(n_in, n_o))
+            elif scheme == "he":
+                W = rng.standard_normal((n_in, n_o)) * np.sqrt(2.0 / n_in)
+            else:
+                big, small = max(n_in, n_o), min(n_in, n_o)
+                q, r = np.linalg.qr(rng.standard_normal((big, small)))
+                q = q * np.where(np.diag(r) < 0, -1.0, 1.0)
+                W = q if n_in >= n_o else q.T
+            layers.append((W, np.zeros(n_o)))
+        return self.pack(layers)
+
+    # ------------------------------------------------------------------ validation
+    def _check_theta(self, theta: object, *, contiguous: bool = True) -> np.ndarray:
+        theta = as_float_array(theta, "theta", dtype=self.dtype, contiguous=contiguous)
+        if theta.shape != (self.num_params,):
+            raise ValueError(
+                f"theta: expected shape ({self.num_params},) for {self!r}, got {theta.shape}"
+            )
+        return theta
+
+    def _check_X(self, X: object) -> np.ndarray:
+        X = as_float_array(X, "X", dtype=self.dtype)
+        if X.ndim != 2:
+            raise ValueError(f"X: expected a 2-D array (N, {self.sizes[0]}), got shape {X.shape}")
+        if X.shape[1] != self.sizes[0]:
+            raise ValueError(
+                f"X: expected {self.sizes[0]} columns (sizes[0]), got shape {X.shape}"
+            )
+        if X.shape[0] == 0:
+            raise ValueError("X: empty batch (0 samples); the loss is an average over samples")
+        check_all_finite(X, "X")
+        return X
+
+    def _check_y(self, y: object, N: int) -> tuple[np.ndarray, np.ndarray]:
+        """(labels int64 (N,) or empty, targets (N, n_out) of dtype or empty)."""
+        y = np.asarray(y)
+        n_out = self.sizes[-1]
+        empty_l = np.empty(0, dtype=np.int64)
+        empty_y = np.empty((0, 0), dtype=self.dtype)
+        if self.loss_name == "cross_entropy":
+            if y.dtype.kind not in "iu" or y.dtype == np.bool_:
+                raise TypeError(
+                    f"y: cross_entropy needs integer class labels, got dtype {y.dtype}; "
+                    "convert with y.astype(np.int64) if the values are whole numbers"
+                )
+            if y.shape != (N,):
+                raise ValueError(f"y: expected shape ({N},) (one label per sample), got {y.shape}")
+            if y.size and (y.min() < 0 or y.max() >= n_out):
+                raise ValueError(
+                    f"y: labels must lie in [0, {n_out}), got values in [{y.min()}, {y.max()}]"
+                )
+            return np.ascontiguousarray(y, dtype=np.int64), empty_y
+        if y.dtype.kind in "biu":
+            y = y.astype(self.dtype)
+        y = as_float_array(y, "y", dtype=self.dtype)
+        if self.loss_name == "mse":
+            if y.shape == (N,) and n_out == 1:
+                y = y.reshape(N, 1)
+            if y.shape != (N, n_out):
+                raise ValueError(f"y: expected shape ({N}, {n_out}) for mse, got {y.shape}")
+            check_all_finite(y, "y")
+            return empty_l, y
+        if y.shape == (N,):
+            y = y.reshape(N, 1)
+        if y.shape != (N, 1):
+            raise ValueError(f"y: expected shape ({N},) or ({N}, 1) for logistic, got {y.shape}")
+        check_all_finite(y, "y")
+        if y.size and (y.min() < 0 or y.max() > 1):
+            raise ValueError(
+                f"y: logistic labels must lie in [0, 1], got values in [{y.min()}, {y.max()}]"
+            )
+        return empty_l, y
+
+    def _check_v(self, v: object) -> tuple[np.ndarray, bool]:
+        v = as_float_array(v, "v", dtype=self.dtype)
+        P = self.num_params
+        if v.ndim == 1 and v.shape[0] == P:
+            return v.reshape(P, 1), True
+        if v.ndim == 2 and v.shape[0] == P and v.shape[1] >= 1:
+            return v, False
+        raise ValueError(f"v: expected shape ({P},) or ({P}, k) with k >= 1, got {v.shape}")
+
+    def _prepare(self, theta, X, y):
+        theta = self._check_theta(theta)
+        check_all_finite(theta, "theta")
+        X = self._check_X(X)
+        labels, Y = self._check_y(y, X.shape[0])
+        return theta, X, labels, Y
+
+    # ------------------------------------------------------------------ core
+    def _workspace(self) -> dict[str, np.ndarray]:
+        ws = getattr(self._tls, "buffers", None)
+        if ws is None:
+            ws = self._tls.buffers = {}
+        return ws
+
+    def clear_workspace(self) -> None:
+        """Free the scratch buffers this thread keeps between calls (see the class notes).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> net = MLP([3, 4, 2])
+        >>> _ = net.loss_and_grad(net.init(0), np.ones((5, 3)), np.array([0, 1, 1, 0, 1]))
+        >>> net.clear_workspace()   # the next call allocates its buffers again
+        """
+        self._tls.buffers = {}
+
+    def _run(self, theta, X, labels, Y, V, mode, backend):
+        """Forward (+ backward (+ R passes)). mode: "loss", "grad", "hvp", "gnvp"."""
+        name = _dispatch.resolve("curvature", backend, prefer=_prefer)
+        mod = _dispatch.load("curvature", name)
+        nt_all = get_num_threads()
+
+        def nt(values: int) -> int:
+            return nt_all if values >= PARALLEL_MIN_VALUES else 1
+
+        dt = self.dtype
+        ws = self._workspace()
+
+        def buf(key: str, shape: tuple[int, ...], dtype: np.dtype = dt) -> np.ndarray:
+            # Scratch arrays are reused across calls: fresh ones would be fresh pages from the
+            # OS, and first-touch page faults cost more than the kernels (6x on the small
+            # benchmark shape).
+            a = ws.get(key)
+            if a is None or a.shape != shape or a.dtype != dtype:
+                a = ws[key] = np.empty(shape, dtype)
+            return a
+
+        N = X.shape[0]
+        need = {"loss": 0, "grad": 1, "hvp": 2, "gnvp": 2}[mode]
+        k = V.shape[1] if need == 2 else 0
+        kk = 1 + k
+        layers = self.unpack(theta)
+        L = len(layers)
+        dummy2 = np.empty((0, 0), dt)
+        dummy3 = np.empty((0, 0, 0), dt)
+
+        Vc, VTc, Cs = [], [], []
+        if k:
+            for l, ((n_in, n_o), (o0, o1, o2)) in enumerate(zip(
+                zip(self.sizes[:-1], self.sizes[1:], strict=True), self._offsets, strict=True
+            )):
+                if k == 1:  # V_l is already laid out as [V_1]; BLAS reads V_l^T in place
+                    Vl = V[o0:o1].reshape(n_in, n_o)
+                    Vc.append(Vl)
+                    VTc.append(Vl.T)
+                    Cs.append(V[o1:o2].reshape(1, n_o))
+                    continue
+                Vl = V[o0:o1].reshape(n_in, n_o, k)
+                vc = buf(f"Vc{l}", (n_in, k, n_o))
+                np.copyto(vc, Vl.transpose(0, 2, 1))
+                Vc.append(vc.reshape(n_in, k * n_o))
+                if mode == "hvp" and l > 0:
+                    vt = buf(f"VTc{l}", (n_o, k, n_in))
+                    np.copyto(vt, Vl.transpose(1, 2, 0))
+                    VTc.append(vt.reshape(n_o, k * n_in))
+                else:
+                    VTc.append(None)
+                c = buf(f"C{l}", (k, n_o))
+                np.copyto(c, V[o1:o2].T)
+                Cs.append(c)
+
+        # ---- forward and R-forward
+        Ain = X.reshape(N, 1, X.shape[1])
+        inputs, caches = [], []
+        for l, (W, b) in enumerate(layers):
+            n_in, n_o = W.shape
+            kz = Ain.shape[1]
+            Z = buf(f"Z{l}", (N * kz, n_o))
+            np.matmul(Ain.reshape(N * kz, n_in), W, out=Z)
+            Z = Z.reshape(N, kz, n_o)
+            if k:
+                AV = buf(f"AV{l}", (N, k * n_o))
+                np.matmul(Ain[:, 0, :], Vc[l], out=AV)
+                AV = AV.reshape(N, k, n_o)
+                C = Cs[l]
+            else:
+                AV, C = np.empty((N, 0, n_o), dt), np.empty((0, n_o), dt)
+            inputs.append(Ain)
+            if l < L - 1:
+                A = buf(f"A{l}", (N, kk, n_o))
+                D1 = buf(f"D1{l}", (N, n_o)) if need >= 1 else dummy2
+                D2 = buf(f"D2{l}", (N, n_o)) if need == 2 else dummy2
+                RZ = buf(f"RZ{l}", (N, k, n_o)) if need == 2 else dummy3
+                mod.hidden_forward(Z, b, AV, C, self._act_code, need, A, D1, D2, RZ, nt(A.size))
+                caches.append((D1, D2, RZ))
+                Ain = A
+            else:
+                D = buf("Dout", (N, kk, n_o)) if need >= 1 else dummy3
+                losses = buf("losses", (N,), np.dtype(np.float64))
+                mod.output_forward(
+                    Z, b, AV, C, self._loss_code, need, labels, Y, D, losses, nt(Z.size)
+                )
+        loss = float(losses.sum() / N)
+        if need == 0:
+            return loss, None, None
+
+        # ---- backward and R-backward
+        # The products' weight/bias terms need only the streams that are returned: the gradient
+        # (slot 0) for mode "grad", the R-streams (slots 1..k) for "hvp"/"gnvp" -- the HVP does
+        # not pay for the gradient's a^T delta.
+        first = 1 if k else 0
+        if k:
+            hv = np.empty((self.num_params, k), dt)
+            out = hv
+        else:
+            grad = np.empty(self.num_params, dt)
+            out = grad.reshape(-1, 1)
+        m = kk - first
+        gn = 1 if mode == "gnvp" else 0
+        S = buf("S", (m * max(self.sizes[1:]),), np.dtype(np.float64))
+        for l in range(L - 1, -1, -1):
+            W, _ = layers[l]
+            n_in, n_o = W.shape
+            o0, o1, o2 = self._offsets[l]
+            Ain = inputs[l]
+            kz = Ain.shape[1]
+            Dsel = D[:, first:, :].reshape(N, m * n_o)
+            G = buf(f"G{l}", (n_in, m * n_o))
+            np.matmul(Ain[:, 0, :].T, Dsel, out=G)
+            G = G.reshape(n_in, m, n_o)
+            Sl = S[: m * n_o]
+            mod.colsum(Dsel, Sl, nt(Dsel.size))
+            outW = out[o0:o1].reshape(n_in, n_o, m)
+            if mode == "hvp" and kz > 1:
+                Gr = buf(f"Gr{l}", (k * n_in, n_o))
+                np.matmul(Ain[:, 1:, :].reshape(N, k * n_in).T, D[:, 0, :], out=Gr)
+                np.add(G.transpose(0, 2, 1), Gr.reshape(k, n_in, n_o).transpose(1, 2, 0),
+                       out=outW)
+            else:
+                outW[...] = G.transpose(0, 2, 1)
+            out[o1:o2] = Sl.reshape(m, n_o).T
+            if l > 0:
+                DA = buf(f"DA{l}", (N * kk, n_in))
+                np.matmul(D.reshape(N * kk, n_o), W.T, out=DA)
+                DA = DA.reshape(N, kk, n_in)
+                if mode == "hvp" and k:
+                    DV = buf(f"DV{l}", (N, k * n_in))
+                    np.matmul(D[:, 0, :], VTc[l], out=DV)
+                    DV = DV.reshape(N, k, n_in)
+                else:
+                    DV = dummy3
+                D1, D2, RZ = caches[l - 1]
+                Dn = buf(f"D{l}", (N, kk, n_in))
+                mod.hidden_backward(DA, DV, D1, D2, RZ, gn, Dn, nt(Dn.size))
+                D = Dn
+        return (loss, None, hv) if k else (loss, grad, None)
+
+    # ------------------------------------------------------------------ public
+    def forward(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """Network outputs (logits for the classification losses), shape ``(N, sizes[-1])``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> net = MLP([2, 4, 3])
+        >>> net.forward(net.init(0), np.ones((5, 2))).shape
+        (5, 3)
+        """
+        from ..reference.curvature import activation
+
+        theta = self._check_theta(theta)
+        check_all_finite(theta, "theta")
+        a = self._check_X(X)
+        layers = self.unpack(theta)
+        for l, (W, b) in enumerate(layers):
+            z = a @ W + b
+            a = activation(self._act_code, z)[0] if l < len(layers) - 1 else z
+        return a
+
+    def loss(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, *,
+             backend: str = "auto") -> float:
+        """Batch-averaged loss at ``theta``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> net = MLP([2, 3], activation="identity", loss="cross_entropy")
+        >>> round(net.loss(np.zeros(net.num_params), np.ones((4, 2)), np.array([0, 1, 2, 0])), 6)
+        1.098612
+        """
+        theta, X, labels, Y = self._prepare(theta, X, y)
+        return self._run(theta, X, labels, Y, None, "loss", backend)[0]
+
+    def loss_and_grad(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, *,
+                      backend: str = "auto", out: np.ndarray | None = None
+                      ) -> tuple[float, np.ndarray]:
+        """Loss and its gradient with respect to ``theta`` (shape ``(num_params,)``).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> net = MLP([1, 1], activation="identity", loss="mse")
+        >>> loss, g = net.loss_and_grad(np.array([2.0, 0.0]), np.array([[1.0], [2.0]]),
+        ...                             np.array([1.0, 2.0]))
+        >>> loss, g.tolist()         # 0.5*mean((x)^2) and its gradient in (w, b)
+        (1.25, [2.5, 1.5])
+        """
+        theta, X, labels, Y = self._prepare(theta, X, y)
+        out = check_out(out, (self.num_params,), self.dtype)
+        loss, grad, _ = self._run(theta, X, labels, Y, None, "grad", backend)
+        if out is not None:
+            out[...] = grad
+            grad = out
+        return loss, grad
+
+    def _product(self, theta, X, y, v, mode, backend, out):
+        theta, X, labels, Y = self._prepare(theta, X, y)
+        V, single = self._check_v(v)
+        check_all_finite(V, "v")
+        shape = (self.num_params,) if single else V.shape
+        out = check_out(out, shape, self.dtype)
+        _, _, hv = self._run(theta, X, labels, Y, V, mode, backend)
+        res = hv[:, 0] if single else hv
+        if out is not None:
+            out[...] = res
+            return out
+        return res
+
+    def hvp(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, v: np.ndarray, *,
+            backend: str = "auto", out: np.ndarray | None = None) -> np.ndarray:
+        """Exact Hessian-vector product ``H v`` of the loss at ``theta`` (R-operator).
+
+        Parameters
+        ----------
+        theta, X, y : array_like
+            Parameters ``(num_params,)``, inputs ``(N, sizes[0])`` and targets (see the class).
+        v : array_like
+            One direction ``(num_params,)`` or k directions as columns ``(num_params, k)``; the
+            k products share the forward and backward passes and run as one batch of GEMMs.
+        backend : {"auto", "cython", "numba", "numpy"}
+            Element-wise kernels to use.
+        out : ndarray, optional
+            Array of ``v``'s shape and the model dtype to write the result to.
+
+        Returns
+        -------
+        ndarray
+            ``H v``, same shape as ``v``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> net = MLP([2, 1], activation="identity", loss="mse")   # least squares
+        >>> X = np.array([[1.0, 0.0], [0.0, 2.0]])
+        >>> net.hvp(np.zeros(3), X, np.zeros(2), np.eye(3))         # H = [X 1]^T [X 1] / N
+        array([[0.5, 0. , 0.5],
+               [0. , 2. , 1. ],
+               [0.5, 1. , 1. ]])
+        """
+        return self._product(theta, X, y, v, "hvp", backend, out)
+
+    def gnvp(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, v: np.ndarray, *,
+             backend: str = "auto", out: np.ndarray | None = None) -> np.ndarray:
+        """Gauss-Newton-vector product ``J^T H_loss J v`` (positive semidefinite curvature).
+
+        Same arguments as :meth:`hvp`. ``J`` is the Jacobian of the network outputs with respect
+        to ``theta`` and ``H_loss`` the Hessian of the loss with respect to the outputs; it drops
+        the second-order terms of the network from the Hessian.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> net = MLP([2, 1], activation="identity", loss="mse")   # linear: G == H
+        >>> X = np.array([[1.0, 0.0], [0.0, 2.0]])
+        >>> v = np.array([1.0, -1.0, 0.5])
+        >>> bool(np.allclose(net.gnvp(np.zeros(3), X, np.zeros(2), v),
+        ...                  net.hvp(np.zeros(3), X, np.zeros(2), v)))
+        True
+        """
+        return self._product(theta, X, y, v, "gnvp", backend, out)

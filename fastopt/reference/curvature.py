@@ -1,0 +1,116 @@
+"""Pure-numpy reference of the curvature kernels (backend ``"numpy"``; the tests' oracle).
+
+Same signatures and layouts as ``fastopt.curvature._cython``: streams are ``(N, 1 + k, n)``,
+slot 0 the forward value, slot ``1 + j`` the R-stream of direction ``j``. Written for clarity,
+vectorized over whole arrays; ``n_threads`` is ignored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_SQRT_2_OVER_PI = 0.7978845608028654
+_GELU_A = 0.044715
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def activation(code: int, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Activation ``code`` (identity, tanh, sigmoid, relu, softplus, gelu) and its derivatives."""
+    one = np.ones_like(z)
+    if code == 1:
+        t = np.tanh(z)
+        d1 = 1 - t * t
+        return t, d1, -2 * t * d1
+    if code == 2:
+        s = _sigmoid(z)
+        d1 = s * (1 - s)
+        return s, d1, d1 * (1 - 2 * s)
+    if code == 3:
+        pos = z > 0
+        return np.where(pos, z, 0 * z), pos.astype(z.dtype), 0 * z
+    if code == 4:
+        s = _sigmoid(z)
+        return np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z))), s, s * (1 - s)
+    if code == 5:
+        c, a = _SQRT_2_OVER_PI, _GELU_A
+        t = np.tanh(c * (z + a * z**3))
+        u1 = c * (1 + 3 * a * z * z)
+        s = 0.5 * z * (1 + t)
+        d1 = 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * u1
+        d2 = (1 - t * t) * (u1 - z * t * u1 * u1 + 0.5 * z * 6 * c * a * z)
+        return s, d1, d2
+    return z.copy(), one, 0 * z
+
+
+def hidden_forward(Z, b, AV, C, act, need, A, D1, D2, RZ, n_threads):
+    """Bias + activation (+ derivatives, + R-forward) of one hidden layer; see the Cython kernel."""
+    s, d1, d2 = activation(act, Z[:, 0, :] + b)
+    A[:, 0, :] = s
+    if need >= 1:
+        D1[...] = d1
+    if need == 2:
+        D2[...] = d2
+        k = AV.shape[1]
+        rz = AV + C[None, :, :]
+        if Z.shape[1] > 1:
+            rz = rz + Z[:, 1:, :]
+        RZ[...] = rz
+        A[:, 1 : 1 + k, :] = d1[:, None, :] * rz
+
+
+def output_forward(Z, b, AV, C, loss, need, labels, Y, D, losses, n_threads):
+    """Output layer: loss per sample (float64), gradient and loss-Hessian on the R-streams."""
+    N = Z.shape[0]
+    f = Z[:, 0, :].astype(np.float64) + b
+    k = AV.shape[1] if need == 2 else 0
+    rf = None
+    if k:
+        rf = AV.astype(np.float64) + C[None, :, :]
+        if Z.shape[1] > 1:
+            rf = rf + Z[:, 1:, :]
+    if loss == 0:
+        m = f.max(axis=1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(f - m).sum(axis=1))
+        losses[...] = lse - f[np.arange(N), labels]
+        p = np.exp(f - lse[:, None])
+        grad = p.copy()
+        grad[np.arange(N), labels] -= 1
+        if k:
+            pr = np.einsum("io,ijo->ij", p, rf)
+            D[:, 1:, :] = p[:, None, :] * (rf - pr[:, :, None]) / N
+    elif loss == 1:
+        r = f - Y
+        losses[...] = 0.5 * (r * r).sum(axis=1)
+        grad = r
+        if k:
+            D[:, 1:, :] = rf / N
+    else:
+        yv = Y[:, 0].astype(np.float64)
+        f0 = f[:, 0]
+        losses[...] = np.maximum(f0, 0) + np.log1p(np.exp(-np.abs(f0))) - yv * f0
+        s = _sigmoid(f0)
+        grad = (s - yv)[:, None]
+        if k:
+            D[:, 1:, :] = (s * (1 - s))[:, None, None] * rf / N
+    if need >= 1:
+        D[:, 0, :] = grad / N
+
+
+def hidden_backward(DA, DV, D1, D2, RZ, gn, D, n_threads):
+    """delta and R(delta) of one hidden layer; see the Cython kernel."""
+    da = DA[:, 0, :]
+    D[:, 0, :] = da * D1
+    if DA.shape[1] > 1:
+        if gn:
+            D[:, 1:, :] = DA[:, 1:, :] * D1[:, None, :]
+        else:
+            D[:, 1:, :] = (DA[:, 1:, :] + DV) * D1[:, None, :] + (da * D2)[:, None, :] * RZ
+
+
+def colsum(D, out, n_threads):
+    """Column sums in float64."""
+    out[...] = D.sum(axis=0, dtype=np.float64)

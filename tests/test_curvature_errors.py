@@ -1,0 +1,149 @@
+"""Bad input to the curvature family: clear errors, nothing modified."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastopt import MLP
+
+
+@pytest.fixture
+def ce():
+    rng = np.random.default_rng(0)
+    net = MLP([3, 4, 3], loss="cross_entropy")
+    theta = net.init(rng)
+    X = rng.standard_normal((6, 3))
+    y = np.array([0, 1, 2, 2, 1, 0])
+    v = rng.standard_normal(net.num_params)
+    return net, theta, X, y, v
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"sizes": [3]}, ValueError, "at least 2"),
+        ({"sizes": [3, 0, 2]}, ValueError, ">= 1"),
+        ({"sizes": [3, 2.5]}, TypeError, "integers"),
+        ({"sizes": "32"}, TypeError, "sequence"),
+        ({"sizes": [3, 2], "activation": "swish"}, ValueError, "activation"),
+        ({"sizes": [3, 2], "loss": "hinge"}, ValueError, "loss"),
+        ({"sizes": [3, 2], "loss": "logistic"}, ValueError, "one output"),
+        ({"sizes": [3, 1], "loss": "cross_entropy"}, ValueError, "at least 2 outputs"),
+        ({"sizes": [3, 2], "dtype": np.float16}, TypeError, "float16"),
+        ({"sizes": [3, 2], "dtype": np.int32}, TypeError, "dtype"),
+    ],
+)
+def test_bad_model(kwargs, exc, match):
+    sizes = kwargs.pop("sizes")
+    with pytest.raises(exc, match=match):
+        MLP(sizes, **kwargs)
+
+
+def test_wrong_theta_and_v(ce):
+    net, theta, X, y, v = ce
+    with pytest.raises(ValueError, match=r"theta: expected shape \(31,\)"):
+        net.loss(theta[:-1], X, y)
+    with pytest.raises(ValueError, match="theta"):
+        net.hvp(theta.reshape(1, -1), X, y, v)
+    with pytest.raises(ValueError, match=r"v: expected shape \(31,\) or \(31, k\)"):
+        net.hvp(theta, X, y, v[:-1])
+    with pytest.raises(ValueError, match="v: expected shape"):
+        net.hvp(theta, X, y, np.zeros((net.num_params, 0)))
+    with pytest.raises(ValueError, match="v: expected shape"):
+        net.gnvp(theta, X, y, np.zeros((net.num_params, 2, 1)))
+    with pytest.raises(ValueError, match="v: contains 1 non-finite"):
+        bad = v.copy()
+        bad[3] = np.inf
+        net.hvp(theta, X, y, bad)
+    with pytest.raises(ValueError, match="does not match"):
+        net.hvp(theta.astype(np.float32), X, y, v)
+    with pytest.raises(TypeError, match="theta: dtype int64"):
+        net.loss(np.zeros(net.num_params, dtype=np.int64), X, y)
+    with pytest.raises(ValueError, match="out"):
+        net.hvp(theta, X, y, v, out=np.empty(3))
+
+
+def test_nan_in_theta_or_X(ce):
+    net, theta, X, y, v = ce
+    t = theta.copy()
+    t[0] = np.nan
+    with pytest.raises(ValueError, match="theta: contains 1 non-finite"):
+        net.loss_and_grad(t, X, y)
+    Xn = X.copy()
+    Xn[2, 1] = np.nan
+    with pytest.raises(ValueError, match="X: contains 1 non-finite"):
+        net.hvp(theta, Xn, y, v)
+
+
+def test_X_shape_and_empty_batch(ce):
+    net, theta, X, y, v = ce
+    with pytest.raises(ValueError, match="X: expected 3 columns"):
+        net.loss(theta, X[:, :2], y)
+    with pytest.raises(ValueError, match="X: expected a 2-D"):
+        net.loss(theta, X[0], y)
+    with pytest.raises(ValueError, match="empty batch"):
+        net.hvp(theta, X[:0], y[:0], v)
+
+
+def test_labels(ce):
+    net, theta, X, y, v = ce
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        net.loss(theta, X, np.array([0, 1, 3, 0, 0, 0]))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        net.hvp(theta, X, np.array([0, -1, 2, 0, 0, 0]), v)
+    with pytest.raises(TypeError, match="integer class labels"):
+        net.loss(theta, X, y.astype(np.float64))
+    with pytest.raises(TypeError, match="integer class labels"):
+        net.loss(theta, X, y.astype(bool))
+    with pytest.raises(ValueError, match=r"y: expected shape \(6,\)"):
+        net.loss(theta, X, y[:5])
+    lg = MLP([3, 1], loss="logistic")
+    with pytest.raises(ValueError, match=r"logistic labels must lie in \[0, 1\]"):
+        lg.loss(np.zeros(4), X, np.array([0, 1, 2, 0, 1, 0]))
+    with pytest.raises(ValueError, match="y: expected shape"):
+        lg.loss(np.zeros(4), X, np.zeros((6, 2)))
+    ms = MLP([3, 2], loss="mse")
+    with pytest.raises(ValueError, match=r"y: expected shape \(6, 2\)"):
+        ms.loss(np.zeros(8), X, np.zeros(6))
+    with pytest.raises(ValueError, match="y: contains"):
+        ms.loss(np.zeros(8), X, np.full((6, 2), np.nan))
+
+
+def test_backend_and_scheme(ce):
+    net, theta, X, y, v = ce
+    with pytest.raises(ValueError, match="backend"):
+        net.hvp(theta, X, y, v, backend="fortran")
+    with pytest.raises(ValueError, match="not implemented"):
+        net.hvp(theta, X, y, v, backend="cuda")
+    with pytest.raises(ValueError, match="scheme"):
+        net.init(0, scheme="lecun")
+    with pytest.raises(ValueError, match="layers"):
+        net.pack([(np.zeros((3, 4)), np.zeros(4))])
+    with pytest.raises(ValueError, match=r"layers\[1\]\[0\]: expected shape"):
+        net.pack([(np.zeros((3, 4)), np.zeros(4)), (np.zeros((3, 4)), np.zeros(3))])
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba", "numpy"])
+def test_inputs_never_modified(ce, backend):
+    from fastopt import _dispatch
+
+    if not _dispatch.available("curvature", backend):
+        pytest.skip(f"{backend} unavailable")
+    net, theta, X, y, v = ce
+    V = np.stack([v, -v], axis=1)
+    args = [theta, X, y, V]
+    copies = [a.copy() for a in args]
+    net.loss_and_grad(theta, X, y, backend=backend)
+    net.hvp(theta, X, y, V, backend=backend)
+    net.gnvp(theta, X, y, V[:, 0], backend=backend)
+    for a, c in zip(args, copies, strict=True):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_nothing_written_to_out_on_error(ce):
+    net, theta, X, y, v = ce
+    out = np.full(net.num_params, 7.0)
+    with pytest.raises(ValueError):
+        net.hvp(theta, X, np.array([0, 1, 9, 0, 0, 0]), v, out=out)
+    assert (out == 7.0).all()
