@@ -106,7 +106,65 @@ def demo_spectral(quick: bool) -> list[str]:
     return lines
 
 
-SECTIONS: list[Callable[[bool], list[str]]] = [demo_batchnorm, demo_spectral]
+def demo_curvature(quick: bool) -> list[str]:
+    """Curvature section: exact HVP vs finite differences and PyTorch; diagnostics; a saddle."""
+    from . import MLP, curvature_along_gradient, hessian_extremes, hvp_fd
+
+    sizes = [64, 128, 128, 10]
+    batch = 512
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], batch)
+    net = MLP(sizes, activation="tanh", loss="cross_entropy", dtype=np.float32)
+    theta = net.init(rng)
+    v = rng.standard_normal(net.num_params).astype(np.float32)
+    lines = [f"curvature, float32 MLP {sizes} tanh + cross-entropy, batch {batch}, "
+             f"{net.num_params} parameters"]
+    net64 = MLP(sizes, activation="tanh", loss="cross_entropy")
+    th64, v64, X64 = theta.astype(np.float64), v.astype(np.float64), X.astype(np.float64)
+    exact = net64.hvp(th64, X64, y, v64)
+    approx = hvp_fd(lambda t: net64.loss_and_grad(t, X64, y)[1], th64, v64)
+    rel = np.linalg.norm(exact - approx) / np.linalg.norm(exact)
+    t_hvp = _median_ms(lambda: net.hvp(theta, X, y, v), 5 if quick else 20)
+    t_grad = _median_ms(lambda: net.loss_and_grad(theta, X, y), 5 if quick else 20)
+    lines.append(f"  hvp {t_hvp:.2f} ms (gradient {t_grad:.2f} ms); float64 hvp vs central "
+                 f"differences: relative difference {rel:.1e}")
+    torch = _torch()
+    if torch is not None:
+        params = [torch.tensor(a, requires_grad=True) for layer in net.unpack(theta)
+                  for a in layer]
+        vs = [torch.tensor(a) for layer in net.unpack(v) for a in layer]
+        tX, ty = torch.from_numpy(X), torch.from_numpy(y)
+
+        def torch_hvp():
+            h = tX
+            for i in range(0, len(params), 2):
+                h = h @ params[i] + params[i + 1]
+                if i + 2 < len(params):
+                    h = torch.tanh(h)
+            loss = torch.nn.functional.cross_entropy(h, ty)
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            dot = sum((g * u).sum() for g, u in zip(grads, vs, strict=True))
+            return torch.autograd.grad(dot, params)
+
+        t_torch = _median_ms(torch_hvp, 5 if quick else 20)
+        lines.append(f"  torch double-backward hvp {t_torch:.2f} ms")
+    c = curvature_along_gradient(net64, th64, X64, y)
+    lines.append(f"  g^T g {c.g_dot_g:.3e}, g^T H g {c.g_h_g:.3e}, best step {c.best_step:.3f}, "
+                 f"predicted change at that step {c.predicted_change(c.best_step):.3e}")
+    ext = hessian_extremes(net64, th64, X64[:128], y[:128], tol=1e-4)
+    lines.append(f"  Hessian extremes at init: lambda_max {ext.lambda_max:.3e}, lambda_min "
+                 f"{ext.lambda_min:.3e} -> {ext.kind}")
+    lin = MLP([2, 2, 2], activation="identity", loss="mse")
+    Xl = np.random.default_rng(1).standard_normal((64, 2))
+    origin = np.zeros(lin.num_params)
+    ext = hessian_extremes(lin, origin, Xl, Xl)
+    lines.append(f"  two-layer linear net fitting y = x, at the origin: {ext.kind} "
+                 f"(lambda_min {ext.lambda_min:.3f}, lambda_max {ext.lambda_max:.3f})")
+    return lines
+
+
+SECTIONS: list[Callable[[bool], list[str]]] = [demo_batchnorm, demo_spectral, demo_curvature]
 
 
 def run_demo(quick: bool = False) -> int:
