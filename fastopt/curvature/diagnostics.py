@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from .._validate import as_float_array, check_all_finite, check_int, check_positive
-from ..spectral.lanczos import lanczos_extremes
+from ..spectral.lanczos import lanczos_extremes, lanczos_tridiagonal
 from .mlp import MLP
 
 if TYPE_CHECKING:  # scipy is an optional (test) dependency, imported lazily
@@ -448,29 +448,6 @@ class SpectralDensity(NamedTuple):
     sigma: float
 
 
-def _lanczos_tridiagonal(matvec, v0: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """m Lanczos steps (full reorthogonalization) from v0: the tridiagonal (alpha, beta)."""
-    n = v0.size
-    V = np.empty((m, n))
-    V[0] = v0 / np.linalg.norm(v0)
-    alpha, beta = np.zeros(m), np.zeros(max(m - 1, 0))
-    for j in range(m):
-        w = np.asarray(matvec(V[j]), dtype=np.float64)
-        alpha[j] = w @ V[j]
-        basis = V[: j + 1]
-        for _ in range(2):
-            w -= basis.T @ (basis @ w)
-        if j == m - 1:
-            break
-        b = float(np.linalg.norm(w))
-        scale = max(np.abs(alpha[: j + 1]).max(), beta[:j].max() if j else 0.0, 1e-300)
-        if b <= 64 * np.finfo(float).eps * scale:  # invariant subspace: the quadrature is exact
-            return alpha[: j + 1], beta[:j]
-        beta[j] = b
-        V[j + 1] = w / b
-    return alpha, beta
-
-
 def spectral_density(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, *,
                      n_vectors: int = 4, steps: int = 60, n_grid: int = 256,
                      sigma: float | None = None, seed: int = 0,
@@ -509,7 +486,7 @@ def spectral_density(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, 
     nodes = np.zeros((n_vectors, m))
     weights = np.zeros((n_vectors, m))
     for i in range(n_vectors):
-        alpha, beta = _lanczos_tridiagonal(matvec, rng.standard_normal(P), m)
+        alpha, beta = lanczos_tridiagonal(matvec, rng.standard_normal(P), m)
         T = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
         ev, S = np.linalg.eigh(T)
         nodes[i, : ev.size] = ev

@@ -42,6 +42,61 @@ def _tridiagonal_eigh(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, 
     return np.linalg.eigh(T)
 
 
+def _lanczos_steps(matvec, v0: np.ndarray, m: int, dtype: np.dtype):
+    """Run up to ``m`` Lanczos steps from the unit vector ``v0``, with full reorthogonalization.
+
+    Yields ``(j, alpha, beta, V, invariant)`` after step j (0-based): ``alpha[:j+1]`` and
+    ``beta[:j+1]`` are filled (``beta[j]`` couples to the next vector), ``V[:j+1]`` holds the basis
+    as rows. Stops after yielding a step whose Krylov space is invariant (``beta[j]`` ~ 0).
+    """
+    n = v0.size
+    V = np.empty((m + 1, n), dtype=dtype)  # Lanczos vectors as rows (each contiguous)
+    V[0] = v0
+    alpha = np.zeros(m)
+    beta = np.zeros(m)
+    for j in range(m):
+        w = np.asarray(matvec(V[j]))
+        if w.shape != (n,):
+            raise ValueError(f"matvec: returned shape {w.shape}, expected ({n},)")
+        w = w.astype(dtype, copy=True)
+        if not np.isfinite(w).all():
+            raise ValueError(f"matvec: returned non-finite values at iteration {j + 1}")
+        alpha[j] = float(np.dot(w, V[j]))
+        basis = V[: j + 1]
+        for _ in range(2):  # "twice is enough" (Kahan/Parlett)
+            w -= basis.T @ (basis @ w)
+        beta[j] = float(np.linalg.norm(w))
+        scale = max(np.abs(alpha[: j + 1]).max(), beta[: j + 1].max(), np.finfo(float).tiny)
+        invariant = bool(beta[j] <= 64 * np.finfo(dtype).eps * scale)
+        yield j, alpha, beta, V, invariant
+        if invariant:
+            return
+        V[j + 1] = w / beta[j]
+
+
+def lanczos_tridiagonal(
+    matvec: Callable[[np.ndarray], np.ndarray], v0: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``m`` Lanczos steps from ``v0`` (float64, full reorthogonalization): the tridiagonal.
+
+    Returns ``(alpha, beta)``, the diagonal (length j) and off-diagonal (length j - 1) of the
+    Lanczos matrix, j <= m (shorter when the Krylov space becomes invariant: then the Gauss
+    quadrature it defines is exact). Used by stochastic Lanczos quadrature.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastopt.spectral.lanczos import lanczos_tridiagonal
+    >>> alpha, beta = lanczos_tridiagonal(lambda v: np.array([1.0, 2.0, 3.0]) * v, np.ones(3), 5)
+    >>> np.round(np.linalg.eigvalsh(np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)), 12)
+    array([1., 2., 3.])
+    """
+    v0 = np.asarray(v0, dtype=np.float64)
+    m = check_int(m, "m", minimum=1)
+    *_, (j, alpha, beta, _, _) = _lanczos_steps(matvec, v0 / np.linalg.norm(v0), m, np.float64)
+    return alpha[: j + 1].copy(), beta[:j].copy()
+
+
 def _selected(theta: np.ndarray, k: int, which: str) -> tuple[np.ndarray, np.ndarray]:
     """Indices (into ascending ``theta``) of the wanted largest and smallest Ritz values."""
     k = min(k, theta.size)
@@ -129,29 +184,11 @@ def lanczos_extremes(
     if not np.isfinite(norm0) or norm0 == 0:
         raise ValueError("v0: must be a finite, nonzero vector")
 
-    V = np.empty((m + 1, n), dtype=dtype)  # Lanczos vectors as rows (each contiguous)
-    V[0] = start / norm0
-    alpha = np.zeros(m)
-    beta = np.zeros(m)
     next_check = 1
     theta = S = None
-    j = 0
     converged = False
-    for j in range(m):
-        w = np.asarray(matvec(V[j]))
-        if w.shape != (n,):
-            raise ValueError(f"matvec: returned shape {w.shape}, expected ({n},)")
-        w = w.astype(dtype, copy=True)
-        if not np.isfinite(w).all():
-            raise ValueError(f"matvec: returned non-finite values at iteration {j + 1}")
-        alpha[j] = float(np.dot(w, V[j]))
-        basis = V[: j + 1]
-        for _ in range(2):  # "twice is enough" (Kahan/Parlett)
-            w -= basis.T @ (basis @ w)
-        beta[j] = float(np.linalg.norm(w))
-
-        scale_guess = max(np.abs(alpha[: j + 1]).max(), beta[: j + 1].max(), np.finfo(float).tiny)
-        invariant = beta[j] <= 64 * np.finfo(dtype).eps * scale_guess
+    for step in _lanczos_steps(matvec, start / norm0, m, dtype):
+        j, alpha, beta, V, invariant = step
         last = j == m - 1
         if invariant or last or j + 1 >= next_check:
             theta, S = _tridiagonal_eigh(alpha[: j + 1], beta[:j])
@@ -166,7 +203,6 @@ def lanczos_extremes(
                 break
             # Checks cost O(j^3): every step early on, then about every 5% of the basis size.
             next_check = j + 1 + max(1, (j + 1) // 20)
-        V[j + 1] = w / beta[j]
 
     iterations = j + 1
     large, small = _selected(theta, k, which)
