@@ -598,7 +598,11 @@ def spectral_radius(
     around ``sqrt(n)``). Matrices that are orthogonal up to scale (every ``|lambda|`` equal) are
     recognised by a singular-value bracket. If the Krylov method does not converge within the
     default budget, LAPACK answers; with an explicit ``maxiter`` the best estimate is returned
-    with ``converged=False`` instead.
+    with ``converged=False`` instead. A converged Krylov run whose projected matrix is strongly
+    non-normal (Jordan blocks, triangular matrices, badly conditioned similarity transforms:
+    there Arnoldi can converge to a pseudospectral point that is no eigenvalue) is not trusted:
+    LAPACK answers and its condition-aware error bound decides ``converged`` (with an explicit
+    ``maxiter``: the Krylov estimate with ``converged=False``).
 
     Parameters
     ----------
