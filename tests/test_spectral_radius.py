@@ -261,3 +261,25 @@ def test_random_matrices_pass_the_screen_without_lapack(monkeypatch, n, seed):
         res = spectral_radius(W)
         assert res.converged
         np.testing.assert_allclose(res.value, exact(W), rtol=1e-6)
+
+
+def test_rank_one_nilpotent_restart_keeps_invariance():
+    # W = u v^T with v.u = 0 (rho = 0): an undetected breakdown left a nearly defective projected
+    # matrix whose eigenvector basis made the Krylov-Schur restart invalid; the Ritz values
+    # then grew to 7e4 (||W|| = 197), converged=True
+    rng = np.random.default_rng(0)
+    u, v = rng.standard_normal(200), rng.standard_normal(200)
+    v -= (v @ u) / (u @ u) * u
+    res = spectral_radius(np.outer(u, v))
+    assert not res.converged or res.value <= 1e-6 * np.linalg.norm(u) * np.linalg.norm(v), res
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_extreme_scales_float32(scale):
+    # float32 products/squares of 1e-30 underflow (radius came back 1e-24, converged) and of
+    # 1e30 overflow (ValueError): W is rescaled by an exact power of two
+    W = (ginibre(150, 3) * scale).astype(np.float32)
+    res = spectral_radius(W)
+    assert res.converged
+    np.testing.assert_allclose(res.value, exact(W), rtol=1e-6)
+    np.testing.assert_allclose(abs(res.eigenvalue), res.value, rtol=1e-9)

@@ -33,6 +33,13 @@ _DENSE_RADIUS_N = 128
 # value within the Krylov space. Random N(0, 1/n) matrices: <= 0.2 and <= 3 at n = 150..1024.
 _TRUST_DEPARTURE = 0.5
 _TRUST_COND = 100.0
+# A Krylov-Schur restart must keep an invariant subspace of the projected matrix: relative
+# residual ||Hm Q - Q G|| / ||Hm|| at most this times tol (random matrices: ~1e-15).
+_RESTART_INVARIANCE = 1e-3
+# spectral_radius rescales W (exactly, by a power of two) when max |W_ij| is outside
+# [2**-_SCALE_EXP, 2**_SCALE_EXP], so that float32 products and squares neither under- nor
+# overflow in the kernels.
+_SCALE_EXP = 50
 _DEFAULT_MAXITER_NORM = 1000
 
 
@@ -498,7 +505,15 @@ def _arnoldi_radius(W1, kern, tol, maxiter, seed=0):
             keep += 1
         Q = _real_basis(X[:, :keep], ev[:keep])
         k = Q.shape[1]
-        G = Q.T @ Hm @ Q
+        HQ = Hm @ Q
+        G = Q.T @ HQ
+        # The restart drops (I - Q Q^T) Hm Q, which is zero only if span(Q) is invariant under
+        # Hm. Nearly parallel eigenvectors (a defective or nearly defective projected matrix,
+        # e.g. after an undetected breakdown on a nilpotent W) make Q span other directions:
+        # every later Ritz value would be garbage (|theta| >> ||W|| was seen), so stop here.
+        lost = float(np.linalg.norm(HQ - Q @ G)) / max(float(np.linalg.norm(Hm)), 1e-300)
+        if not lost <= _RESTART_INVARIANCE * tol:
+            return scale, complex(ev[0]), mv, f"restart basis not invariant ({lost:.1e})"
         b = H[size, :size] @ Q
         # V[:k] = Q^T V[:size] without BLAS (see the thread policy above)
         V[:k] = np.einsum("ji,jn->in", Q.astype(dtype), V[:size], optimize=False)
@@ -506,6 +521,21 @@ def _arnoldi_radius(W1, kern, tol, maxiter, seed=0):
         H[:] = 0.0
         H[:k, :k] = G
         H[k, :k] = b
+
+
+def _rescaled(W1: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(W1 * 2**ex, ex)`` with ``max |entry|`` brought near 1 when it lies outside
+    ``[2**-_SCALE_EXP, 2**_SCALE_EXP]``, else ``(W1, 0)`` (no copy).
+
+    The float32 kernels form products and squares in float32: entries around 1e-30 underflow
+    (a 1e-30-scaled random matrix came back with radius 1e-24, converged) and entries around
+    1e30 overflow. Scaling by a power of two is exact, so the eigenvalues scale exactly.
+    """
+    amax = max(abs(float(W1.max())), abs(float(W1.min())))
+    if amax == 0.0 or 2.0**-_SCALE_EXP <= amax <= 2.0**_SCALE_EXP:
+        return W1, 0
+    ex = -int(np.frexp(amax)[1])
+    return np.ldexp(W1, ex).astype(W1.dtype, copy=False), ex
 
 
 def _bracket(W1, kern, tol):
@@ -657,12 +687,13 @@ def spectral_radius(
         value[:], lam[:], conv[:] = _dense_radius(W3, tol)
     else:
         for b in range(B):
-            W1 = W3[b : b + 1]
+            W1, ex = _rescaled(W3[b : b + 1])
             bracket = _bracket(W1, kern, tol)
             if bracket is not None:
                 value[b], lam[b], iters[b], conv[b] = bracket[0], complex(np.nan, np.nan), (
                     bracket[1]
                 ), True
+                value[b] = np.ldexp(value[b], -ex)
                 continue
             r, e, mv, ok = _arnoldi_radius(W1, kern, tol, budget)
             # ok is a string where the Krylov estimate said "converged" on a strongly non-normal
@@ -675,6 +706,8 @@ def spectral_radius(
                     dv, de, dc = _dense_radius(W1, tol)
                     r, e, ok = float(dv[0]), complex(de[0]), bool(dc[0])
             value[b], lam[b], iters[b], conv[b] = r, e, mv, ok
+            if ex:  # undo the exact power-of-two scaling
+                value[b], lam[b] = np.ldexp(value[b], -ex), lam[b] * 2.0**-ex
     if batched:
         return RadiusResult(value, lam, iters, conv)
     return RadiusResult(float(value[0]), complex(lam[0]), int(iters[0]), bool(conv[0]))
