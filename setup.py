@@ -19,7 +19,8 @@ def compile_args() -> list[str]:
     # Reassociation lets GCC vectorize float64 reductions; NaN/Inf semantics are kept
     # (no -ffinite-math-only), and a given binary sums in a fixed order.
     args = ["-O3", "-fopenmp", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
-            "-fno-trapping-math", "-Wno-unreachable-code"]
+            "-fno-trapping-math", "--param=vect-max-version-for-alias-checks=64",
+            "-Wno-unreachable-code"]
     march = os.environ.get("FASTOPT_MARCH", "native")
     if march != "none":
         args.append(f"-march={march}")

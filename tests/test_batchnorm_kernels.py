@@ -153,7 +153,7 @@ def test_inf_channel_matches_torch_semantics(backend):
 def test_deterministic_for_a_thread_count(backend):
     import fastopt
 
-    # large enough for two threads; the chunk count does not depend on the thread count (<= 16),
+    # large enough for two threads; the chunk count does not depend on the thread count (<= 4),
     # so results are even bitwise identical across thread counts
     x, w, b, dy = make_inputs((64, 3, 200), 1, np.float32, seed=6)
     first = batch_norm_forward(x, w, b, backend=backend)

@@ -93,7 +93,7 @@ def _kernels(tpb: int):
         part[blk, 1, c] = s2
 
     @cuda.jit
-    def finish_kernel(part, shifts, weight, n, eps, mean, var, invstd, scale):
+    def finish_kernel(part, shifts, weight, bias, n, eps, mean, var, invstd, scale, offset):
         c = cuda.grid(1)
         if c >= mean.shape[0]:
             return
@@ -107,9 +107,10 @@ def _kernels(tpb: int):
         var[c] = v
         invstd[c] = inv
         scale[c] = inv * weight[c]
+        offset[c] = bias[c] - m * scale[c]
 
     @cuda.jit
-    def normalize_kernel(x, y, mean, scale, bias):
+    def normalize_kernel(x, y, scale, offset):
         outer, C, inner = x.shape
         start, stride = cuda.grid(1), cuda.gridsize(1)
         for j in range(start, outer * C * inner, stride):
@@ -117,7 +118,7 @@ def _kernels(tpb: int):
             r = j - o * C * inner
             c = r // inner
             i = r - c * inner
-            y[o, c, i] = (float64(x[o, c, i]) - mean[c]) * scale[c] + bias[c]
+            y[o, c, i] = float64(x[o, c, i]) * scale[c] + offset[c]
 
     @cuda.jit
     def grad_sums_runs(dy, x, mean, part):
@@ -158,7 +159,7 @@ def _kernels(tpb: int):
         part[blk, 1, c] = d
 
     @cuda.jit
-    def grad_finish_kernel(part, invstd, weight, n, training, dweight, dbias, ca, cb, cc):
+    def grad_finish_kernel(part, mean, invstd, weight, n, training, dweight, dbias, ca, cb, cc):
         c = cuda.grid(1)
         if c >= dbias.shape[0]:
             return
@@ -172,10 +173,10 @@ def _kernels(tpb: int):
         a, b, e = coefficients(s, d, invstd[c], weight[c], n, training)
         ca[c] = a
         cb[c] = b
-        cc[c] = e
+        cc[c] = e - mean[c] * b  # folded: dx = dy * a + x * b + cc
 
     @cuda.jit
-    def grad_input_kernel(dy, x, dx, mean, ca, cb, cc):
+    def grad_input_kernel(dy, x, dx, ca, cb, cc):
         outer, C, inner = x.shape
         start, stride = cuda.grid(1), cuda.gridsize(1)
         for j in range(start, outer * C * inner, stride):
@@ -183,8 +184,7 @@ def _kernels(tpb: int):
             r = j - o * C * inner
             c = r // inner
             i = r - c * inner
-            dx[o, c, i] = (float64(dy[o, c, i]) * ca[c] + (float64(x[o, c, i]) - mean[c]) * cb[c]
-                           + cc[c])
+            dx[o, c, i] = float64(dy[o, c, i]) * ca[c] + float64(x[o, c, i]) * cb[c] + cc[c]
 
     return dict(
         shifts=shifts_kernel, sums_runs=sums_runs, sums_rows=sums_rows, finish=finish_kernel,
@@ -216,22 +216,23 @@ def forward_train(x, weight, bias, eps, y, per_channel=None, n_chunks=None, n_th
     w, b = cuda.to_device(weight), cuda.to_device(bias)
     shifts = cuda.device_array(channels, np.float64)
     part = cuda.device_array((blocks, 2, channels), np.float64)
-    mean, var, invstd, scale = (cuda.device_array(channels, np.float64) for _ in range(4))
+    mean, var, invstd, scale, offset = (cuda.device_array(channels, np.float64)
+                                        for _ in range(5))
     k["shifts"][per_c, tpb](x, shifts)
     sums = k["sums_rows"] if inner == 1 else k["sums_runs"]
     sums[partial_grid, tpb](x, shifts, part)
-    k["finish"][per_c, tpb](part, shifts, w, float(outer * inner), eps, mean, var, invstd, scale)
-    k["normalize"][elementwise, tpb](x, y, mean, scale, b)
+    k["finish"][per_c, tpb](part, shifts, w, b, float(outer * inner), eps, mean, var, invstd,
+                            scale, offset)
+    k["normalize"][elementwise, tpb](x, y, scale, offset)
     return mean, var, invstd
 
 
-def forward_eval(x, mean, scale, bias, y, n_chunks=None, n_threads=None):
-    """Eval forward on device arrays with host float64 (mean, scale, bias)."""
+def forward_eval(x, scale, shift, y, n_chunks=None, n_threads=None):
+    """Normalize device arrays with host float64 (scale, shift): y = x * scale + shift."""
     tpb = THREADS_PER_BLOCK
     k = _kernels(tpb)
     _, _, _, elementwise = _grids(*x.shape, tpb)
-    k["normalize"][elementwise, tpb](x, y, cuda.to_device(mean), cuda.to_device(scale),
-                                     cuda.to_device(bias))
+    k["normalize"][elementwise, tpb](x, y, cuda.to_device(scale), cuda.to_device(shift))
 
 
 def backward(dy, x, mean, invstd, weight, training, dx):
@@ -248,7 +249,7 @@ def backward(dy, x, mean, invstd, weight, training, dx):
     dweight, dbias, ca, cb, cc = (cuda.device_array(channels, np.float64) for _ in range(5))
     sums = k["grad_sums_rows"] if inner == 1 else k["grad_sums_runs"]
     sums[partial_grid, tpb](dy, x, m, part)
-    k["grad_finish"][per_c, tpb](part, inv, w, float(outer * inner), bool(training), dweight,
+    k["grad_finish"][per_c, tpb](part, m, inv, w, float(outer * inner), bool(training), dweight,
                                  dbias, ca, cb, cc)
-    k["grad_input"][elementwise, tpb](dy, x, dx, m, ca, cb, cc)
+    k["grad_input"][elementwise, tpb](dy, x, dx, ca, cb, cc)
     return dweight, dbias

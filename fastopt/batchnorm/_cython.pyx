@@ -4,7 +4,12 @@
 Kernels never validate or allocate beyond their documented outputs: ``fastopt.batchnorm.api``
 checks shapes and dtypes and picks the strategy (``_plan.make_plan``). Every loop runs without
 the GIL. Statistics accumulate in float64 around a per-channel shift (the channel's first value),
-so float32 input with a large offset keeps its variance.
+so float32 input with a large offset keeps its variance. Outputs are computed in float64 as
+``y = x * scale + shift`` (one fused multiply-add per value; the cancellation in float64 costs
+far less than float32's rounding of the result).
+
+For ``inner == 1`` (channels-last, (N, C)) the loops run across channels and take 4 rows per
+sweep, so each per-channel constant or partial sum is loaded once for 4 values.
 
 Arguments are marked IN (read), OUT (written) or INOUT.
 """
@@ -15,6 +20,8 @@ from libc.math cimport isfinite, sqrt
 from cython cimport floating
 
 import numpy as np
+
+DEF ROWS = 4  # rows per sweep of the channels-last loops
 
 
 # ---------------------------------------------------------------- contiguous-run helpers (.pxd)
@@ -33,18 +40,18 @@ cdef void run_sums(const floating* x, Py_ssize_t n, double shift,
 
 
 cdef void run_normalize(const floating* x, floating* y, Py_ssize_t n,
-                        double mean, double scale, double bias) noexcept nogil:
-    """y = (x - mean) * scale + bias over a contiguous run, computed in float64."""
+                        double scale, double shift) noexcept nogil:
+    """y = x * scale + shift over a contiguous run, computed in float64."""
     cdef Py_ssize_t i
     cdef floating* z
     if <const void*>x == <void*>y:
         # in place: a loop over one pointer vectorizes without an overlap check
         z = y
         for i in range(n):
-            z[i] = <floating>((<double>z[i] - mean) * scale + bias)
+            z[i] = <floating>(<double>z[i] * scale + shift)
     else:
         for i in range(n):
-            y[i] = <floating>((<double>x[i] - mean) * scale + bias)
+            y[i] = <floating>(<double>x[i] * scale + shift)
 
 
 cdef void run_grad_sums(const floating* dy, const floating* x, Py_ssize_t n, double mean,
@@ -61,11 +68,11 @@ cdef void run_grad_sums(const floating* dy, const floating* x, Py_ssize_t n, dou
 
 
 cdef void run_grad_input(const floating* dy, const floating* x, floating* dx, Py_ssize_t n,
-                         double mean, double a, double b, double c) noexcept nogil:
-    """dx = dy * a + (x - mean) * b + c over a contiguous run, computed in float64."""
+                         double a, double b, double c) noexcept nogil:
+    """dx = dy * a + x * b + c over a contiguous run, computed in float64."""
     cdef Py_ssize_t i
     for i in range(n):
-        dx[i] = <floating>(<double>dy[i] * a + (<double>x[i] - mean) * b + c)
+        dx[i] = <floating>(<double>dy[i] * a + <double>x[i] * b + c)
 
 
 cdef inline double channel_shift(double first) noexcept nogil:
@@ -85,10 +92,163 @@ cdef inline void finish_stats(double s1, double s2, double shift, double n, doub
     invstd[0] = 1.0 / sqrt(v + eps)
 
 
+# ---------------------------------------------------------------- channels-last row sweeps
+
+cdef void rows_sums(const floating* xp, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t C,
+                    const double* shifts, double* s1, double* s2) noexcept nogil:
+    """Per-channel shifted sums over rows [lo, hi) of a (rows, C) block (INOUT: s1[C], s2[C])."""
+    cdef Py_ssize_t o = lo, c
+    cdef double v0, v1, v2, v3
+    while o + ROWS <= hi:
+        for c in range(C):
+            v0 = <double>xp[o * C + c] - shifts[c]
+            v1 = <double>xp[(o + 1) * C + c] - shifts[c]
+            v2 = <double>xp[(o + 2) * C + c] - shifts[c]
+            v3 = <double>xp[(o + 3) * C + c] - shifts[c]
+            s1[c] += (v0 + v1) + (v2 + v3)
+            s2[c] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+        o += ROWS
+    while o < hi:
+        for c in range(C):
+            v0 = <double>xp[o * C + c] - shifts[c]
+            s1[c] += v0
+            s2[c] += v0 * v0
+        o += 1
+
+
+cdef void rows_normalize(const floating* xp, floating* yp, Py_ssize_t lo, Py_ssize_t hi,
+                         Py_ssize_t C, const double* scale, const double* shift) noexcept nogil:
+    """y = x * scale[c] + shift[c] over rows [lo, hi) of a (rows, C) block."""
+    cdef Py_ssize_t o = lo, c
+    cdef double a, b
+    while o + ROWS <= hi:
+        for c in range(C):
+            a = scale[c]
+            b = shift[c]
+            yp[o * C + c] = <floating>(<double>xp[o * C + c] * a + b)
+            yp[(o + 1) * C + c] = <floating>(<double>xp[(o + 1) * C + c] * a + b)
+            yp[(o + 2) * C + c] = <floating>(<double>xp[(o + 2) * C + c] * a + b)
+            yp[(o + 3) * C + c] = <floating>(<double>xp[(o + 3) * C + c] * a + b)
+        o += ROWS
+    while o < hi:
+        for c in range(C):
+            yp[o * C + c] = <floating>(<double>xp[o * C + c] * scale[c] + shift[c])
+        o += 1
+
+
+cdef void rows_grad_sums(const floating* gp, const floating* xp, Py_ssize_t lo, Py_ssize_t hi,
+                         Py_ssize_t C, const double* mean, double* s, double* d) noexcept nogil:
+    """Per-channel sum(dy), sum((x - mean) dy) over rows [lo, hi) (INOUT: s[C], d[C])."""
+    cdef Py_ssize_t o = lo, c
+    cdef double g0, g1, g2, g3, m
+    while o + ROWS <= hi:
+        for c in range(C):
+            m = mean[c]
+            g0 = <double>gp[o * C + c]
+            g1 = <double>gp[(o + 1) * C + c]
+            g2 = <double>gp[(o + 2) * C + c]
+            g3 = <double>gp[(o + 3) * C + c]
+            s[c] += (g0 + g1) + (g2 + g3)
+            d[c] += (((<double>xp[o * C + c] - m) * g0 + (<double>xp[(o + 1) * C + c] - m) * g1)
+                     + ((<double>xp[(o + 2) * C + c] - m) * g2
+                        + (<double>xp[(o + 3) * C + c] - m) * g3))
+        o += ROWS
+    while o < hi:
+        for c in range(C):
+            g0 = <double>gp[o * C + c]
+            s[c] += g0
+            d[c] += (<double>xp[o * C + c] - mean[c]) * g0
+        o += 1
+
+
+cdef void rows_grad_input(const floating* gp, const floating* xp, floating* dxp, Py_ssize_t lo,
+                          Py_ssize_t hi, Py_ssize_t C, const double* a, const double* b,
+                          const double* cc) noexcept nogil:
+    """dx = dy * a[c] + x * b[c] + cc[c] over rows [lo, hi) of a (rows, C) block."""
+    cdef Py_ssize_t o = lo, c, k
+    cdef double ca, cb, c0
+    while o + ROWS <= hi:
+        for c in range(C):
+            ca = a[c]
+            cb = b[c]
+            c0 = cc[c]
+            for k in range(ROWS):
+                dxp[(o + k) * C + c] = <floating>(<double>gp[(o + k) * C + c] * ca
+                                                  + <double>xp[(o + k) * C + c] * cb + c0)
+        o += ROWS
+    while o < hi:
+        for c in range(C):
+            dxp[o * C + c] = <floating>(<double>gp[o * C + c] * a[c] + <double>xp[o * C + c] * b[c]
+                                        + cc[c])
+        o += 1
+
+
+# ---------------------------------------------------------------- chunk helpers (any inner)
+
+cdef inline Py_ssize_t chunk_lo(Py_ssize_t k, Py_ssize_t outer, Py_ssize_t n_chunks) noexcept nogil:
+    return k * outer // n_chunks
+
+
+cdef void chunk_sums(const floating* xp, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                     Py_ssize_t k, Py_ssize_t n_chunks, const double* shifts,
+                     double* s1, double* s2) noexcept nogil:
+    """Per-channel shifted sums over the rows of chunk k (OUT: s1[C], s2[C], zero on entry)."""
+    cdef Py_ssize_t lo = chunk_lo(k, outer, n_chunks), hi = chunk_lo(k + 1, outer, n_chunks)
+    cdef Py_ssize_t o, c
+    if inner == 1:
+        rows_sums(xp, lo, hi, C, shifts, s1, s2)
+        return
+    for o in range(lo, hi):
+        for c in range(C):
+            run_sums(xp + (o * C + c) * inner, inner, shifts[c], &s1[c], &s2[c])
+
+
+cdef void normalize_chunk(const floating* xp, floating* yp, Py_ssize_t outer, Py_ssize_t C,
+                          Py_ssize_t inner, Py_ssize_t k, Py_ssize_t n_chunks,
+                          const double* scale, const double* shift) noexcept nogil:
+    cdef Py_ssize_t lo = chunk_lo(k, outer, n_chunks), hi = chunk_lo(k + 1, outer, n_chunks)
+    cdef Py_ssize_t o, c
+    if inner == 1:
+        rows_normalize(xp, yp, lo, hi, C, scale, shift)
+        return
+    for o in range(lo, hi):
+        for c in range(C):
+            run_normalize(xp + (o * C + c) * inner, yp + (o * C + c) * inner, inner, scale[c],
+                          shift[c])
+
+
+cdef void chunk_grad_sums(const floating* gp, const floating* xp, Py_ssize_t outer, Py_ssize_t C,
+                          Py_ssize_t inner, Py_ssize_t k, Py_ssize_t n_chunks,
+                          const double* mean, double* s, double* d) noexcept nogil:
+    """Per-channel sum(dy), sum((x-mean) dy) over the rows of chunk k (OUT: s[C], d[C])."""
+    cdef Py_ssize_t lo = chunk_lo(k, outer, n_chunks), hi = chunk_lo(k + 1, outer, n_chunks)
+    cdef Py_ssize_t o, c
+    if inner == 1:
+        rows_grad_sums(gp, xp, lo, hi, C, mean, s, d)
+        return
+    for o in range(lo, hi):
+        for c in range(C):
+            run_grad_sums(gp + (o * C + c) * inner, xp + (o * C + c) * inner, inner, mean[c],
+                          &s[c], &d[c])
+
+
+cdef void grad_input_chunk(const floating* gp, const floating* xp, floating* dxp,
+                           Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, Py_ssize_t k,
+                           Py_ssize_t n_chunks, const double* a, const double* b,
+                           const double* cc) noexcept nogil:
+    cdef Py_ssize_t lo = chunk_lo(k, outer, n_chunks), hi = chunk_lo(k + 1, outer, n_chunks)
+    cdef Py_ssize_t o, c, off
+    if inner == 1:
+        rows_grad_input(gp, xp, dxp, lo, hi, C, a, b, cc)
+        return
+    for o in range(lo, hi):
+        for c in range(C):
+            off = (o * C + c) * inner
+            run_grad_input(gp + off, xp + off, dxp + off, inner, a[c], b[c], cc[c])
+
+
 # ---------------------------------------------------------------- training forward
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
 def forward_train(
     const floating[:, :, ::1] x,     # IN  (outer, C, inner)
     const double[::1] weight,        # IN  (C,)
@@ -104,12 +264,12 @@ def forward_train(
 ):
     """Training forward: batch statistics, then y = (x - mean) * invstd * weight + bias."""
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
-    cdef Py_ssize_t stride = C * inner, c, o, k, lo, hi
-    cdef double n = <double>(outer * inner), s1, s2, shift
+    cdef Py_ssize_t stride = C * inner, c, o, k
+    cdef double n = <double>(outer * inner), s1, s2, shift, scale
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* yp = &y[0, 0, 0]
     cdef double[:, :, ::1] part
-    cdef double[::1] shifts, scale
+    cdef double[::1] shifts, scales, offsets
 
     if per_channel:
         with nogil:
@@ -120,15 +280,17 @@ def forward_train(
                 for o in range(outer):
                     run_sums(xp + o * stride + c * inner, inner, shift, &s1, &s2)
                 finish_stats(s1, s2, shift, n, eps, &mean[c], &var[c], &invstd[c])
-                # the slab was just read: this pass hits cache when it fits
+                scale = invstd[c] * weight[c]
+                # the slab was just read: this pass hits cache
                 for o in range(outer):
                     run_normalize(xp + o * stride + c * inner, yp + o * stride + c * inner,
-                                  inner, mean[c], invstd[c] * weight[c], bias[c])
+                                  inner, scale, bias[c] - mean[c] * scale)
         return
 
     part = np.zeros((n_chunks, 2, C))
     shifts = np.empty(C)
-    scale = np.empty(C)
+    scales = np.empty(C)
+    offsets = np.empty(C)
     for c in range(C):
         shifts[c] = channel_shift(<double>xp[c * inner])
     with nogil:
@@ -142,72 +304,28 @@ def forward_train(
             s1 += part[k, 0, c]
             s2 += part[k, 1, c]
         finish_stats(s1, s2, shifts[c], n, eps, &mean[c], &var[c], &invstd[c])
-        scale[c] = invstd[c] * weight[c]
-    _normalize_rows(x, y, mean, scale, bias, n_chunks, n_threads)
-
-
-cdef void chunk_sums(const floating* xp, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                     Py_ssize_t k, Py_ssize_t n_chunks, const double* shifts,
-                     double* s1, double* s2) noexcept nogil:
-    """Per-channel shifted sums over the rows of chunk k (OUT: s1[C], s2[C], zero on entry)."""
-    cdef Py_ssize_t lo = k * outer // n_chunks, hi = (k + 1) * outer // n_chunks
-    cdef Py_ssize_t o, c
-    cdef const floating* row
-    cdef double v
-    for o in range(lo, hi):
-        row = xp + o * C * inner
-        if inner == 1:
-            for c in range(C):  # vectorizes across channels
-                v = <double>row[c] - shifts[c]
-                s1[c] += v
-                s2[c] += v * v
-        else:
-            for c in range(C):
-                run_sums(row + c * inner, inner, shifts[c], &s1[c], &s2[c])
-
-
-cdef void normalize_row(const floating* row, floating* out, Py_ssize_t C, Py_ssize_t inner,
-                        const double* mean, const double* scale, const double* bias) noexcept nogil:
-    cdef Py_ssize_t c
-    if inner == 1:
-        if <const void*>row == <void*>out:
-            for c in range(C):
-                out[c] = <floating>((<double>out[c] - mean[c]) * scale[c] + bias[c])
-        else:
-            for c in range(C):
-                out[c] = <floating>((<double>row[c] - mean[c]) * scale[c] + bias[c])
-    else:
-        for c in range(C):
-            run_normalize(row + c * inner, out + c * inner, inner, mean[c], scale[c], bias[c])
-
-
-cdef void _normalize_rows(const floating[:, :, ::1] x, floating[:, :, ::1] y,
-                          const double[::1] mean, const double[::1] scale,
-                          const double[::1] bias, Py_ssize_t n_chunks, int n_threads):
-    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
-    cdef Py_ssize_t k, o
-    cdef const floating* xp = &x[0, 0, 0]
-    cdef floating* yp = &y[0, 0, 0]
-    with nogil:
-        for k in prange(n_chunks, schedule="static", num_threads=n_threads):
-            for o in range(k * outer // n_chunks, (k + 1) * outer // n_chunks):
-                normalize_row(xp + o * C * inner, yp + o * C * inner, C, inner,
-                              &mean[0], &scale[0], &bias[0])
+        scales[c] = invstd[c] * weight[c]
+        offsets[c] = bias[c] - mean[c] * scales[c]
+    forward_eval(x, scales, offsets, y, n_chunks, n_threads)
 
 
 # ---------------------------------------------------------------- eval forward
 
 def forward_eval(
     const floating[:, :, ::1] x,     # IN  (outer, C, inner)
-    const double[::1] mean,          # IN  (C,) running mean
     const double[::1] scale,         # IN  (C,) invstd * weight
-    const double[::1] bias,          # IN  (C,)
+    const double[::1] shift,         # IN  (C,) bias - mean * scale
     floating[:, :, ::1] y,           # OUT (outer, C, inner); may be x itself
     Py_ssize_t n_chunks,
     int n_threads,
 ):
-    """Eval forward: y = (x - mean) * scale + bias with the running statistics."""
-    _normalize_rows(x, y, mean, scale, bias, n_chunks, n_threads)
+    """Normalize with given statistics: y = x * scale + shift per channel (float64 math)."""
+    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2], k
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef floating* yp = &y[0, 0, 0]
+    with nogil:
+        for k in prange(n_chunks, schedule="static", num_threads=n_threads):
+            normalize_chunk(xp, yp, outer, C, inner, k, n_chunks, &scale[0], &shift[0])
 
 
 # ---------------------------------------------------------------- backward
@@ -229,7 +347,7 @@ def backward(
     """Backward of batch norm: one reduction pass (sum dy, sum (x-mean) dy), one dx pass."""
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
     cdef Py_ssize_t stride = C * inner, c, o, k
-    cdef double n = <double>(outer * inner), s, d
+    cdef double n = <double>(outer * inner), s, d, a, b
     cdef const floating* xp = &x[0, 0, 0]
     cdef const floating* gp = &dy[0, 0, 0]
     cdef floating* dxp = &dx[0, 0, 0]
@@ -246,17 +364,12 @@ def backward(
                                   inner, mean[c], &s, &d)
                 dbias[c] = s
                 dweight[c] = d * invstd[c]
+                a = invstd[c] * weight[c]
+                b = -d * invstd[c] * invstd[c] * a / n if training else 0.0
                 for o in range(outer):
-                    if training:
-                        run_grad_input(gp + o * stride + c * inner, xp + o * stride + c * inner,
-                                       dxp + o * stride + c * inner, inner, mean[c],
-                                       invstd[c] * weight[c],
-                                       -d * invstd[c] * invstd[c] * invstd[c] * weight[c] / n,
-                                       -s / n * invstd[c] * weight[c])
-                    else:
-                        run_grad_input(gp + o * stride + c * inner, xp + o * stride + c * inner,
-                                       dxp + o * stride + c * inner, inner, mean[c],
-                                       invstd[c] * weight[c], 0.0, 0.0)
+                    run_grad_input(gp + o * stride + c * inner, xp + o * stride + c * inner,
+                                   dxp + o * stride + c * inner, inner, a, b,
+                                   (-s / n * a if training else 0.0) - mean[c] * b)
         return
 
     part = np.zeros((n_chunks, 2, C))
@@ -275,46 +388,10 @@ def backward(
             d += part[k, 1, c]
         dbias[c] = s
         dweight[c] = d * invstd[c]
+        # dx = dy * a + (x - mean) * b + c, folded to dy * a + x * b + (c - mean * b)
         ca[c] = invstd[c] * weight[c]
-        cb[c] = -d * invstd[c] * invstd[c] * invstd[c] * weight[c] / n if training else 0.0
-        cc[c] = -s / n * invstd[c] * weight[c] if training else 0.0
+        cb[c] = -d * invstd[c] * invstd[c] * ca[c] / n if training else 0.0
+        cc[c] = (-s / n * ca[c] if training else 0.0) - mean[c] * cb[c]
     with nogil:
         for k in prange(n_chunks, schedule="static", num_threads=n_threads):
-            for o in range(k * outer // n_chunks, (k + 1) * outer // n_chunks):
-                grad_input_row(gp + o * stride, xp + o * stride, dxp + o * stride, C, inner,
-                               &mean[0], &ca[0], &cb[0], &cc[0])
-
-
-cdef void chunk_grad_sums(const floating* gp, const floating* xp, Py_ssize_t outer, Py_ssize_t C,
-                          Py_ssize_t inner, Py_ssize_t k, Py_ssize_t n_chunks,
-                          const double* mean, double* s, double* d) noexcept nogil:
-    """Per-channel sum(dy), sum((x-mean) dy) over the rows of chunk k (OUT: s[C], d[C])."""
-    cdef Py_ssize_t lo = k * outer // n_chunks, hi = (k + 1) * outer // n_chunks
-    cdef Py_ssize_t o, c
-    cdef const floating* xr
-    cdef const floating* gr
-    cdef double g
-    for o in range(lo, hi):
-        xr = xp + o * C * inner
-        gr = gp + o * C * inner
-        if inner == 1:
-            for c in range(C):  # vectorizes across channels
-                g = <double>gr[c]
-                s[c] += g
-                d[c] += (<double>xr[c] - mean[c]) * g
-        else:
-            for c in range(C):
-                run_grad_sums(gr + c * inner, xr + c * inner, inner, mean[c], &s[c], &d[c])
-
-
-cdef void grad_input_row(const floating* gr, const floating* xr, floating* dxr, Py_ssize_t C,
-                         Py_ssize_t inner, const double* mean, const double* a, const double* b,
-                         const double* cc) noexcept nogil:
-    cdef Py_ssize_t c
-    if inner == 1:
-        for c in range(C):
-            dxr[c] = <floating>(<double>gr[c] * a[c] + (<double>xr[c] - mean[c]) * b[c] + cc[c])
-    else:
-        for c in range(C):
-            run_grad_input(gr + c * inner, xr + c * inner, dxr + c * inner, inner, mean[c],
-                           a[c], b[c], cc[c])
+            grad_input_chunk(gp, xp, dxp, outer, C, inner, k, n_chunks, &ca[0], &cb[0], &cc[0])

@@ -2,7 +2,10 @@
 
 Plain loops over the innermost axis, compiled lazily on first call (``cache=True``), one
 specialization per dtype. ``fastmath`` allows only reassociation and contraction, so float64
-reductions vectorize while NaN and Inf keep their meaning.
+reductions vectorize while NaN and Inf keep their meaning. Outputs are computed in float64 as
+``y = x * scale + shift``; for ``inner == 1`` (channels-last, (N, C)) the loops run across channels
+on 2-D contiguous rows, 4 rows per sweep. Scalar helpers are shared with the CUDA kernels
+(``_scalar.py``).
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ FAST = {"reassoc", "contract", "nsz"}
 jit = nb.njit(cache=True, fastmath=FAST, nogil=True)
 pjit = nb.njit(cache=True, fastmath=FAST, nogil=True, parallel=True)
 
-
 channel_shift = jit(_scalar.channel_shift)
 finish_stats = jit(_scalar.finish_stats)
 grad_coefficients = jit(_scalar.grad_coefficients)
+ROWS = 4  # rows per sweep of the channels-last loops
+
+
+# ------------------------------------------------ contiguous runs (x[o, c, :]) for inner > 1
 
 
 @jit
@@ -35,9 +41,9 @@ def run_sums(x, o, c, shift):
 
 
 @jit
-def run_normalize(x, y, o, c, mean, scale, bias):
+def run_normalize(x, y, o, c, scale, shift):
     for i in range(x.shape[2]):
-        y[o, c, i] = (np.float64(x[o, c, i]) - mean) * scale + bias
+        y[o, c, i] = np.float64(x[o, c, i]) * scale + shift
 
 
 @jit
@@ -52,9 +58,82 @@ def run_grad_sums(dy, x, o, c, mean):
 
 
 @jit
-def run_grad_input(dy, x, dx, o, c, mean, a, b, cc):
+def run_grad_input(dy, x, dx, o, c, a, b, cc):
     for i in range(x.shape[2]):
-        dx[o, c, i] = np.float64(dy[o, c, i]) * a + (np.float64(x[o, c, i]) - mean) * b + cc
+        dx[o, c, i] = np.float64(dy[o, c, i]) * a + np.float64(x[o, c, i]) * b + cc
+
+
+# ------------------------------------------------ 2-D rows (inner == 1): sweeps across channels
+
+
+@jit
+def rows_sums(x2, lo, hi, shifts, s1, s2):
+    C = x2.shape[1]
+    o = lo
+    while o + ROWS <= hi:
+        r0, r1, r2, r3 = x2[o], x2[o + 1], x2[o + 2], x2[o + 3]
+        for c in range(C):
+            v0 = np.float64(r0[c]) - shifts[c]
+            v1 = np.float64(r1[c]) - shifts[c]
+            v2 = np.float64(r2[c]) - shifts[c]
+            v3 = np.float64(r3[c]) - shifts[c]
+            s1[c] += (v0 + v1) + (v2 + v3)
+            s2[c] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+        o += ROWS
+    while o < hi:
+        r0 = x2[o]
+        for c in range(C):
+            v0 = np.float64(r0[c]) - shifts[c]
+            s1[c] += v0
+            s2[c] += v0 * v0
+        o += 1
+
+
+@jit
+def rows_normalize(x2, y2, lo, hi, scale, shift):
+    C = x2.shape[1]
+    for o in range(lo, hi):
+        r = x2[o]
+        out = y2[o]
+        for c in range(C):
+            out[c] = np.float64(r[c]) * scale[c] + shift[c]
+
+
+@jit
+def rows_grad_sums(g2, x2, lo, hi, mean, s, d):
+    C = x2.shape[1]
+    o = lo
+    while o + ROWS <= hi:
+        g0, g1, g2_, g3 = g2[o], g2[o + 1], g2[o + 2], g2[o + 3]
+        x0, x1, x2_, x3 = x2[o], x2[o + 1], x2[o + 2], x2[o + 3]
+        for c in range(C):
+            m = mean[c]
+            a0, a1 = np.float64(g0[c]), np.float64(g1[c])
+            a2, a3 = np.float64(g2_[c]), np.float64(g3[c])
+            s[c] += (a0 + a1) + (a2 + a3)
+            d[c] += ((np.float64(x0[c]) - m) * a0 + (np.float64(x1[c]) - m) * a1) + (
+                (np.float64(x2_[c]) - m) * a2 + (np.float64(x3[c]) - m) * a3
+            )
+        o += ROWS
+    while o < hi:
+        gr, xr = g2[o], x2[o]
+        for c in range(C):
+            g = np.float64(gr[c])
+            s[c] += g
+            d[c] += (np.float64(xr[c]) - mean[c]) * g
+        o += 1
+
+
+@jit
+def rows_grad_input(g2, x2, dx2, lo, hi, a, b, cc):
+    C = x2.shape[1]
+    for o in range(lo, hi):
+        gr, xr, out = g2[o], x2[o], dx2[o]
+        for c in range(C):
+            out[c] = np.float64(gr[c]) * a[c] + np.float64(xr[c]) * b[c] + cc[c]
+
+
+# ------------------------------------------------ parallel drivers
 
 
 @pjit
@@ -74,41 +153,41 @@ def _forward_per_channel(x, weight, bias, eps, y, mean, var, invstd):
         var[c] = v
         invstd[c] = inv
         scale = inv * weight[c]
-        for o in range(outer):  # the slab was just read: cache hits when it fits
-            run_normalize(x, y, o, c, m, scale, bias[c])
+        for o in range(outer):  # the slab was just read: cache hits
+            run_normalize(x, y, o, c, scale, bias[c] - m * scale)
 
 
 @pjit
 def _chunk_sums(x, shifts, n_chunks):
     outer, C, inner = x.shape
     part = np.zeros((n_chunks, 2, C))
+    x2 = x.reshape((outer, C * inner))
     for k in nb.prange(n_chunks):
-        s1 = part[k, 0]
-        s2 = part[k, 1]
-        for o in range(k * outer // n_chunks, (k + 1) * outer // n_chunks):
-            for c in range(C):
-                a, b = run_sums(x, o, c, shifts[c])
-                s1[c] += a
-                s2[c] += b
+        lo, hi = k * outer // n_chunks, (k + 1) * outer // n_chunks
+        if inner == 1:
+            rows_sums(x2, lo, hi, shifts, part[k, 0], part[k, 1])
+        else:
+            for o in range(lo, hi):
+                for c in range(C):
+                    a, b = run_sums(x, o, c, shifts[c])
+                    part[k, 0, c] += a
+                    part[k, 1, c] += b
     return part
 
 
 @pjit
-def _normalize_rows(x, y, mean, scale, bias, n_chunks):
+def _normalize(x, y, scale, shift, n_chunks):
     outer, C, inner = x.shape
+    x2 = x.reshape((outer, C * inner))
+    y2 = y.reshape((outer, C * inner))
     for k in nb.prange(n_chunks):
-        for o in range(k * outer // n_chunks, (k + 1) * outer // n_chunks):
-            for c in range(C):
-                run_normalize(x, y, o, c, mean[c], scale[c], bias[c])
-
-
-@jit
-def normalize(x, y, mean, scale, bias, n_chunks):
-    outer, C, inner = x.shape
-    if inner == 1:
-        _rows_normalize(x.reshape((outer, C)), y.reshape((outer, C)), mean, scale, bias, n_chunks)
-    else:
-        _normalize_rows(x, y, mean, scale, bias, n_chunks)
+        lo, hi = k * outer // n_chunks, (k + 1) * outer // n_chunks
+        if inner == 1:
+            rows_normalize(x2, y2, lo, hi, scale, shift)
+        else:
+            for o in range(lo, hi):
+                for c in range(C):
+                    run_normalize(x, y, o, c, scale[c], shift[c])
 
 
 @jit
@@ -118,11 +197,9 @@ def _forward_chunked(x, weight, bias, eps, y, mean, var, invstd, n_chunks):
     shifts = np.empty(C)
     for c in range(C):
         shifts[c] = channel_shift(np.float64(x[0, c, 0]))
-    if inner == 1:
-        part = _rows_sums(x.reshape((outer, C)), shifts, n_chunks)
-    else:
-        part = _chunk_sums(x, shifts, n_chunks)
+    part = _chunk_sums(x, shifts, n_chunks)
     scale = np.empty(C)
+    offset = np.empty(C)
     for c in range(C):
         s1 = 0.0
         s2 = 0.0
@@ -134,7 +211,8 @@ def _forward_chunked(x, weight, bias, eps, y, mean, var, invstd, n_chunks):
         var[c] = v
         invstd[c] = inv
         scale[c] = inv * weight[c]
-    normalize(x, y, mean, scale, bias, n_chunks)
+        offset[c] = bias[c] - m * scale[c]
+    _normalize(x, y, scale, offset, n_chunks)
 
 
 @pjit
@@ -152,41 +230,49 @@ def _backward_per_channel(dy, x, mean, invstd, weight, training, dx, dweight, db
         dweight[c] = d * invstd[c]
         ca, cb, cc = grad_coefficients(s, d, invstd[c], weight[c], n, training)
         for o in range(outer):
-            run_grad_input(dy, x, dx, o, c, mean[c], ca, cb, cc)
+            run_grad_input(dy, x, dx, o, c, ca, cb, cc - mean[c] * cb)
 
 
 @pjit
 def _chunk_grad_sums(dy, x, mean, n_chunks):
     outer, C, inner = x.shape
     part = np.zeros((n_chunks, 2, C))
+    x2 = x.reshape((outer, C * inner))
+    g2 = dy.reshape((outer, C * inner))
     for k in nb.prange(n_chunks):
-        s = part[k, 0]
-        d = part[k, 1]
-        for o in range(k * outer // n_chunks, (k + 1) * outer // n_chunks):
-            for c in range(C):
-                a, b = run_grad_sums(dy, x, o, c, mean[c])
-                s[c] += a
-                d[c] += b
+        lo, hi = k * outer // n_chunks, (k + 1) * outer // n_chunks
+        if inner == 1:
+            rows_grad_sums(g2, x2, lo, hi, mean, part[k, 0], part[k, 1])
+        else:
+            for o in range(lo, hi):
+                for c in range(C):
+                    a, b = run_grad_sums(dy, x, o, c, mean[c])
+                    part[k, 0, c] += a
+                    part[k, 1, c] += b
     return part
 
 
 @pjit
-def _grad_input_rows(dy, x, dx, mean, ca, cb, cc, n_chunks):
+def _grad_input(dy, x, dx, ca, cb, cc, n_chunks):
     outer, C, inner = x.shape
+    x2 = x.reshape((outer, C * inner))
+    g2 = dy.reshape((outer, C * inner))
+    dx2 = dx.reshape((outer, C * inner))
     for k in nb.prange(n_chunks):
-        for o in range(k * outer // n_chunks, (k + 1) * outer // n_chunks):
-            for c in range(C):
-                run_grad_input(dy, x, dx, o, c, mean[c], ca[c], cb[c], cc[c])
+        lo, hi = k * outer // n_chunks, (k + 1) * outer // n_chunks
+        if inner == 1:
+            rows_grad_input(g2, x2, dx2, lo, hi, ca, cb, cc)
+        else:
+            for o in range(lo, hi):
+                for c in range(C):
+                    run_grad_input(dy, x, dx, o, c, ca[c], cb[c], cc[c])
 
 
 @jit
 def _backward_chunked(dy, x, mean, invstd, weight, training, dx, dweight, dbias, n_chunks):
     outer, C, inner = x.shape
     n = outer * inner
-    if inner == 1:
-        part = _rows_grad_sums(dy.reshape((outer, C)), x.reshape((outer, C)), mean, n_chunks)
-    else:
-        part = _chunk_grad_sums(dy, x, mean, n_chunks)
+    part = _chunk_grad_sums(dy, x, mean, n_chunks)
     ca = np.empty(C)
     cb = np.empty(C)
     cc = np.empty(C)
@@ -198,71 +284,10 @@ def _backward_chunked(dy, x, mean, invstd, weight, training, dx, dweight, dbias,
             d += part[k, 1, c]
         dbias[c] = s
         dweight[c] = d * invstd[c]
-        ca[c], cb[c], cc[c] = grad_coefficients(s, d, invstd[c], weight[c], n, training)
-    if inner == 1:
-        _rows_grad_input(dy.reshape((outer, C)), x.reshape((outer, C)), dx.reshape((outer, C)),
-                         mean, ca, cb, cc, n_chunks)
-    else:
-        _grad_input_rows(dy, x, dx, mean, ca, cb, cc, n_chunks)
-
-
-# ---------------------------------------- inner == 1 (channels-last, (N, C)): 2-D contiguous rows
-
-
-@pjit
-def _rows_sums(x2, shifts, n_chunks):
-    rows, C = x2.shape
-    part = np.zeros((n_chunks, 2, C))
-    for k in nb.prange(n_chunks):
-        s1 = part[k, 0]
-        s2 = part[k, 1]
-        for o in range(k * rows // n_chunks, (k + 1) * rows // n_chunks):
-            row = x2[o]
-            for c in range(C):  # vectorizes across channels
-                v = np.float64(row[c]) - shifts[c]
-                s1[c] += v
-                s2[c] += v * v
-    return part
-
-
-@pjit
-def _rows_normalize(x2, y2, mean, scale, bias, n_chunks):
-    rows, C = x2.shape
-    for k in nb.prange(n_chunks):
-        for o in range(k * rows // n_chunks, (k + 1) * rows // n_chunks):
-            row = x2[o]
-            out = y2[o]
-            for c in range(C):
-                out[c] = (np.float64(row[c]) - mean[c]) * scale[c] + bias[c]
-
-
-@pjit
-def _rows_grad_sums(g2, x2, mean, n_chunks):
-    rows, C = x2.shape
-    part = np.zeros((n_chunks, 2, C))
-    for k in nb.prange(n_chunks):
-        s = part[k, 0]
-        d = part[k, 1]
-        for o in range(k * rows // n_chunks, (k + 1) * rows // n_chunks):
-            xr = x2[o]
-            gr = g2[o]
-            for c in range(C):  # vectorizes across channels
-                g = np.float64(gr[c])
-                s[c] += g
-                d[c] += (np.float64(xr[c]) - mean[c]) * g
-    return part
-
-
-@pjit
-def _rows_grad_input(g2, x2, dx2, mean, ca, cb, cc, n_chunks):
-    rows, C = x2.shape
-    for k in nb.prange(n_chunks):
-        for o in range(k * rows // n_chunks, (k + 1) * rows // n_chunks):
-            xr = x2[o]
-            gr = g2[o]
-            out = dx2[o]
-            for c in range(C):
-                out[c] = np.float64(gr[c]) * ca[c] + (np.float64(xr[c]) - mean[c]) * cb[c] + cc[c]
+        a, b, e = grad_coefficients(s, d, invstd[c], weight[c], n, training)
+        # dx = dy * a + (x - mean) * b + e, folded to dy * a + x * b + (e - mean * b)
+        ca[c], cb[c], cc[c] = a, b, e - mean[c] * b
+    _grad_input(dy, x, dx, ca, cb, cc, n_chunks)
 
 
 # ------------------------------------------------------------------ entry points (as in Cython)
@@ -277,10 +302,10 @@ def forward_train(x, weight, bias, eps, y, mean, var, invstd, per_channel, n_chu
         _forward_chunked(x, weight, bias, eps, y, mean, var, invstd, n_chunks)
 
 
-def forward_eval(x, mean, scale, bias, y, n_chunks, n_threads):
-    """Eval forward; same contract as ``_cython.forward_eval``."""
+def forward_eval(x, scale, shift, y, n_chunks, n_threads):
+    """Normalize with given statistics; same contract as ``_cython.forward_eval``."""
     apply_numba_threads(n_threads)
-    normalize(x, y, mean, scale, bias, n_chunks)
+    _normalize(x, y, scale, shift, n_chunks)
 
 
 def backward(dy, x, mean, invstd, weight, training, dx, dweight, dbias, per_channel, n_chunks,

@@ -215,7 +215,9 @@ def batch_norm_forward(
         if name == "numpy":
             y3[...] = kernels.forward_eval(x3, mean, invstd, w64, b64)
         else:
-            kernels.forward_eval(x3, mean, invstd * w64, b64, y3, plan.n_chunks, plan.n_threads)
+            scale = invstd * w64
+            kernels.forward_eval(x3, scale, b64 - mean * scale, y3, plan.n_chunks,
+                                 plan.n_threads)
     return BatchNormOutput(y, mean.astype(x.dtype), invstd.astype(x.dtype))
 
 
@@ -274,7 +276,8 @@ def _forward_cuda(x, w64, b64, outer, channels, inner, training, rm, rv, momentu
     else:
         mean = rm.astype(np.float64)
         invstd = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
-        kernels.forward_eval(x3, mean, invstd * w64, b64, y3)
+        scale = invstd * w64
+        kernels.forward_eval(x3, scale, b64 - mean * scale, y3)
     mean, invstd = mean.astype(x.dtype), invstd.astype(x.dtype)
     if host:
         y = yd.copy_to_host() if out is None else _copy_into(out, yd)
