@@ -4,7 +4,7 @@ Plain loops over the innermost axis, compiled lazily on first call (``cache=True
 specialization per dtype. ``fastmath`` allows only reassociation and contraction, so float64
 reductions vectorize while NaN and Inf keep their meaning. Outputs are computed in float64 as
 ``y = x * scale + shift``; for ``inner == 1`` (channels-last, (N, C)) the loops run across channels
-on 2-D contiguous rows, 4 rows per sweep. Scalar helpers are shared with the CUDA kernels
+on 2-D contiguous rows. Scalar helpers are shared with the CUDA kernels
 (``_scalar.py``).
 """
 
@@ -23,7 +23,6 @@ pjit = nb.njit(cache=True, fastmath=FAST, nogil=True, parallel=True)
 channel_shift = jit(_scalar.channel_shift)
 finish_stats = jit(_scalar.finish_stats)
 grad_coefficients = jit(_scalar.grad_coefficients)
-ROWS = 4  # rows per sweep of the channels-last loops
 
 
 # ------------------------------------------------ contiguous runs (x[o, c, :]) for inner > 1
@@ -69,24 +68,12 @@ def run_grad_input(dy, x, dx, o, c, a, b, cc):
 @jit
 def rows_sums(x2, lo, hi, shifts, s1, s2):
     C = x2.shape[1]
-    o = lo
-    while o + ROWS <= hi:
-        r0, r1, r2, r3 = x2[o], x2[o + 1], x2[o + 2], x2[o + 3]
-        for c in range(C):
-            v0 = np.float64(r0[c]) - shifts[c]
-            v1 = np.float64(r1[c]) - shifts[c]
-            v2 = np.float64(r2[c]) - shifts[c]
-            v3 = np.float64(r3[c]) - shifts[c]
-            s1[c] += (v0 + v1) + (v2 + v3)
-            s2[c] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
-        o += ROWS
-    while o < hi:
-        r0 = x2[o]
-        for c in range(C):
-            v0 = np.float64(r0[c]) - shifts[c]
-            s1[c] += v0
-            s2[c] += v0 * v0
-        o += 1
+    for o in range(lo, hi):
+        r = x2[o]
+        for c in range(C):  # vectorizes across channels
+            v = np.float64(r[c]) - shifts[c]
+            s1[c] += v
+            s2[c] += v * v
 
 
 @jit
@@ -102,26 +89,12 @@ def rows_normalize(x2, y2, lo, hi, scale, shift):
 @jit
 def rows_grad_sums(g2, x2, lo, hi, mean, s, d):
     C = x2.shape[1]
-    o = lo
-    while o + ROWS <= hi:
-        g0, g1, g2_, g3 = g2[o], g2[o + 1], g2[o + 2], g2[o + 3]
-        x0, x1, x2_, x3 = x2[o], x2[o + 1], x2[o + 2], x2[o + 3]
-        for c in range(C):
-            m = mean[c]
-            a0, a1 = np.float64(g0[c]), np.float64(g1[c])
-            a2, a3 = np.float64(g2_[c]), np.float64(g3[c])
-            s[c] += (a0 + a1) + (a2 + a3)
-            d[c] += ((np.float64(x0[c]) - m) * a0 + (np.float64(x1[c]) - m) * a1) + (
-                (np.float64(x2_[c]) - m) * a2 + (np.float64(x3[c]) - m) * a3
-            )
-        o += ROWS
-    while o < hi:
+    for o in range(lo, hi):
         gr, xr = g2[o], x2[o]
-        for c in range(C):
+        for c in range(C):  # vectorizes across channels
             g = np.float64(gr[c])
             s[c] += g
             d[c] += (np.float64(xr[c]) - mean[c]) * g
-        o += 1
 
 
 @jit

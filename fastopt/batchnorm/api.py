@@ -50,7 +50,12 @@ def _view3(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
 
 
 def _prefer(outer: int, channels: int, inner: int) -> str:
-    """The ``"auto"`` policy, from bench/ (see README): the faster backend for this layout."""
+    """The ``"auto"`` policy, from bench/ (README): Cython for every layout.
+
+    Measured alternately in one process (float32, 2 threads), the two compiled backends are within
+    5% of each other on NCHW, (N, C), channels-last and cache-sized inputs, forward and backward;
+    Cython needs no JIT compilation on first call, so it wins the ties.
+    """
     del outer, channels, inner
     return "cython"
 
