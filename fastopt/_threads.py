@@ -9,10 +9,12 @@ of chunks that does not depend on scheduling, and combine the partial sums in ch
 from __future__ import annotations
 
 import os
+from functools import cache
 
 _num_threads: int | None = None
 
 
+@cache
 def _default_threads() -> int:
     env = os.environ.get("FASTOPT_NUM_THREADS") or os.environ.get("NUMBA_NUM_THREADS")
     if env:
