@@ -145,8 +145,22 @@ cdef extern from *:
             DOT4(a0, a1, a2, a3, x, m, &s0, &s1, &s2, &s3);                                 \
             t[i] = (T)s0; t[i + 1] = (T)s1; t[i + 2] = (T)s2; t[i + 3] = (T)s3;             \
             const T c0 = (T)s0, c1 = (T)s1, c2 = (T)s2, c3 = (T)s3;                         \
-            _Pragma("omp simd")                                                             \
-            for (Py_ssize_t jj = 0; jj < m; ++jj)                                           \
+            /* long rows: keep memory busy while the rows are reused from cache by          \
+               prefetching the block after next (DOT4 prefetched the next one) */           \
+            const int ahead = (i + 12 <= r1) && (4 * m * (Py_ssize_t)sizeof(T) >= 32768);   \
+            Py_ssize_t jj = 0;                                                              \
+            for (; jj + 16 <= m; jj += 16) {                                                \
+                if (ahead) {                                                                \
+                    const char *nx = (const char *)(a0 + 8 * m + 4 * jj);                   \
+                    for (int q = 0; q < (int)(4 * 16 * sizeof(T)); q += 64)                 \
+                        FO_PREFETCH_L2(nx + q);                                             \
+                }                                                                           \
+                _Pragma("omp simd")                                                         \
+                for (int k = 0; k < 16; ++k)                                                \
+                    acc_t[jj + k] += c0 * a0[jj + k] + c1 * a1[jj + k] + c2 * a2[jj + k]    \
+                                   + c3 * a3[jj + k];                                       \
+            }                                                                               \
+            for (; jj < m; ++jj)                                                            \
                 acc_t[jj] += c0 * a0[jj] + c1 * a1[jj] + c2 * a2[jj] + c3 * a3[jj];         \
             pending += 4;                                                                   \
             if (pending >= FO_FLUSH) {                                                      \
