@@ -56,5 +56,3 @@ def contender(request):
             pytest.skip("Cython extensions not built")
     return name
 
-
-CONTENDERS_CPU = ["fastopt-cython", "fastopt-numba", "numpy", "torch", "jax", "scipy", "floor"]

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from types import ModuleType
 
 BACKENDS = ("auto", "cython", "numba", "numpy", "cuda")
-CPU_BACKENDS = ("cython", "numba", "numpy")
 
 _modules: dict[tuple[str, str], ModuleType] = {}
 _failures: dict[tuple[str, str], str] = {}

@@ -26,8 +26,6 @@ def simd_level() -> str:
 
 def backend_report() -> dict[str, str]:
     """One line of status per backend: available or why not."""
-    from . import _dispatch
-
     report: dict[str, str] = {}
     cython_mods = []
     for family in ("batchnorm", "spectral", "curvature"):
@@ -57,7 +55,6 @@ def backend_report() -> dict[str, str]:
             report["cuda"] = "no CUDA device"
     except Exception as exc:  # numba-cuda missing or driver error
         report["cuda"] = f"unavailable ({type(exc).__name__})"
-    del _dispatch
     return report
 
 

@@ -121,11 +121,22 @@ def normalize_axis(axis: object, ndim: int, name: str = "axis") -> int:
 
 
 def check_out(
-    out: object, shape: Sequence[int], dtype: np.dtype, name: str = "out"
+    out: object, shape: Sequence[int], dtype: np.dtype, name: str = "out", *, device: bool = False
 ) -> np.ndarray | None:
-    """Validate an ``out=`` array: exact shape and dtype, C-contiguous, writeable."""
+    """Validate an ``out=`` array: exact shape and dtype, C-contiguous, writeable.
+
+    With ``device=True`` (the inputs are CUDA device arrays) ``out`` must be a device array too.
+    """
     if out is None:
         return None
+    if device:
+        if not hasattr(out, "copy_to_host") and not hasattr(out, "__cuda_array_interface__"):
+            raise TypeError(f"{name}: must be a device array when the inputs are")
+        out = as_device_array(out, name)
+        if out.shape != tuple(shape) or np.dtype(out.dtype) != dtype:
+            raise ValueError(f"{name}: expected shape {tuple(shape)} and dtype {np.dtype(dtype)}, "
+                             f"got {out.shape} and {out.dtype}")
+        return out
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name}: must be a numpy array, got {type(out).__name__}")
     if out.shape != tuple(shape):
@@ -152,13 +163,42 @@ def check_positive(value: object, name: str, *, allow_zero: bool = False) -> flo
     return v
 
 
-def check_int(value: object, name: str, *, minimum: int = 1) -> int:
-    """Return ``value`` as an int, raising unless it is an integer >= ``minimum``."""
+def check_int(value: object, name: str, *, minimum: int | None = 1) -> int:
+    """Return ``value`` as an int, raising unless it is an integer >= ``minimum`` (None: any)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: must be an integer, got {type(value).__name__}")
-    if value < minimum:
+    if minimum is not None and value < minimum:
         raise ValueError(f"{name}: must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_fraction(value: object, name: str) -> float:
+    """Return ``value`` as a float, raising unless it is a real number in [0, 1]."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: must be a real number, got {type(value).__name__}") from None
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name}: must be in [0, 1], got {value}")
+    return v
+
+
+def check_float_dtype(dtype: object, name: str = "dtype") -> np.dtype:
+    """Return ``dtype`` as a numpy dtype, raising ``TypeError`` unless float32 or float64."""
+    dt = np.dtype(dtype)
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: {dt} is not supported (expected float32 or float64)")
+    return dt
+
+
+def as_channel_vector(value: object, name: str, length: int) -> np.ndarray:
+    """A float32/float64 vector of shape ``(length,)`` (saved statistics), returned as float64."""
+    arr = np.asarray(value)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name}: dtype {arr.dtype} is not supported; expected float32/float64")
+    if arr.shape != (length,):
+        raise ValueError(f"{name}: expected shape ({length},), got {arr.shape}")
+    return arr.astype(np.float64)
 
 
 def check_all_finite(x: np.ndarray, name: str) -> None:

@@ -10,10 +10,12 @@ import numpy as np
 from .. import _dispatch
 from .._threads import get_num_threads
 from .._validate import (
+    as_channel_vector,
     as_device_array,
     as_float_array,
     as_param,
     check_all_finite,
+    check_fraction,
     check_out,
     check_positive,
     normalize_axis,
@@ -172,12 +174,7 @@ def batch_norm_forward(
     outer, channels, inner = _view3(x.shape, ax)
     n = outer * inner
     eps = check_positive(eps, "eps")
-    try:
-        momentum = float(momentum)
-    except (TypeError, ValueError):
-        raise TypeError(f"momentum: must be a real number, got {type(momentum).__name__}") from None
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum: must be in [0, 1], got {momentum}")
+    momentum = check_fraction(momentum, "momentum")
     w64, b64 = _weight_bias(weight, bias, channels, x.dtype)
     rm = as_param(running_mean, "running_mean", channels, x.dtype, writable=True)
     rv = as_param(running_var, "running_var", channels, x.dtype, writable=True)
@@ -189,7 +186,7 @@ def batch_norm_forward(
         )
     if not training and rm is None:
         raise ValueError("running_mean/running_var: required when training=False")
-    out = _check_out(out, x)
+    out = check_out(out, x.shape, x.dtype, device=_dispatch.is_cuda_array(x))
     _check_out_alias(out, x)
     if check_finite:
         check_all_finite(_host(x), "x")
@@ -234,19 +231,6 @@ def _update_running(rm, rv, mean, var, momentum: float, n: int) -> None:
 
 def _host(arr):
     return arr.copy_to_host() if _dispatch.is_cuda_array(arr) else arr
-
-
-def _check_out(out, x):
-    """out= for host x (numpy, checked by check_out) or device x (device array, same checks)."""
-    if not _dispatch.is_cuda_array(x) or out is None:
-        return check_out(out, x.shape, x.dtype)
-    if not _dispatch.is_cuda_array(out):
-        raise TypeError("out: must be a device array when x is one")
-    out = as_device_array(out, "out")
-    if out.shape != x.shape or out.dtype != x.dtype:
-        raise ValueError(f"out: expected shape {x.shape} and dtype {x.dtype}, got {out.shape} "
-                         f"and {out.dtype}")
-    return out
 
 
 def _resolve(backend: str, x, outer: int, channels: int, inner: int) -> str:
@@ -312,15 +296,6 @@ def _backward_cuda(dy, x, mean64, invstd64, w64, outer, channels, inner, trainin
     return BatchNormGrads(dxd, cuda.to_device(dweight), cuda.to_device(dbias))
 
 
-def _stat(value: object, name: str, channels: int) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.dtype not in (np.float32, np.float64):
-        raise ValueError(f"{name}: dtype {arr.dtype} is not supported; expected float32/float64")
-    if arr.shape != (channels,):
-        raise ValueError(f"{name}: expected shape ({channels},), got {arr.shape}")
-    return arr.astype(np.float64)
-
-
 def batch_norm_backward(
     dy: np.ndarray,
     x: np.ndarray,
@@ -384,11 +359,11 @@ def batch_norm_backward(
         raise ValueError(f"dy: dtype {dy.dtype} does not match x's dtype {x.dtype}")
     ax = normalize_axis(axis, x.ndim)
     outer, channels, inner = _view3(x.shape, ax)
-    mean64 = _stat(_host(mean), "mean", channels)
-    invstd64 = _stat(_host(invstd), "invstd", channels)
+    mean64 = as_channel_vector(_host(mean), "mean", channels)
+    invstd64 = as_channel_vector(_host(invstd), "invstd", channels)
     w = as_param(weight, "weight", channels, x.dtype)
     w64 = np.ones(channels) if w is None else w.astype(np.float64)
-    out = _check_out(out, x)
+    out = check_out(out, x.shape, x.dtype, device=_dispatch.is_cuda_array(x))
     _check_out_alias(out, x, dy)
     name = _resolve(backend, x, outer, channels, inner)
     if name == "cuda":

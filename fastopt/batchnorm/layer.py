@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import check_int, check_positive, normalize_axis
+from .._validate import (
+    check_float_dtype,
+    check_fraction,
+    check_int,
+    check_positive,
+    normalize_axis,
+)
 from .api import BatchNormGrads, batch_norm_backward, batch_norm_forward
 
 
@@ -64,16 +70,10 @@ class BatchNorm:
         backend: str = "auto",
     ) -> None:
         self.num_features = check_int(num_features, "num_features", minimum=1)
-        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-            raise TypeError(f"axis: must be an integer, got {type(axis).__name__}")
-        self.axis = int(axis)
+        self.axis = check_int(axis, "axis", minimum=None)
         self.eps = check_positive(eps, "eps")
-        if momentum is not None and not 0.0 <= float(momentum) <= 1.0:
-            raise ValueError(f"momentum: must be in [0, 1] or None, got {momentum}")
-        self.momentum = momentum
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"dtype: {self.dtype} is not supported (expected float32 or float64)")
+        self.momentum = None if momentum is None else check_fraction(momentum, "momentum")
+        self.dtype = check_float_dtype(dtype)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         self.backend = backend

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validate import check_choice, check_int, check_positive
+from .._validate import check_choice, check_float_dtype, check_int, check_positive
 
 
 class LanczosResult(NamedTuple):
@@ -166,9 +166,7 @@ def lanczos_extremes(
     k = check_int(k, "k", minimum=1)
     which = check_choice(which, "which", ("both", "largest", "smallest"))
     tol = check_positive(tol, "tol")
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"dtype: {dtype} is not supported (expected float32 or float64)")
+    dtype = check_float_dtype(dtype)
     m = min(n, 300) if maxiter is None else check_int(maxiter, "maxiter", minimum=1)
     m = min(m, n)
     if k > n:
