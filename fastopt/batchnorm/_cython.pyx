@@ -88,6 +88,32 @@ cdef inline void finish_stats(double s1, double s2, double shift, double n, doub
     invstd[0] = 1.0 / sqrt(v + eps)
 
 
+cdef inline void sum_partials(const double[:, :, ::1] part, Py_ssize_t c,
+                              double* first, double* second) noexcept nogil:
+    """Combine the chunks' partial sums of channel c in chunk order (deterministic)."""
+    cdef Py_ssize_t k
+    first[0] = 0.0
+    second[0] = 0.0
+    for k in range(part.shape[0]):
+        first[0] += part[k, 0, c]
+        second[0] += part[k, 1, c]
+
+
+cdef inline (double, double, double) grad_coefficients(
+        double s, double d, double mean, double invstd, double weight, double n,
+        bint training) noexcept nogil:
+    """(a, b, c) with dx = dy * a + x * b + c from s = sum(dy), d = sum((x - mean) dy).
+
+    PyTorch's dx = (dy - s/n - (x - mean) d invstd^2 / n) invstd weight with the mean folded into
+    the constant; in eval mode the statistics are constants (b = 0, c = 0). Mirrors
+    ``_scalar.grad_coefficients`` (Numba/CUDA), which returns the unfolded constant. Returned as
+    a tuple so that prange makes the caller's variables thread-private.
+    """
+    cdef double a = invstd * weight
+    cdef double b = -d * invstd * invstd * a / n if training else 0.0
+    return a, b, (-s / n * a if training else 0.0) - mean * b
+
+
 # ---------------------------------------------------------------- channels-last row sweeps
 # One row per sweep across channels: sweeping 4 rows at once (to load each per-channel constant
 # once per 4 values) measured slower here, GCC's overlap checks for 8 pointers cost more than the
@@ -267,11 +293,7 @@ def forward_train(
             chunk_sums(xp, outer, C, inner, k, n_chunks, &shifts[0], &part[k, 0, 0],
                        &part[k, 1, 0])
     for c in range(C):
-        s1 = 0.0
-        s2 = 0.0
-        for k in range(n_chunks):  # fixed order: deterministic
-            s1 += part[k, 0, c]
-            s2 += part[k, 1, c]
+        sum_partials(part, c, &s1, &s2)
         finish_stats(s1, s2, shifts[c], n, eps, &mean[c], &var[c], &invstd[c])
         scales[c] = invstd[c] * weight[c]
         offsets[c] = bias[c] - mean[c] * scales[c]
@@ -316,7 +338,7 @@ def backward(
     """Backward of batch norm: one reduction pass (sum dy, sum (x-mean) dy), one dx pass."""
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
     cdef Py_ssize_t stride = C * inner, c, o, k
-    cdef double n = <double>(outer * inner), s, d, a, b
+    cdef double n = <double>(outer * inner), s, d, a, b, e
     cdef const floating* xp = &x[0, 0, 0]
     cdef const floating* gp = &dy[0, 0, 0]
     cdef floating* dxp = &dx[0, 0, 0]
@@ -333,12 +355,10 @@ def backward(
                                   inner, mean[c], &s, &d)
                 dbias[c] = s
                 dweight[c] = d * invstd[c]
-                a = invstd[c] * weight[c]
-                b = -d * invstd[c] * invstd[c] * a / n if training else 0.0
+                a, b, e = grad_coefficients(s, d, mean[c], invstd[c], weight[c], n, training)
                 for o in range(outer):
                     run_grad_input(gp + o * stride + c * inner, xp + o * stride + c * inner,
-                                   dxp + o * stride + c * inner, inner, a, b,
-                                   (-s / n * a if training else 0.0) - mean[c] * b)
+                                   dxp + o * stride + c * inner, inner, a, b, e)
         return
 
     part = np.zeros((n_chunks, 2, C))
@@ -350,17 +370,10 @@ def backward(
             chunk_grad_sums(gp, xp, outer, C, inner, k, n_chunks, &mean[0], &part[k, 0, 0],
                             &part[k, 1, 0])
     for c in range(C):
-        s = 0.0
-        d = 0.0
-        for k in range(n_chunks):  # fixed order: deterministic
-            s += part[k, 0, c]
-            d += part[k, 1, c]
+        sum_partials(part, c, &s, &d)
         dbias[c] = s
         dweight[c] = d * invstd[c]
-        # dx = dy * a + (x - mean) * b + c, folded to dy * a + x * b + (c - mean * b)
-        ca[c] = invstd[c] * weight[c]
-        cb[c] = -d * invstd[c] * invstd[c] * ca[c] / n if training else 0.0
-        cc[c] = (-s / n * ca[c] if training else 0.0) - mean[c] * cb[c]
+        ca[c], cb[c], cc[c] = grad_coefficients(s, d, mean[c], invstd[c], weight[c], n, training)
     with nogil:
         for k in prange(n_chunks, schedule="static", num_threads=n_threads):
             grad_input_chunk(gp, xp, dxp, outer, C, inner, k, n_chunks, &ca[0], &cb[0], &cc[0])
