@@ -55,6 +55,27 @@ def test_wtwv_matches_reference(shape, dtype, backend, n_threads):
     np.testing.assert_array_equal(y2, y)
 
 
+def test_numba_kernels_run_on_the_callers_thread_count():
+    """The caller sizes ``work`` for its ``n_threads``; the Numba wrapper must not substitute the
+    global count (a larger global count made the split kernel write past ``work``)."""
+    import numba
+
+    import fastopt
+
+    k = kernels("numba")
+    W, x = data((1, 64, 40), np.float64)
+    old = fastopt.get_num_threads()
+    try:
+        fastopt.set_num_threads(1)
+        work = np.empty(k.work_shape(1, 64, 40, 2))
+        t, y = np.empty((1, 64)), np.empty((1, 40))
+        k.wtwv(W, x, t, y, np.zeros(1, np.int64), work, 2)
+        assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
+    finally:
+        fastopt.set_num_threads(old)
+    np.testing.assert_allclose(y[0], W[0].T @ (W[0] @ x[0]), rtol=1e-12)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
-from .._threads import apply_numba_threads
+from .._threads import apply_numba_threads, get_num_threads
 
 _SQRT_2_OVER_PI = 0.7978845608028654
 _GELU_A = 0.044715
@@ -266,10 +265,7 @@ def _threads(n_threads: int) -> int:
     """Threads for this call: fastopt's count, or fewer when the caller asks (1: serial)."""
     if n_threads <= 1:  # the serial body runs without Numba's thread pool
         return 1
-    n = min(apply_numba_threads(), int(n_threads))
-    if n > 1 and numba.get_num_threads() != n:
-        numba.set_num_threads(n)
-    return n
+    return apply_numba_threads(min(get_num_threads(), int(n_threads)))
 
 
 def hidden_forward(Z, b, AV, C, act, need, A, D1, D2, RZ, n_threads):

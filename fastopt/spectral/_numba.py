@@ -283,7 +283,7 @@ def wtwv(W, x, t, y, active, work, n_threads):
     """
     if active.shape[0] == 0 or W.shape[1] == 0 or W.shape[2] == 0:
         return
-    n_threads = apply_numba_threads() if n_threads > 1 else _serial()
+    n_threads = _use_threads(n_threads)
     nch = n_chunks(W.shape[1], n_threads)
     if active.shape[0] >= n_threads or nch == 1:
         _wtwv_batch(W, x, t, y, active, work)
@@ -295,7 +295,7 @@ def matvec(W, x, y, active, n_threads):
     """``y[b] = W[b] @ x[b]`` for ``b`` in ``active`` (rows in parallel; no cross-thread sums)."""
     if active.shape[0] == 0 or W.shape[1] == 0:
         return
-    n_threads = apply_numba_threads() if n_threads > 1 else _serial()
+    n_threads = _use_threads(n_threads)
     _matvec(W, x, y, active, n_chunks(W.shape[1], n_threads))
 
 
@@ -308,10 +308,7 @@ def orth_step(V, j, w, h, beta, active, n_threads):
     """
     if active.shape[0] == 0:
         return
-    if n_threads > 1:
-        apply_numba_threads()
-    else:
-        _serial()
+    _use_threads(n_threads)
     _orth(V, j, w, h, beta, active)
 
 
@@ -320,20 +317,17 @@ def tridiag_top(alpha, beta, k, active, theta, s2, scratch, n_threads):
     (bisection on Sturm counts and ratio recurrences; see the Cython kernel)."""
     if active.shape[0] == 0 or k == 0:
         return
-    if n_threads > 1:
-        apply_numba_threads()
-    else:
-        _serial()
+    _use_threads(n_threads)
     _tridiag_top(alpha, beta, k, active, theta, s2, scratch)
 
 
 def read_floor(a, n_threads):
     """Sum of ``a`` read once in parallel: the read-bandwidth floor of a pass over ``W``."""
-    n_threads = apply_numba_threads() if n_threads > 1 else _serial()
+    n_threads = _use_threads(n_threads)
     return float(_read_floor(a, max(1, n_threads)))
 
 
-def _serial() -> int:
-    if nb.get_num_threads() != 1:
-        nb.set_num_threads(1)
-    return 1
+def _use_threads(n_threads: int) -> int:
+    """Run the next parallel kernel on exactly the caller's ``n_threads`` (capped by Numba's
+    pool): chunk counts and the ``work`` scratch the caller sized depend on it."""
+    return apply_numba_threads(max(1, int(n_threads)))
