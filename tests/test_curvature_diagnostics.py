@@ -36,13 +36,20 @@ def tanh_ce():
     return net, theta, X, y, H
 
 
-@pytest.mark.parametrize("act", ["tanh", "gelu", "softplus", "sigmoid"])
-def test_dense_hessian_is_symmetric(act):
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse", "logistic"])
+@pytest.mark.parametrize("act", ["identity", "tanh", "sigmoid", "relu", "softplus", "gelu"])
+def test_dense_hessian_is_symmetric(act, loss):
     rng = np.random.default_rng(1)
-    net = MLP([4, 7, 5, 3], activation=act, loss="cross_entropy")
+    n_out = 1 if loss == "logistic" else 3
+    net = MLP([4, 7, 5, n_out], activation=act, loss=loss)
     theta = net.init(rng) + 0.3 * rng.standard_normal(net.num_params)
     X = rng.standard_normal((25, 4))
-    y = rng.integers(0, 3, 25)
+    if loss == "cross_entropy":
+        y = rng.integers(0, 3, 25)
+    elif loss == "logistic":
+        y = rng.integers(0, 2, 25).astype(np.float64)
+    else:
+        y = rng.standard_normal((25, 3))
     H = dense_hessian(net, theta, X, y)
     assert np.abs(H - H.T).max() <= 1e-12 * max(1.0, np.abs(H).max())
 
@@ -177,6 +184,13 @@ def test_hvp_fd_on_a_generic_function():
     assert not hvp_fd(grad, t, np.zeros(6)).any()
 
 
+def test_hessian_extremes_warns_when_not_converged(tanh_ce):
+    net, theta, X, y, _ = tanh_ce
+    with pytest.warns(RuntimeWarning, match="did not reach tol"):
+        ext = hessian_extremes(net, theta, X, y, tol=1e-12, maxiter=3)
+    assert ext.iterations == 3
+
+
 def test_curvature_along_gradient_matches_dense(tanh_ce):
     net, theta, X, y, H = tanh_ce
     c = curvature_along_gradient(net, theta, X, y)
@@ -184,8 +198,8 @@ def test_curvature_along_gradient_matches_dense(tanh_ce):
     assert c.loss == L
     assert np.isclose(c.g_dot_g, g @ g, rtol=1e-14)
     assert np.isclose(c.g_h_g, g @ H @ g, rtol=1e-11)
-    if c.g_h_g > 0:
-        assert np.isclose(c.best_step, c.g_dot_g / c.g_h_g)
+    assert c.g_h_g > 0  # this fixture's point curves upward along g
+    assert np.isclose(c.best_step, c.g_dot_g / c.g_h_g)
     # the quadratic model predicts small steps' change to second order
     eps = 1e-3
     actual = net.loss(theta - eps * g, X, y) - L
@@ -202,6 +216,13 @@ def test_curvature_best_step_inf_on_concave_direction():
     # at w1 = w2 = 0 with b2 = 0 the gradient is along b2 only: curvature 1 along it
     cur = curvature_along_gradient(net, np.zeros(net.num_params), X, X[:, 0])
     assert cur.g_h_g > 0 and np.isfinite(cur.best_step)
+    # f = w2 (w1 x) fitting y = x from w1 = w2 = 0.1: the gradient points along the negative
+    # cross-curvature of w1 w2, so g^T H g < 0 and no finite step minimizes the model
+    Xs = np.array([[1.0], [-1.0]])
+    theta = net.pack([(np.array([[0.1]]), np.zeros(1)), (np.array([[0.1]]), np.zeros(1))])
+    concave = curvature_along_gradient(net, theta, Xs, Xs[:, 0])
+    assert concave.g_h_g < 0 and concave.g_dot_g > 0
+    assert concave.best_step == math.inf
 
 
 def test_monitor_flags_growth_and_suggests_lr():
@@ -230,11 +251,20 @@ def test_monitor_on_a_real_net(tanh_ce):
     net, theta, X, y, _ = tanh_ce
     mon = IllConditioningMonitor(window=3)
     t = theta.copy()
+    recorded = []
     for step in range(3):
         c = curvature_along_gradient(net, t, X, y)
         mon.update(step, c)
+        recorded.append(c)
         t -= 0.5 * net.loss_and_grad(t, X, y)[1]
-    assert len(mon.history["g_dot_g"]) == 3 and np.all(mon.history["g_dot_g"] > 0)
+    h = mon.history
+    np.testing.assert_array_equal(h["g_dot_g"], [c.g_dot_g for c in recorded])
+    np.testing.assert_array_equal(h["g_h_g"], [c.g_h_g for c in recorded])
+    first, last = recorded[0], recorded[-1]
+    expected = (first.g_h_g > 0 and last.g_h_g >= 10 * first.g_h_g
+                and last.g_dot_g >= first.g_dot_g)
+    assert mon.ill_conditioned == expected
+    assert mon.suggested_lr == (last.g_dot_g / last.g_h_g if last.g_h_g > 0 else math.inf)
 
 
 def test_monitor_bad_input():

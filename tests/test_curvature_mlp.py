@@ -167,15 +167,16 @@ def test_gnvp_matches_torch(loss):
 
 
 # ------------------------------------------------------------------------------ vs finite diff
+@pytest.mark.parametrize("backend", compiled_backends("curvature"))
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("act", ACTS)
-def test_hvp_matches_central_differences(act, loss):
+def test_hvp_matches_central_differences(act, loss, backend):
     net, theta, X, y, V = problem(act, loss, seed=1, k=2)
     if act == "relu":  # keep every pre-activation away from the kink at 0 for the difference
         theta = theta.copy()
         for _, b in net.unpack(theta)[:-1]:
             b += 3.0
-    HV = net.hvp(theta, X, y, V)
+    HV = net.hvp(theta, X, y, V, backend=backend)
     FD = hvp_fd(lambda t: net.loss_and_grad(t, X, y)[1], theta, V)
     assert rel_err(HV, FD) <= 1e-6
 
@@ -295,9 +296,13 @@ def test_batched_equals_one_at_a_time_and_is_deterministic(backend_cases, backen
 
 
 @pytest.mark.parametrize("backend", compiled_backends("curvature"))
-def test_thread_count_does_not_change_results(backend_cases, backend):
+def test_thread_count_does_not_change_results(backend_cases, backend, monkeypatch):
     import fastopt
+    from fastopt.curvature import mlp
 
+    # these layers are below PARALLEL_MIN_VALUES: force the threaded kernels, or both calls
+    # would run the same serial path and the test could not fail
+    monkeypatch.setattr(mlp, "PARALLEL_MIN_VALUES", 0)
     net, theta, X, y, V, _ = backend_cases[("float64", "gelu")]
     old = fastopt.get_num_threads()
     try:

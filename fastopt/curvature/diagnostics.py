@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -373,6 +374,13 @@ def hessian_extremes(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, 
 
     res = lanczos_extremes(matvec, P, k=1, which="both", tol=tol, maxiter=maxiter,
                            dtype=np.float64, seed=seed)
+    if not res.converged:  # the tuple issue 5 specifies has no flag: say it out loud
+        warnings.warn(
+            f"hessian_extremes: Lanczos did not reach tol={tol} in {res.iterations} HVPs "
+            f"(residual {res.residual:.2e}); the eigenvalues and the kind are estimates",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     lmax, lmin = float(res.largest[0]), float(res.smallest[0])
     return HessianExtremes(lmax, lmin, _classify(lmax, lmin, rtol, atol), res.iterations)
 
