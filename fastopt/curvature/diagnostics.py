@@ -27,21 +27,6 @@ from .mlp import MLP
 if TYPE_CHECKING:  # scipy is an optional (test) dependency, imported lazily
     from scipy.sparse.linalg import LinearOperator
 
-__all__ = [
-    "hvp_fd",
-    "hessian_operator",
-    "Curvature",
-    "curvature_along_gradient",
-    "IllConditioningMonitor",
-    "HessianExtremes",
-    "hessian_extremes",
-    "TraceEstimate",
-    "hutchinson_trace",
-    "SpectralDensity",
-    "spectral_density",
-]
-
-
 def _check_net(net: object) -> MLP:
     if not isinstance(net, MLP):
         raise TypeError(f"net: expected a fastopt.MLP, got {type(net).__name__}")
@@ -99,6 +84,7 @@ def hvp_fd(
     if V.ndim != 2 or V.shape[0] != theta.size or V.shape[1] == 0:
         raise ValueError(f"v: expected shape ({theta.size},) or ({theta.size}, k), got {v.shape}")
     check_all_finite(V, "v")
+    h_given = None if eps is None else check_positive(eps, "eps")  # checked once, up front
     u = np.finfo(theta.dtype).eps
     out = np.zeros(V.shape, dtype=theta.dtype)
     for j in range(V.shape[1]):
@@ -109,7 +95,7 @@ def hvp_fd(
         if eps is None:
             h = u ** (1 / 3) * max(1.0, float(np.abs(theta).max())) / vmax
         else:
-            h = check_positive(eps, "eps")
+            h = h_given
         tp = (theta + h * vj).astype(theta.dtype)
         tm = (theta - h * vj).astype(theta.dtype)
         gp = np.asarray(grad_fn(tp), dtype=np.float64)

@@ -26,6 +26,7 @@ from .._validate import (
     as_float_array,
     check_all_finite,
     check_choice,
+    check_float_dtype,
     check_out,
 )
 
@@ -44,12 +45,6 @@ INIT_SCHEMES = ("xavier", "he", "orthogonal")
 # threaded passes cost about 1 ns per value, a few percent of the products' time; only passes
 # big enough to amortize a contended hand-over (2^24 values, ~16 ms) are threaded.
 PARALLEL_MIN_VALUES = 1 << 24
-
-
-def _prefer() -> str:
-    # bench/bench_curvature.py: the two compiled backends are within noise of each other on the
-    # benchmark shapes (the GEMMs dominate); Cython has no JIT latency, so it goes first.
-    return "cython"
 
 
 class MLP:
@@ -127,13 +122,7 @@ class MLP:
         self.sizes = [int(s) for s in sizes]
         self.activation = check_choice(activation, "activation", ACTIVATIONS)
         self.loss_name = check_choice(loss, "loss", LOSSES)
-        try:
-            dt = np.dtype(dtype)
-        except TypeError:
-            raise TypeError(f"dtype: {dtype!r} is not a numpy dtype") from None
-        if dt not in (np.float32, np.float64):
-            raise TypeError(f"dtype: {dt} is not supported (expected float32 or float64)")
-        self.dtype = dt
+        self.dtype = check_float_dtype(dtype)
         n_out = self.sizes[-1]
         if self.loss_name == "logistic" and n_out != 1:
             raise ValueError(f"loss: 'logistic' needs one output, got sizes[-1]={n_out}")
@@ -359,7 +348,9 @@ class MLP:
 
     def _run(self, theta, X, labels, Y, V, mode, backend):
         """Forward (+ backward (+ R passes)). mode: "loss", "grad", "hvp", "gnvp"."""
-        name = _dispatch.resolve("curvature", backend, prefer=_prefer)
+        # "auto": Cython first. bench/bench_curvature.py: the two compiled backends are within
+        # noise on the benchmark shapes (the GEMMs dominate) and Cython has no JIT latency.
+        name = _dispatch.resolve("curvature", backend)
         mod = _dispatch.load("curvature", name)
         nt_all = get_num_threads()
 

@@ -93,12 +93,9 @@ class RadiusResult(NamedTuple):
     converged: bool | np.ndarray
 
 
-def _prefer() -> str:
-    return "cython"
-
-
 def _kernels(backend: str):
-    name = _dispatch.resolve("spectral", backend, prefer=_prefer)
+    # "auto": Cython first (no JIT latency; bench/bench_spectral.py: at least as fast as Numba)
+    name = _dispatch.resolve("spectral", backend)
     return _dispatch.load("spectral", name)
 
 
@@ -677,8 +674,7 @@ def spectral_radius(
     W3, batched = _as_stack(W, square=True)
     B, n, _ = W3.shape
     budget = _maxiter(maxiter, max(3000, 20 * n))
-    name = _dispatch.resolve("spectral", backend, prefer=_prefer)
-    kern = _dispatch.load("spectral", name)
+    kern = _kernels(backend)
     value = np.zeros(B)
     lam = np.zeros(B, dtype=np.complex128)
     iters = np.zeros(B, dtype=np.int64)

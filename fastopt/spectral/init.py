@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import as_float_array, check_int, check_positive
+from .._validate import as_float_array, check_float_dtype, check_int, check_positive
 from .api import spectral_radius
 
 __all__ = ["identity_recurrent", "orthogonal", "scale_to_spectral_radius"]
@@ -56,9 +56,7 @@ def orthogonal(
     if len(shape) < 2:
         raise ValueError(f"shape: needs at least 2 dimensions, got {shape}")
     gain = check_positive(gain, "gain", allow_zero=True)
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"dtype: {dtype} is not supported (expected float32 or float64)")
+    dtype = check_float_dtype(dtype)
     rows, cols = shape[0], int(np.prod(shape[1:]))
     flat = _generator(rng).standard_normal((rows, cols))
     if rows < cols:
@@ -125,7 +123,5 @@ def identity_recurrent(
     scale = float(scale)
     if not np.isfinite(scale):
         raise ValueError(f"scale: must be finite, got {scale}")
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"dtype: {dtype} is not supported (expected float32 or float64)")
+    dtype = check_float_dtype(dtype)
     return (scale * np.eye(n)).astype(dtype)

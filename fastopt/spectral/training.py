@@ -12,6 +12,7 @@ from .._validate import (
     as_float_array,
     check_all_finite,
     check_choice,
+    check_float_dtype,
     check_int,
     check_positive,
 )
@@ -84,9 +85,7 @@ class SpectralNormState:
             raise TypeError(f"shape: must be a tuple of positive integers ({exc})") from None
         if len(shape) < 1:
             raise ValueError("shape: must have at least one dimension")
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise TypeError(f"dtype: {dtype} is not supported (expected float32 or float64)")
+        dtype = check_float_dtype(dtype)
         self.shape = shape
         self.dtype = dtype
         self.n_power_iterations = check_int(n_power_iterations, "n_power_iterations", minimum=1)
