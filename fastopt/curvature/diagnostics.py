@@ -27,6 +27,7 @@ from .mlp import MLP
 if TYPE_CHECKING:  # scipy is an optional (test) dependency, imported lazily
     from scipy.sparse.linalg import LinearOperator
 
+
 def _check_net(net: object) -> MLP:
     if not isinstance(net, MLP):
         raise TypeError(f"net: expected a fastopt.MLP, got {type(net).__name__}")
