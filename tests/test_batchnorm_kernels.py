@@ -172,16 +172,14 @@ def test_deterministic_for_a_thread_count(backend):
     np.testing.assert_array_equal(g1.dweight, g2.dweight)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @given(
     data=st.data(),
     ndim=st.integers(2, 4),
     dtype=st.sampled_from(DTYPES),
-    backend=st.sampled_from(["cython", "numba"]),
     training=st.booleans(),
 )
-def test_random_shapes_match_reference(data, ndim, dtype, backend, training):
-    if not _dispatch.available("batchnorm", backend):
-        return
+def test_random_shapes_match_reference(backend, data, ndim, dtype, training):
     shape = tuple(data.draw(st.lists(st.integers(1, 7), min_size=ndim, max_size=ndim)))
     axis = data.draw(st.integers(-ndim, ndim - 1))
     if training and np.prod(shape) // shape[axis] < 2:

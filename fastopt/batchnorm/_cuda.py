@@ -47,6 +47,14 @@ def _kernels(tpb: int):
             cuda.syncthreads()
             step //= 2
 
+    @cuda.jit(device=True)
+    def channel_of(j, C, inner):
+        """(o, c, i) of flat index j of an (outer, C, inner) array."""
+        o = j // (C * inner)
+        r = j - o * C * inner
+        c = r // inner
+        return o, c, r - c * inner
+
     @cuda.jit
     def shifts_kernel(x, shifts):
         c = cuda.grid(1)
@@ -114,10 +122,7 @@ def _kernels(tpb: int):
         outer, C, inner = x.shape
         start, stride = cuda.grid(1), cuda.gridsize(1)
         for j in range(start, outer * C * inner, stride):
-            o = j // (C * inner)
-            r = j - o * C * inner
-            c = r // inner
-            i = r - c * inner
+            o, c, i = channel_of(j, C, inner)
             y[o, c, i] = float64(x[o, c, i]) * scale[c] + offset[c]
 
     @cuda.jit
@@ -180,10 +185,7 @@ def _kernels(tpb: int):
         outer, C, inner = x.shape
         start, stride = cuda.grid(1), cuda.gridsize(1)
         for j in range(start, outer * C * inner, stride):
-            o = j // (C * inner)
-            r = j - o * C * inner
-            c = r // inner
-            i = r - c * inner
+            o, c, i = channel_of(j, C, inner)
             dx[o, c, i] = float64(dy[o, c, i]) * ca[c] + float64(x[o, c, i]) * cb[c] + cc[c]
 
     return dict(
