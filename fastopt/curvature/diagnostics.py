@@ -34,6 +34,26 @@ def _check_net(net: object) -> MLP:
     return net
 
 
+def _validated_hvp(net: object, theta, X, y, backend: str, *, copy: bool = False):
+    """Validate (net, theta, X, y) once and return ``hvp(V) -> H V`` for V of shape (P,) or
+    (P, k) in any float dtype, plus the validated net: operators and Lanczos loops call it many
+    times, and re-checking X and the labels on every product would repeat the same scans."""
+    net = _check_net(net)
+    theta, X, labels, Y = net._prepare(theta, X, y)
+    if copy:  # the operator outlives the call: later changes to the caller's arrays must not leak
+        theta, X = theta.copy(), X.copy()
+        labels = None if labels is None else labels.copy()
+        Y = None if Y is None else Y.copy()
+
+    def hvp(v):
+        V = np.ascontiguousarray(v, dtype=net.dtype)
+        single = V.ndim == 1
+        hv = net._run(theta, X, labels, Y, V.reshape(net.num_params, -1), "hvp", backend)[2]
+        return hv[:, 0] if single else hv
+
+    return hvp, net
+
+
 # ---------------------------------------------------------------------------- finite differences
 def hvp_fd(
     grad_fn: Callable[[np.ndarray], np.ndarray],
@@ -136,18 +156,14 @@ def hessian_operator(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, 
         from scipy.sparse.linalg import LinearOperator
     except ImportError as exc:  # pragma: no cover - scipy is a test extra
         raise ImportError("hessian_operator needs scipy: pip install scipy") from exc
-    net = _check_net(net)
-    theta, X, labels, Y = net._prepare(theta, X, y)
-    theta, X = theta.copy(), X.copy()
-    y = labels.copy() if net.loss_name == "cross_entropy" else Y.copy()
+    hvp, net = _validated_hvp(net, theta, X, y, backend, copy=True)
     P = net.num_params
 
     def matvec(v):
-        v = np.asarray(v, dtype=net.dtype).reshape(P)
-        return net.hvp(theta, X, y, v, backend=backend)
+        return hvp(np.asarray(v).reshape(P))
 
     def matmat(V):
-        return net.hvp(theta, X, y, np.ascontiguousarray(V, dtype=net.dtype), backend=backend)
+        return hvp(V)
 
     return LinearOperator((P, P), matvec=matvec, rmatvec=matvec, matmat=matmat,
                           rmatmat=matmat, dtype=net.dtype)
@@ -346,9 +362,7 @@ def hessian_extremes(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, 
     >>> hessian_extremes(net, np.zeros(net.num_params), X, X[:, 0]).kind
     'saddle'
     """
-    net = _check_net(net)
-    theta, X, labels, Y = net._prepare(theta, X, y)
-    yy = labels if net.loss_name == "cross_entropy" else Y
+    hvp, net = _validated_hvp(net, theta, X, y, backend)
     tol = check_positive(tol, "tol")
     atol = check_positive(atol, "atol", allow_zero=True)
     if rtol is None:
@@ -357,7 +371,7 @@ def hessian_extremes(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, 
     P = net.num_params
 
     def matvec(v):
-        return net.hvp(theta, X, yy, v.astype(net.dtype), backend=backend).astype(np.float64)
+        return hvp(v).astype(np.float64, copy=False)
 
     res = lanczos_extremes(matvec, P, k=1, which="both", tol=tol, maxiter=maxiter,
                            dtype=np.float64, seed=seed)
@@ -399,9 +413,7 @@ def hutchinson_trace(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, 
     >>> abs(est.estimate - 2.0) < 4 * est.std_error
     True
     """
-    net = _check_net(net)
-    theta, X, labels, Y = net._prepare(theta, X, y)
-    yy = labels if net.loss_name == "cross_entropy" else Y
+    hvp, net = _validated_hvp(net, theta, X, y, backend)
     samples = check_int(samples, "samples", minimum=1)
     batch = check_int(batch, "batch", minimum=1)
     rng = np.random.default_rng(seed)
@@ -411,7 +423,7 @@ def hutchinson_trace(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, 
     while done < samples:
         m = min(batch, samples - done)
         Z = rng.choice(np.array([-1.0, 1.0]), size=(P, m)).astype(net.dtype)
-        HZ = net.hvp(theta, X, yy, Z, backend=backend)
+        HZ = hvp(Z)
         vals.append(np.einsum("pj,pj->j", Z.astype(np.float64), HZ.astype(np.float64)))
         done += m
     v = np.concatenate(vals)
@@ -465,9 +477,7 @@ def spectral_density(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, 
     >>> sd.density.shape, bool(np.allclose(sd.weights.sum(axis=1), 1.0))
     ((256,), True)
     """
-    net = _check_net(net)
-    theta, X, labels, Y = net._prepare(theta, X, y)
-    yy = labels if net.loss_name == "cross_entropy" else Y
+    hvp, net = _validated_hvp(net, theta, X, y, backend)
     n_vectors = check_int(n_vectors, "n_vectors", minimum=1)
     steps = check_int(steps, "steps", minimum=1)
     n_grid = check_int(n_grid, "n_grid", minimum=2)
@@ -476,7 +486,7 @@ def spectral_density(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, 
     rng = np.random.default_rng(seed)
 
     def matvec(v):
-        return net.hvp(theta, X, yy, v.astype(net.dtype), backend=backend)
+        return hvp(v)
 
     nodes = np.zeros((n_vectors, m))
     weights = np.zeros((n_vectors, m))
