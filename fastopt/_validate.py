@@ -201,6 +201,15 @@ def as_channel_vector(value: object, name: str, length: int) -> np.ndarray:
     return arr.astype(np.float64)
 
 
+def as_generator(value: object, name: str) -> np.random.Generator:
+    """A numpy Generator from None, an integer seed or a Generator (returned as is)."""
+    if isinstance(value, np.random.Generator):
+        return value
+    if value is None or (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
+        return np.random.default_rng(value)
+    raise TypeError(f"{name}: must be None, an integer seed or a numpy Generator, got {value!r}")
+
+
 def check_all_finite(x: np.ndarray, name: str) -> None:
     """Raise ``ValueError`` if ``x`` holds NaN or Inf."""
     if not np.isfinite(x).all():

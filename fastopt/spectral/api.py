@@ -122,12 +122,10 @@ def _as_stack(W: object, name: str = "W", *, square: bool = False) -> tuple[np.n
 # 65-130 ms instead of 30 ms while its restarts rotated the basis with a BLAS gemm; they use
 # a non-BLAS einsum now, and the remaining LAPACK calls are on 60 x 60 matrices).
 _PARALLEL_MIN_ENTRIES = 1 << 17
-_PARALLEL_MIN_ENTRIES_RADIUS = 1 << 17
 
 
-def _threads_for(entries: int, minimum: int | None = None) -> int:
-    threshold = _PARALLEL_MIN_ENTRIES if minimum is None else minimum
-    return get_num_threads() if entries >= threshold else 1
+def _threads_for(entries: int) -> int:
+    return get_num_threads() if entries >= _PARALLEL_MIN_ENTRIES else 1
 
 
 def _maxiter(maxiter: object, default: int) -> int:
@@ -442,7 +440,7 @@ def _arnoldi_radius(W1, kern, tol, maxiter, seed=0):
     """
     n = W1.shape[1]
     dtype = W1.dtype
-    nt = _threads_for(W1.size, _PARALLEL_MIN_ENTRIES_RADIUS)
+    nt = _threads_for(W1.size)
     ncv = min(n - 1, _ARNOLDI_NCV)
     nev = min(_ARNOLDI_NEV, max(1, ncv // 3))
     keep_target = min(nev + (ncv - nev) // 2, ncv - 2)
@@ -547,7 +545,7 @@ def _bracket(W1, kern, tol):
 
     n = W1.shape[1]
     dtype = W1.dtype
-    nt = _threads_for(W1.size, _PARALLEL_MIN_ENTRIES_RADIUS)
+    nt = _threads_for(W1.size)
     x = np.random.default_rng(1).standard_normal((1, n)).astype(dtype)
     x /= np.linalg.norm(x)
     t = np.empty((1, n), dtype=dtype)

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import as_float_array, check_float_dtype, check_int, check_positive
+from .._validate import (
+    as_float_array,
+    as_generator,
+    check_float_dtype,
+    check_int,
+    check_positive,
+)
 from .api import spectral_radius
 
 __all__ = ["identity_recurrent", "orthogonal", "scale_to_spectral_radius"]
-
-
-def _generator(rng: object) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None or (isinstance(rng, (int, np.integer)) and not isinstance(rng, bool)):
-        return np.random.default_rng(rng)
-    raise TypeError(f"rng: must be None, an integer seed or a numpy Generator, got {rng!r}")
 
 
 def orthogonal(
@@ -58,7 +56,7 @@ def orthogonal(
     gain = check_positive(gain, "gain", allow_zero=True)
     dtype = check_float_dtype(dtype)
     rows, cols = shape[0], int(np.prod(shape[1:]))
-    flat = _generator(rng).standard_normal((rows, cols))
+    flat = as_generator(rng, "rng").standard_normal((rows, cols))
     if rows < cols:
         flat = flat.T
     q, r = np.linalg.qr(flat)

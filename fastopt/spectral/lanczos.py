@@ -11,7 +11,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validate import check_choice, check_float_dtype, check_int, check_positive
+from .._validate import (
+    as_float_array,
+    check_choice,
+    check_float_dtype,
+    check_int,
+    check_positive,
+)
 
 
 class LanczosResult(NamedTuple):
@@ -175,7 +181,7 @@ def lanczos_extremes(
     if v0 is None:
         start = np.random.default_rng(seed).standard_normal(n)
     else:
-        start = np.asarray(v0, dtype=np.float64).reshape(-1)
+        start = as_float_array(v0, "v0", allow_int=True).astype(np.float64)
         if start.shape != (n,):
             raise ValueError(f"v0: expected shape ({n},), got {np.shape(v0)}")
     norm0 = np.linalg.norm(start)

@@ -10,6 +10,7 @@ import numpy as np
 
 from .._validate import (
     as_float_array,
+    as_generator,
     check_all_finite,
     check_choice,
     check_float_dtype,
@@ -26,14 +27,6 @@ ACTIVATION_GAMMA = {"linear": 1.0, "tanh": 1.0, "relu": 1.0, "sigmoid": 0.25}
 STABLE_BAND = 1e-2
 #: Directions propagated by gradient_flow (exact norms when n <= this).
 FLOW_BLOCK = 32
-
-
-def _rng(seed: object) -> np.random.Generator:
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise TypeError(f"seed: must be None, an integer or a numpy Generator, got {seed!r}")
-    return np.random.default_rng(seed)
 
 
 class SpectralNormState:
@@ -92,7 +85,7 @@ class SpectralNormState:
         self.eps = check_positive(eps, "eps")
         rows = shape[0]
         cols = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        rng = _rng(seed)
+        rng = as_generator(seed, "seed")
         u = rng.standard_normal(rows)
         v = rng.standard_normal(cols)
         self.u = (u / max(np.linalg.norm(u), self.eps)).astype(dtype)
