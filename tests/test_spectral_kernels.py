@@ -158,3 +158,13 @@ def test_tridiag_top_matches_eigh(backend):
     s2 = np.zeros(1)
     k.tridiag_top(zero, zero, 5, np.zeros(1, np.int64), theta, s2, np.zeros((1, 5)), 1)
     assert theta[0] == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["numpy"])
+def test_every_backend_sizes_work_like_the_shared_plan(backend):
+    from fastopt.spectral import _plan
+
+    k = kernels(backend)
+    for args in [(1, 37, 300, 1), (1, 37, 300, 2), (5, 3, 8, 4), (0, 1, 1, 3)]:
+        assert tuple(k.work_shape(*args)) == _plan.work_shape(*args)
+        assert k.n_chunks(args[1], args[3]) == _plan.n_chunks(args[1], args[3])

@@ -9,15 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def n_chunks(n_rows: int, n_threads: int) -> int:
-    """Rows of ``work`` that :func:`wtwv` needs besides one per active matrix."""
-    return max(1, min(int(n_threads), int(n_rows)))
-
-
-def work_shape(n_active: int, n: int, m: int, n_threads: int) -> tuple[int, int]:
-    """Shape of the float64 ``work`` array :func:`wtwv` needs (same as the Cython kernel's)."""
-    return (max(int(n_active), n_chunks(n, n_threads)), 2 * int(m))
+from ..spectral._plan import n_chunks, work_shape  # noqa: F401  (kernel module API)
 
 
 def wtwv(W, x, t, y, active, work, n_threads):

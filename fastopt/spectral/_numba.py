@@ -13,13 +13,9 @@ import numba as nb
 import numpy as np
 
 from .._threads import apply_numba_threads
+from ._plan import n_chunks, work_shape  # noqa: F401  (part of the kernel module API)
 
 _FAST = {"reassoc", "contract"}  # lets LLVM vectorize the float64 reductions; no NaN assumptions
-
-
-def n_chunks(n_rows: int, n_threads: int) -> int:
-    """Number of row chunks (and rows of ``work``) the single-matrix path of :func:`wtwv` uses."""
-    return max(1, min(int(n_threads), int(n_rows)))
 
 
 _BLOCK = 256  # products summed in the input type per lane within a block, blocks in float64
@@ -268,11 +264,6 @@ def _read_floor(a, nch):  # pragma: no cover - compiled
     for c in range(nch):
         total += part[c]
     return total
-
-
-def work_shape(n_active: int, n: int, m: int, n_threads: int) -> tuple[int, int]:
-    """Shape of the float64 ``work`` array :func:`wtwv` needs (same as the Cython kernel's)."""
-    return (max(int(n_active), n_chunks(n, n_threads)), 2 * int(m))
 
 
 def wtwv(W, x, t, y, active, work, n_threads):
