@@ -106,6 +106,45 @@ def test_both_work_splits_agree(backend, per_channel, n_chunks):
     np.testing.assert_allclose(dw, ref[1], rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("outer, C", [(21, 300), (8, 16), (3, 5)])
+def test_row_sweeps_stream_or_not_give_identical_results(backend, dtype, outer, C):
+    """Channels-last rows: 8-row sum blocks plus a tail, a channel tile boundary (256), and
+    outputs written with or without non-temporal stores, to an unaligned destination."""
+    kernels = _dispatch.load("batchnorm", backend)
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((outer, C, 1)) * 3 + 5).astype(dtype)
+    dy = rng.standard_normal((outer, C, 1)).astype(dtype)
+    w64, b64 = rng.standard_normal(C), rng.standard_normal(C)
+    ref = _dispatch.load("batchnorm", "numpy")
+    ref_y, ref_mean, ref_var, ref_inv = ref.forward_train(x, w64, b64, 1e-5)
+    results = []
+    for stream in (False, True):
+        # the destination starts one element past an allocation: unaligned for vector stores
+        y = np.empty(x.size + 1, dtype)[1:].reshape(x.shape)
+        dx = np.empty(x.size + 1, dtype)[1:].reshape(x.shape)
+        mean, var, inv, dw, db = (np.empty(C) for _ in range(5))
+        kernels.forward_train(x, w64, b64, 1e-5, y, mean, var, inv, False, 3, 2, stream)
+        kernels.backward(dy, x, mean, inv, w64, True, dx, dw, db, False, 3, 2, stream)
+        ye = np.empty_like(y)
+        kernels.forward_eval(x, w64, b64, ye, 3, 2, stream)
+        results.append((y, var, dx, dw, db, ye))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
+    y, var, dx, dw, db, ye = results[0]
+    close(y, ref_y, dtype, 10)
+    np.testing.assert_allclose(var, ref_var, rtol=1e-12 if dtype == np.float64 else 1e-6)
+    close(dx, ref.backward(dy, x, ref_mean, ref_inv, w64, True)[0], dtype, 10)
+    close(ye, x * w64[:, None] + b64[:, None], dtype, 10)
+
+
+def test_plan_streams_only_outputs_larger_than_the_cache_share():
+    assert make_plan(4096, 1024, 1, 2).stream  # 16 MiB of float32
+    assert not make_plan(4096, 1024, 1, 2, itemsize=1).stream
+    assert not make_plan(64, 64, 1, 2, itemsize=8).stream
+
+
 def test_plan_chooses_per_channel_only_with_long_runs_and_many_channels():
     assert make_plan(8, 512, 196, 2).per_channel
     assert not make_plan(128, 256, 784, 2).per_channel  # many runs per slab: rows stream faster

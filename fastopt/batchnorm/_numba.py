@@ -65,12 +65,28 @@ def run_grad_input(dy, x, dx, o, c, a, b, cc):
 # ------------------------------------------------ 2-D rows (inner == 1): sweeps across channels
 
 
+ROW_BLOCK = 8  # rows per sweep in the sums: partial sums stay in registers (as in Cython)
+
+
 @jit
 def rows_sums(x2, lo, hi, shifts, s1, s2):
     C = x2.shape[1]
-    for o in range(lo, hi):
-        r = x2[o]
-        for c in range(C):  # vectorizes across channels
+    o = lo
+    while o + ROW_BLOCK <= hi:
+        for c in range(C):  # vectorizes across channels; the row loop unrolls
+            sh = shifts[c]
+            a = 0.0
+            b = 0.0
+            for j in range(ROW_BLOCK):
+                v = np.float64(x2[o + j, c]) - sh
+                a += v
+                b += v * v
+            s1[c] += a
+            s2[c] += b
+        o += ROW_BLOCK
+    for t in range(o, hi):
+        r = x2[t]
+        for c in range(C):
             v = np.float64(r[c]) - shifts[c]
             s1[c] += v
             s2[c] += v * v
@@ -89,9 +105,22 @@ def rows_normalize(x2, y2, lo, hi, scale, shift):
 @jit
 def rows_grad_sums(g2, x2, lo, hi, mean, s, d):
     C = x2.shape[1]
-    for o in range(lo, hi):
-        gr, xr = g2[o], x2[o]
-        for c in range(C):  # vectorizes across channels
+    o = lo
+    while o + ROW_BLOCK <= hi:
+        for c in range(C):  # vectorizes across channels; the row loop unrolls
+            m = mean[c]
+            a = 0.0
+            b = 0.0
+            for j in range(ROW_BLOCK):
+                g = np.float64(g2[o + j, c])
+                a += g
+                b += (np.float64(x2[o + j, c]) - m) * g
+            s[c] += a
+            d[c] += b
+        o += ROW_BLOCK
+    for t in range(o, hi):
+        gr, xr = g2[t], x2[t]
+        for c in range(C):
             g = np.float64(gr[c])
             s[c] += g
             d[c] += (np.float64(xr[c]) - mean[c]) * g
@@ -266,8 +295,10 @@ def _backward_chunked(dy, x, mean, invstd, weight, training, dx, dweight, dbias,
 # ------------------------------------------------------------------ entry points (as in Cython)
 
 
-def forward_train(x, weight, bias, eps, y, mean, var, invstd, per_channel, n_chunks, n_threads):
-    """Training forward; same contract as ``_cython.forward_train``."""
+def forward_train(x, weight, bias, eps, y, mean, var, invstd, per_channel, n_chunks, n_threads,
+                  stream=False):
+    """Training forward; same contract as ``_cython.forward_train`` (``stream`` is ignored:
+    Numba has no non-temporal stores)."""
     apply_numba_threads(n_threads)
     if per_channel:
         _forward_per_channel(x, weight, bias, eps, y, mean, var, invstd)
@@ -275,14 +306,14 @@ def forward_train(x, weight, bias, eps, y, mean, var, invstd, per_channel, n_chu
         _forward_chunked(x, weight, bias, eps, y, mean, var, invstd, n_chunks)
 
 
-def forward_eval(x, scale, shift, y, n_chunks, n_threads):
+def forward_eval(x, scale, shift, y, n_chunks, n_threads, stream=False):
     """Normalize with given statistics; same contract as ``_cython.forward_eval``."""
     apply_numba_threads(n_threads)
     _normalize(x, y, scale, shift, n_chunks)
 
 
 def backward(dy, x, mean, invstd, weight, training, dx, dweight, dbias, per_channel, n_chunks,
-             n_threads):
+             n_threads, stream=False):
     """Backward; same contract as ``_cython.backward``."""
     apply_numba_threads(n_threads)
     if per_channel:

