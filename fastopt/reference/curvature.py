@@ -114,3 +114,12 @@ def hidden_backward(DA, DV, D1, D2, RZ, gn, D, n_threads):
 def colsum(D, out, n_threads):
     """Column sums in float64."""
     out[...] = D.sum(axis=0, dtype=np.float64)
+
+
+def batched_transpose(a, b, dst, n_threads):
+    """dst[i] = a[i].T (+ b[i].T when b is not empty); see the Cython kernel."""
+    t = a.transpose(0, 2, 1)
+    if b.shape[0]:
+        np.add(t, b.transpose(0, 2, 1), out=dst)
+    else:
+        dst[...] = t
