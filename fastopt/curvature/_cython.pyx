@@ -338,28 +338,56 @@ cdef inline void _backward_row(const real* da0, const real* dar, const real* dv,
 
 
 def hidden_backward(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, ::1] D1, real[:, ::1] D2,
-                    real[:, :, ::1] RZ, int gn, real[:, :, ::1] D, int n_threads):
+                    real[:, :, ::1] RZ, int gn, real[:, :, ::1] D, double[::1] S, int first,
+                    int n_threads):
     """delta and R(delta) of one hidden layer from DA = D_next @ W^T (N, 1 + k, n).
 
     DV : (N, k, n) = delta_next @ [V_1^T .. V_k^T] (unused when gn); D1, D2 : act', act'';
     RZ : (N, k, n) the R-forward pre-activations. gn != 0: Gauss-Newton (no second-order terms).
+    S : empty, or ``((1 + k - first) * n,)``: also the column sums of ``D[:, first:]`` (the bias
+    products of the layer below), bit for bit what ``colsum`` gives (float64, row order).
+    On one thread they accumulate in the same pass, while each row is still in L1 (a separate
+    ``colsum`` pass re-reads D from L2/L3); on more, in a ``colsum`` pass after it.
     """
     cdef Py_ssize_t N = DA.shape[0], kk = DA.shape[1], n = DA.shape[2]
-    cdef Py_ssize_t i, o, j
-    cdef real* da0
-    cdef real* d1
-    cdef real* out
+    cdef Py_ssize_t M = (kk - first) * n
+    cdef bint sums = S.shape[0] != 0
+    cdef Py_ssize_t i, o
+    cdef const real* row
+    cdef double* acc
+    if sums and (S.shape[0] != M or first < 0 or first > kk):
+        raise ValueError(f"hidden_backward: S must have {M} entries, got {S.shape[0]}")
     with nogil:
-        for i in prange(N, num_threads=n_threads, schedule="static"):
-            da0 = &DA[i, 0, 0]
-            d1 = &D1[i, 0]
-            out = &D[i, 0, 0]
-            for o in range(n):
-                out[o] = da0[o] * d1[o]
-            for j in range(kk - 1):
-                _backward_row(da0, &DA[i, 1 + j, 0], NULL if gn else &DV[i, j, 0], d1,
-                              NULL if gn else &D2[i, 0], NULL if gn else &RZ[i, j, 0],
-                              &D[i, 1 + j, 0], n, gn)
+        if sums and n_threads <= 1:
+            acc = &S[0]
+            for o in range(M):
+                acc[o] = 0
+            for i in range(N):
+                _backward_one(DA, DV, D1, D2, RZ, gn, D, i)
+                row = &D[i, first, 0]
+                for o in range(M):
+                    acc[o] = acc[o] + row[o]
+        else:
+            for i in prange(N, num_threads=n_threads, schedule="static"):
+                _backward_one(DA, DV, D1, D2, RZ, gn, D, i)
+            if sums:
+                _colsum(&D[0, first, 0], kk * n, N, M, &S[0], n_threads)
+
+
+cdef inline void _backward_one(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, ::1] D1,
+                               real[:, ::1] D2, real[:, :, ::1] RZ, int gn,
+                               real[:, :, ::1] D, Py_ssize_t i) noexcept nogil:
+    """Row i of ``hidden_backward``."""
+    cdef Py_ssize_t kk = DA.shape[1], n = DA.shape[2], o, j
+    cdef const real* da0 = &DA[i, 0, 0]
+    cdef const real* d1 = &D1[i, 0]
+    cdef real* out = &D[i, 0, 0]
+    for o in range(n):
+        out[o] = da0[o] * d1[o]
+    for j in range(kk - 1):
+        _backward_row(da0, &DA[i, 1 + j, 0], NULL if gn else &DV[i, j, 0], d1,
+                      NULL if gn else &D2[i, 0], NULL if gn else &RZ[i, j, 0],
+                      &D[i, 1 + j, 0], n, gn)
 
 
 def colsum(real[:, :] D, double[::1] out, int n_threads):
@@ -370,23 +398,30 @@ def colsum(real[:, :] D, double[::1] out, int n_threads):
     cdef Py_ssize_t N = D.shape[0], M = D.shape[1]
     if M > 1 and D.strides[1] != sizeof(real):
         raise ValueError("colsum: rows of D must be contiguous")
+    if N == 0 or M == 0:
+        out[:] = 0
+        return
+    with nogil:
+        _colsum(&D[0, 0], D.strides[0] // <Py_ssize_t>sizeof(real), N, M, &out[0], n_threads)
+
+
+cdef void _colsum(const real* D, Py_ssize_t ld, Py_ssize_t N, Py_ssize_t M, double* out,
+                  int n_threads) noexcept nogil:
+    """Column sums of the N x M matrix at D (row stride ld) in blocks of 256 columns."""
     cdef Py_ssize_t blk, nb, i, m, m0, w, B = 256
     cdef const real* row
     cdef double* acc
     nb = (M + B - 1) // B
-    with nogil:
-        for m in range(M):
-            out[m] = 0
-        for blk in prange(nb, num_threads=n_threads, schedule="static"):
-            m0 = blk * B
-            w = M - m0 if M - m0 < B else B
-            acc = &out[m0]
-            for i in range(N):
-                row = &D[i, m0]
-                for m in range(w):
-                    acc[m] = acc[m] + row[m]
-
-
+    for m in range(M):
+        out[m] = 0
+    for blk in prange(nb, num_threads=n_threads, schedule="static"):
+        m0 = blk * B
+        w = M - m0 if M - m0 < B else B
+        acc = &out[m0]
+        for i in range(N):
+            row = &D[i * ld + m0]
+            for m in range(w):
+                acc[m] = acc[m] + row[m]
 
 
 def batched_transpose(real[:, :, :] a, real[:, :, :] b, real[:, :, :] dst, int n_threads):

@@ -209,6 +209,22 @@ def _hidden_backward_rows(DA, DV, D1, D2, RZ, gn, D, i0, i1):
 
 
 @njit(cache=True, error_model="numpy")
+def _hidden_backward_sums(DA, DV, D1, D2, RZ, gn, D, S, first):
+    """``_hidden_backward_rows`` over all rows, accumulating the column sums of
+    ``D[:, first:]`` row by row (in a local array: LLVM cannot tell ``S`` from ``D``)."""
+    N, kk, n = DA.shape
+    acc = np.zeros(S.shape[0], np.float64)
+    for i in range(N):
+        _hidden_backward_rows(DA, DV, D1, D2, RZ, gn, D, i, i + 1)
+        for j in range(first, kk):
+            row = D[i, j]
+            base = (j - first) * n
+            for o in range(n):
+                acc[base + o] += row[o]
+    S[:] = acc
+
+
+@njit(cache=True, error_model="numpy")
 def _colsum_blocks(D, out, b0, b1):
     """Column sums of the column blocks ``b0 .. b1 - 1`` of D into ``out``, row by row.
 
@@ -316,13 +332,21 @@ def output_forward(Z, b, AV, C, loss, need, labels, Y, D, losses, n_threads):
         _output_forward_par(Z, b, AV, C, loss, need, labels, Y, D, losses, 4 * n)
 
 
-def hidden_backward(DA, DV, D1, D2, RZ, gn, D, n_threads):
+def hidden_backward(DA, DV, D1, D2, RZ, gn, D, S, first, n_threads):
     """See ``fastopt.curvature._cython.hidden_backward``."""
-    n = _threads(n_threads)
-    if n == 1:
-        _hidden_backward_rows(DA, DV, D1, D2, RZ, gn, D, 0, DA.shape[0])
+    N, kk, n = DA.shape
+    if S.shape[0] and S.shape[0] != (kk - first) * n:
+        raise ValueError(f"hidden_backward: S must have {(kk - first) * n} entries")
+    t = _threads(n_threads)
+    if t == 1 and S.shape[0]:
+        _hidden_backward_sums(DA, DV, D1, D2, RZ, gn, D, S, first)
+        return
+    if t == 1:
+        _hidden_backward_rows(DA, DV, D1, D2, RZ, gn, D, 0, N)
     else:
-        _hidden_backward_par(DA, DV, D1, D2, RZ, gn, D, 4 * n)
+        _hidden_backward_par(DA, DV, D1, D2, RZ, gn, D, 4 * t)
+    if S.shape[0]:
+        colsum(D[:, first:, :].reshape(N, (kk - first) * n), S, n_threads)
 
 
 def colsum(D, out, n_threads):

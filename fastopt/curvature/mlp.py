@@ -458,6 +458,7 @@ class MLP:
         m = kk - first
         gn = 1 if mode == "gnvp" else 0
         S = buf("S", (m * max(self.sizes[1:]),), np.dtype(np.float64))
+        have_sums = False  # S already holds the column sums of D (from hidden_backward)
         for l in range(L - 1, -1, -1):
             W, _ = layers[l]
             n_in, n_o = W.shape
@@ -469,7 +470,8 @@ class MLP:
             np.matmul(Ain[:, 0, :].T, Dsel, out=G)
             G = G.reshape(n_in, m, n_o)
             Sl = S[: m * n_o]
-            mod.colsum(Dsel, Sl, nt(Dsel.size))
+            if not have_sums:
+                mod.colsum(Dsel, Sl, nt(Dsel.size))
             outW = out[o0:o1].reshape(n_in, n_o, m)
             # outW (n_in, n_o, m) = G^T (+ Gr^T) per input row: a transpose of (m, n_o) blocks;
             # for m > 1 through the tiled kernel (numpy's strided add was 2x slower).
@@ -498,7 +500,12 @@ class MLP:
                     DV = dummy3
                 D1, D2, RZ = caches[l - 1]
                 Dn = buf(f"D{l}", (N, kk, n_in))
-                mod.hidden_backward(DA, DV, D1, D2, RZ, gn, Dn, nt(Dn.size))
+                # also the bias products of layer l - 1 (column sums of Dn's returned streams),
+                # in the same pass when it is serial, while each row is in L1 (a separate
+                # colsum pass re-read Dn from L2/L3)
+                mod.hidden_backward(DA, DV, D1, D2, RZ, gn, Dn, S[: m * n_in], first,
+                                    nt(Dn.size))
+                have_sums = True
                 D = Dn
         return (loss, None, hv) if k else (loss, grad, None)
 
