@@ -385,3 +385,70 @@ def test_hvp_symmetric_and_backends_agree_on_random_nets(sizes, N, act, loss, se
             assert rel_err(net.hvp(theta, X, y, UV, backend=backend), ref) <= 1e-11 or (
                 np.abs(ref).max() == 0 and not net.hvp(theta, X, y, UV, backend=backend).any()
             )
+
+
+# ------------------------------------------------------------------------------ layout kernels
+def _kernels(backend):
+    if backend == "numpy":
+        from fastopt.reference import curvature as mod
+    else:
+        mod = _dispatch.load("curvature", backend)
+    return mod
+
+
+@pytest.mark.parametrize("backend", compiled_backends("curvature") + ["numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 1, 5), (2, 5, 1), (1, 70, 33), (4, 32, 64),
+                                   (2, 3, 100)])
+def test_batched_transpose_exact(backend, dtype, shape):
+    """dst[i] = a[i].T (+ b[i].T) bit for bit, for views with padded rows and tile edges."""
+    mod = _kernels(backend)
+    rng = np.random.default_rng(7)
+    B, R, C = shape
+    a = rng.standard_normal((B, R, C + 3)).astype(dtype)[:, :, 1 : 1 + C]  # strided rows
+    bb = rng.standard_normal((R, B, C)).astype(dtype).transpose(1, 0, 2)  # permuted view
+    empty = np.empty((0, 0, 0), dtype)
+    dst = np.full((B, C + 2, R), np.nan, dtype)[:, 1 : 1 + C, :]
+    mod.batched_transpose(a, empty, dst, 1)
+    np.testing.assert_array_equal(dst, a.transpose(0, 2, 1))
+    mod.batched_transpose(a, bb, dst, 1)
+    np.testing.assert_array_equal(dst, a.transpose(0, 2, 1) + bb.transpose(0, 2, 1))
+
+
+@pytest.mark.parametrize("backend", compiled_backends("curvature") + ["numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_colsum_matches_float64_sum(backend, dtype, n_threads):
+    """Column sums of a row-strided slice (as mlp.py passes) over several column blocks."""
+    mod = _kernels(backend)
+    D = np.random.default_rng(3).standard_normal((37, 3, 300)).astype(dtype)
+    Dsel = D[:, 1:, :].reshape(37, 600)
+    out = np.full(600, np.nan)
+    mod.colsum(Dsel, out, n_threads)
+    np.testing.assert_allclose(out, Dsel.astype(np.float64).sum(axis=0), rtol=1e-13, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", compiled_backends("curvature") + ["numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("first", [0, 1])
+def test_hidden_backward_sums_equal_colsum(backend, dtype, n_threads, first):
+    """hidden_backward's fused column sums are what a separate colsum pass gives, bit for bit,
+    and D is the same with or without them."""
+    mod = _kernels(backend)
+    rng = np.random.default_rng(11)
+    N, k, n = 29, 3, 300
+    DA = rng.standard_normal((N, 1 + k, n)).astype(dtype)
+    DV, RZ = (rng.standard_normal((N, k, n)).astype(dtype) for _ in range(2))
+    D1, D2 = (rng.standard_normal((N, n)).astype(dtype) for _ in range(2))
+    D_ref, D = np.empty_like(DA), np.empty_like(DA)
+    mod.hidden_backward(DA, DV, D1, D2, RZ, 0, D_ref, np.empty(0), first, n_threads)
+    S = np.full((1 + k - first) * n, np.nan)
+    mod.hidden_backward(DA, DV, D1, D2, RZ, 0, D, S, first, n_threads)
+    np.testing.assert_array_equal(D, D_ref)
+    ref = np.empty_like(S)
+    mod.colsum(D_ref[:, first:, :].reshape(N, -1), ref, 1)
+    np.testing.assert_array_equal(S, ref)
+    if backend != "numpy":  # the compiled kernels write through raw pointers: sizes checked
+        with pytest.raises(ValueError, match="S must have"):
+            mod.hidden_backward(DA, DV, D1, D2, RZ, 0, D, np.empty(5), first, n_threads)

@@ -11,7 +11,9 @@ between them, one pass over memory each, in the input's dtype (float32 or float6
 - ``hidden_backward``: delta = da * act'(z) and the R-backward
   R(delta) = (R(da) + delta_next V^T) * act'(z) + da * act''(z) * Rz (Gauss-Newton drops the
   second-order terms);
-- ``colsum``: column sums in float64 (bias gradients), deterministic for any thread count.
+- ``colsum``: column sums in float64 (bias gradients), deterministic for any thread count;
+- ``batched_transpose``: the tiled transpose(-and-add) that lays k directions out for the
+  products and the products out as ``(P, k)`` (``mlp.py``, k > 1).
 
 Layouts: streams are stored interleaved, ``(N, 1 + k, n)``: slot 0 is the forward value, slot
 ``1 + j`` the R-stream of direction ``j``. Reshaped to ``(N * (1 + k), n)`` this is one matrix, so
@@ -21,6 +23,42 @@ the next product runs as one large GEMM. Every kernel releases the GIL and runs 
 
 from cython.parallel cimport prange
 from libc.math cimport exp, expf, fabs, fabsf, log, log1p, log1pf, tanh, tanhf
+
+cdef extern from *:
+    """
+    /* dst[c * ldd + r] = a[r * lda + c] (+ b[r * ldb + c]) for r < R, c < C: a transpose
+       (and add), in 32 x 32 tiles so that the strided side touches 32 cache lines at a time
+       (numpy's copyto read a 128 x 1024 transpose down columns 4 KiB apart: L1 set
+       conflicts, ~2.8 ns per value). */
+    #define FO_TILE 32
+    #define FO_TRANSPOSE(NAME, T)                                                           \
+    static void NAME(T *restrict dst, Py_ssize_t ldd, const T *restrict a, Py_ssize_t lda,  \
+                     const T *restrict b, Py_ssize_t ldb, Py_ssize_t R, Py_ssize_t C) {     \
+        for (Py_ssize_t r0 = 0; r0 < R; r0 += FO_TILE) {                                    \
+            Py_ssize_t r1 = r0 + FO_TILE < R ? r0 + FO_TILE : R;                            \
+            for (Py_ssize_t c0 = 0; c0 < C; c0 += FO_TILE) {                                \
+                Py_ssize_t c1 = c0 + FO_TILE < C ? c0 + FO_TILE : C;                        \
+                if (b) {                                                                    \
+                    for (Py_ssize_t r = r0; r < r1; ++r)                                    \
+                        for (Py_ssize_t c = c0; c < c1; ++c)                                \
+                            dst[c * ldd + r] = a[r * lda + c] + b[r * ldb + c];             \
+                } else {                                                                    \
+                    for (Py_ssize_t r = r0; r < r1; ++r)                                    \
+                        for (Py_ssize_t c = c0; c < c1; ++c)                                \
+                            dst[c * ldd + r] = a[r * lda + c];                              \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    }
+    FO_TRANSPOSE(fo_transpose_f, float)
+    FO_TRANSPOSE(fo_transpose_d, double)
+    """
+    void fo_transpose_f(float* dst, Py_ssize_t ldd, const float* a, Py_ssize_t lda,
+                        const float* b, Py_ssize_t ldb, Py_ssize_t R, Py_ssize_t C) noexcept nogil
+    void fo_transpose_d(double* dst, Py_ssize_t ldd, const double* a, Py_ssize_t lda,
+                        const double* b, Py_ssize_t ldb, Py_ssize_t R,
+                        Py_ssize_t C) noexcept nogil
+
 
 ctypedef fused real:
     float
@@ -300,28 +338,56 @@ cdef inline void _backward_row(const real* da0, const real* dar, const real* dv,
 
 
 def hidden_backward(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, ::1] D1, real[:, ::1] D2,
-                    real[:, :, ::1] RZ, int gn, real[:, :, ::1] D, int n_threads):
+                    real[:, :, ::1] RZ, int gn, real[:, :, ::1] D, double[::1] S, int first,
+                    int n_threads):
     """delta and R(delta) of one hidden layer from DA = D_next @ W^T (N, 1 + k, n).
 
     DV : (N, k, n) = delta_next @ [V_1^T .. V_k^T] (unused when gn); D1, D2 : act', act'';
     RZ : (N, k, n) the R-forward pre-activations. gn != 0: Gauss-Newton (no second-order terms).
+    S : empty, or ``((1 + k - first) * n,)``: also the column sums of ``D[:, first:]`` (the bias
+    products of the layer below), bit for bit what ``colsum`` gives (float64, row order).
+    On one thread they accumulate in the same pass, while each row is still in L1 (a separate
+    ``colsum`` pass re-reads D from L2/L3); on more, in a ``colsum`` pass after it.
     """
     cdef Py_ssize_t N = DA.shape[0], kk = DA.shape[1], n = DA.shape[2]
-    cdef Py_ssize_t i, o, j
-    cdef real* da0
-    cdef real* d1
-    cdef real* out
+    cdef Py_ssize_t M = (kk - first) * n
+    cdef bint sums = S.shape[0] != 0
+    cdef Py_ssize_t i, o
+    cdef const real* row
+    cdef double* acc
+    if sums and (S.shape[0] != M or first < 0 or first > kk):
+        raise ValueError(f"hidden_backward: S must have {M} entries, got {S.shape[0]}")
     with nogil:
-        for i in prange(N, num_threads=n_threads, schedule="static"):
-            da0 = &DA[i, 0, 0]
-            d1 = &D1[i, 0]
-            out = &D[i, 0, 0]
-            for o in range(n):
-                out[o] = da0[o] * d1[o]
-            for j in range(kk - 1):
-                _backward_row(da0, &DA[i, 1 + j, 0], NULL if gn else &DV[i, j, 0], d1,
-                              NULL if gn else &D2[i, 0], NULL if gn else &RZ[i, j, 0],
-                              &D[i, 1 + j, 0], n, gn)
+        if sums and n_threads <= 1:
+            acc = &S[0]
+            for o in range(M):
+                acc[o] = 0
+            for i in range(N):
+                _backward_one(DA, DV, D1, D2, RZ, gn, D, i)
+                row = &D[i, first, 0]
+                for o in range(M):
+                    acc[o] = acc[o] + row[o]
+        else:
+            for i in prange(N, num_threads=n_threads, schedule="static"):
+                _backward_one(DA, DV, D1, D2, RZ, gn, D, i)
+            if sums:
+                _colsum(&D[0, first, 0], kk * n, N, M, &S[0], n_threads)
+
+
+cdef inline void _backward_one(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, ::1] D1,
+                               real[:, ::1] D2, real[:, :, ::1] RZ, int gn,
+                               real[:, :, ::1] D, Py_ssize_t i) noexcept nogil:
+    """Row i of ``hidden_backward``."""
+    cdef Py_ssize_t kk = DA.shape[1], n = DA.shape[2], o, j
+    cdef const real* da0 = &DA[i, 0, 0]
+    cdef const real* d1 = &D1[i, 0]
+    cdef real* out = &D[i, 0, 0]
+    for o in range(n):
+        out[o] = da0[o] * d1[o]
+    for j in range(kk - 1):
+        _backward_row(da0, &DA[i, 1 + j, 0], NULL if gn else &DV[i, j, 0], d1,
+                      NULL if gn else &D2[i, 0], NULL if gn else &RZ[i, j, 0],
+                      &D[i, 1 + j, 0], n, gn)
 
 
 def colsum(real[:, :] D, double[::1] out, int n_threads):
@@ -332,18 +398,59 @@ def colsum(real[:, :] D, double[::1] out, int n_threads):
     cdef Py_ssize_t N = D.shape[0], M = D.shape[1]
     if M > 1 and D.strides[1] != sizeof(real):
         raise ValueError("colsum: rows of D must be contiguous")
+    if N == 0 or M == 0:
+        out[:] = 0
+        return
+    with nogil:
+        _colsum(&D[0, 0], D.strides[0] // <Py_ssize_t>sizeof(real), N, M, &out[0], n_threads)
+
+
+cdef void _colsum(const real* D, Py_ssize_t ld, Py_ssize_t N, Py_ssize_t M, double* out,
+                  int n_threads) noexcept nogil:
+    """Column sums of the N x M matrix at D (row stride ld) in blocks of 256 columns."""
     cdef Py_ssize_t blk, nb, i, m, m0, w, B = 256
     cdef const real* row
     cdef double* acc
     nb = (M + B - 1) // B
+    for m in range(M):
+        out[m] = 0
+    for blk in prange(nb, num_threads=n_threads, schedule="static"):
+        m0 = blk * B
+        w = M - m0 if M - m0 < B else B
+        acc = &out[m0]
+        for i in range(N):
+            row = &D[i * ld + m0]
+            for m in range(w):
+                acc[m] = acc[m] + row[m]
+
+
+def batched_transpose(real[:, :, :] a, real[:, :, :] b, real[:, :, :] dst, int n_threads):
+    """dst[i] = a[i].T (+ b[i].T when b is not empty): the layout changes of k directions.
+
+    a, b : (B, R, C), dst : (B, C, R), each with contiguous rows and any other strides (mlp.py
+    passes permuted views of V and of the products). Tiled (see ``fo_transpose``); serial,
+    ``n_threads`` is accepted for a uniform kernel signature.
+    """
+    cdef Py_ssize_t B = a.shape[0], R = a.shape[1], C = a.shape[2], i
+    cdef bint has_b = b.shape[0] != 0
+    if (C > 1 and (a.strides[2] != sizeof(real) or has_b and b.strides[2] != sizeof(real))
+            or R > 1 and dst.strides[2] != sizeof(real)):
+        raise ValueError("batched_transpose: rows of a, b and dst must be contiguous")
+    cdef Py_ssize_t lda = a.strides[1] // sizeof(real), ldd = dst.strides[1] // sizeof(real)
+    cdef Py_ssize_t ldb = b.strides[1] // sizeof(real) if has_b else 0
+    if R <= 1:  # a row stride may be anything (even 0) when there is one row
+        lda = C
+    if C <= 1:
+        ldd = R
+    if has_b and R <= 1:
+        ldb = C
+    if R == 0 or C == 0:
+        return
     with nogil:
-        for m in range(M):
-            out[m] = 0
-        for blk in prange(nb, num_threads=n_threads, schedule="static"):
-            m0 = blk * B
-            w = M - m0 if M - m0 < B else B
-            acc = &out[m0]
-            for i in range(N):
-                row = &D[i, m0]
-                for m in range(w):
-                    acc[m] = acc[m] + row[m]
+        for i in range(B):
+            if real is float:
+                fo_transpose_f(&dst[i, 0, 0], ldd, &a[i, 0, 0], lda,
+                               &b[i, 0, 0] if has_b else NULL, ldb, R, C)
+            else:
+                fo_transpose_d(&dst[i, 0, 0], ldd, &a[i, 0, 0], lda,
+                               &b[i, 0, 0] if has_b else NULL, ldb, R, C)

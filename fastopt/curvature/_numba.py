@@ -209,16 +209,61 @@ def _hidden_backward_rows(DA, DV, D1, D2, RZ, gn, D, i0, i1):
 
 
 @njit(cache=True, error_model="numpy")
+def _hidden_backward_sums(DA, DV, D1, D2, RZ, gn, D, S, first):
+    """``_hidden_backward_rows`` over all rows, accumulating the column sums of
+    ``D[:, first:]`` row by row (in a local array: LLVM cannot tell ``S`` from ``D``)."""
+    N, kk, n = DA.shape
+    acc = np.zeros(S.shape[0], np.float64)
+    for i in range(N):
+        _hidden_backward_rows(DA, DV, D1, D2, RZ, gn, D, i, i + 1)
+        for j in range(first, kk):
+            row = D[i, j]
+            base = (j - first) * n
+            for o in range(n):
+                acc[base + o] += row[o]
+    S[:] = acc
+
+
+@njit(cache=True, error_model="numpy")
 def _colsum_blocks(D, out, b0, b1):
+    """Column sums of the column blocks ``b0 .. b1 - 1`` of D into ``out``, row by row.
+
+    Each block accumulates in a local float64 array (which LLVM knows aliases nothing) over
+    row slices: accumulating into ``out[m]`` directly, indexed ``D[i, m]``, ran 2.2x slower.
+    """
     N, M = D.shape
+    acc = np.empty(_COLSUM_BLOCK, np.float64)
     for blk in range(b0, b1):
         m0 = blk * _COLSUM_BLOCK
-        m1 = min(m0 + _COLSUM_BLOCK, M)
-        for m in range(m0, m1):
-            out[m] = 0.0
+        w = min(m0 + _COLSUM_BLOCK, M) - m0
+        acc[:w] = 0.0
         for i in range(N):
-            for m in range(m0, m1):
-                out[m] += D[i, m]
+            row = D[i, m0 : m0 + w]
+            for m in range(w):
+                acc[m] += row[m]
+        for m in range(w):
+            out[m0 + m] = acc[m]
+
+
+_TILE = 32  # tile edge of the batched transposes
+
+
+@njit(cache=True, error_model="numpy")
+def _batched_transpose(a, b, dst, has_b):
+    B, R, C = a.shape
+    for i in range(B):
+        for r0 in range(0, R, _TILE):
+            r1 = min(r0 + _TILE, R)
+            for c0 in range(0, C, _TILE):
+                c1 = min(c0 + _TILE, C)
+                if has_b:
+                    for r in range(r0, r1):
+                        for c in range(c0, c1):
+                            dst[i, c, r] = a[i, r, c] + b[i, r, c]
+                else:
+                    for r in range(r0, r1):
+                        for c in range(c0, c1):
+                            dst[i, c, r] = a[i, r, c]
 
 
 # Parallel drivers: a fixed number of contiguous chunks (rows or column blocks) per call, each
@@ -287,13 +332,21 @@ def output_forward(Z, b, AV, C, loss, need, labels, Y, D, losses, n_threads):
         _output_forward_par(Z, b, AV, C, loss, need, labels, Y, D, losses, 4 * n)
 
 
-def hidden_backward(DA, DV, D1, D2, RZ, gn, D, n_threads):
+def hidden_backward(DA, DV, D1, D2, RZ, gn, D, S, first, n_threads):
     """See ``fastopt.curvature._cython.hidden_backward``."""
-    n = _threads(n_threads)
-    if n == 1:
-        _hidden_backward_rows(DA, DV, D1, D2, RZ, gn, D, 0, DA.shape[0])
+    N, kk, n = DA.shape
+    if S.shape[0] and S.shape[0] != (kk - first) * n:
+        raise ValueError(f"hidden_backward: S must have {(kk - first) * n} entries")
+    t = _threads(n_threads)
+    if t == 1 and S.shape[0]:
+        _hidden_backward_sums(DA, DV, D1, D2, RZ, gn, D, S, first)
+        return
+    if t == 1:
+        _hidden_backward_rows(DA, DV, D1, D2, RZ, gn, D, 0, N)
     else:
-        _hidden_backward_par(DA, DV, D1, D2, RZ, gn, D, 4 * n)
+        _hidden_backward_par(DA, DV, D1, D2, RZ, gn, D, 4 * t)
+    if S.shape[0]:
+        colsum(D[:, first:, :].reshape(N, (kk - first) * n), S, n_threads)
 
 
 def colsum(D, out, n_threads):
@@ -304,3 +357,8 @@ def colsum(D, out, n_threads):
         _colsum_blocks(D, out, 0, nb)
     else:
         _colsum_par(D, out, min(nb, 4 * n))
+
+
+def batched_transpose(a, b, dst, n_threads):
+    """See ``fastopt.curvature._cython.batched_transpose`` (tiled, serial)."""
+    _batched_transpose(a, b, dst, b.shape[0] != 0)

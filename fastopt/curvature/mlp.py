@@ -389,13 +389,19 @@ class MLP:
                     VTc.append(Vl.T)
                     Cs.append(V[o1:o2].reshape(1, n_o))
                     continue
+                # V_l is (n_in, n_o, k); the products need [V_1 .. V_k] (n_in, k n_o) and
+                # [V_1^T .. V_k^T] (n_o, k n_in), which no strides of V_l express: one copy
+                # each. The second is a plain transpose of V_l as (n_in, n_o k), through the
+                # tiled kernel (numpy's strided copy reads it down 4 KiB-apart columns, 5x
+                # slower); the first, (n_o, k) blocks, is fine in numpy.
                 Vl = V[o0:o1].reshape(n_in, n_o, k)
                 vc = buf(f"Vc{l}", (n_in, k, n_o))
                 np.copyto(vc, Vl.transpose(0, 2, 1))
                 Vc.append(vc.reshape(n_in, k * n_o))
                 if mode == "hvp" and l > 0:
-                    vt = buf(f"VTc{l}", (n_o, k, n_in))
-                    np.copyto(vt, Vl.transpose(1, 2, 0))
+                    vt = buf(f"VTc{l}", (n_o * k, n_in))
+                    mod.batched_transpose(V[o0:o1].reshape(1, n_in, n_o * k), dummy3,
+                                          vt.reshape(1, n_o * k, n_in), 1)
                     VTc.append(vt.reshape(n_o, k * n_in))
                 else:
                     VTc.append(None)
@@ -452,6 +458,7 @@ class MLP:
         m = kk - first
         gn = 1 if mode == "gnvp" else 0
         S = buf("S", (m * max(self.sizes[1:]),), np.dtype(np.float64))
+        have_sums = False  # S already holds the column sums of D (from hidden_backward)
         for l in range(L - 1, -1, -1):
             W, _ = layers[l]
             n_in, n_o = W.shape
@@ -463,13 +470,21 @@ class MLP:
             np.matmul(Ain[:, 0, :].T, Dsel, out=G)
             G = G.reshape(n_in, m, n_o)
             Sl = S[: m * n_o]
-            mod.colsum(Dsel, Sl, nt(Dsel.size))
+            if not have_sums:
+                mod.colsum(Dsel, Sl, nt(Dsel.size))
             outW = out[o0:o1].reshape(n_in, n_o, m)
+            # outW (n_in, n_o, m) = G^T (+ Gr^T) per input row: a transpose of (m, n_o) blocks;
+            # for m > 1 through the tiled kernel (numpy's strided add was 2x slower).
             if mode == "hvp" and kz > 1:
                 Gr = buf(f"Gr{l}", (k * n_in, n_o))
                 np.matmul(Ain[:, 1:, :].reshape(N, k * n_in).T, D[:, 0, :], out=Gr)
-                np.add(G.transpose(0, 2, 1), Gr.reshape(k, n_in, n_o).transpose(1, 2, 0),
-                       out=outW)
+                Grt = Gr.reshape(k, n_in, n_o).transpose(1, 0, 2)
+                if m > 1:
+                    mod.batched_transpose(G, Grt, outW, 1)
+                else:
+                    np.add(G.transpose(0, 2, 1), Grt.transpose(0, 2, 1), out=outW)
+            elif m > 1:
+                mod.batched_transpose(G, dummy3, outW, 1)
             else:
                 outW[...] = G.transpose(0, 2, 1)
             out[o1:o2] = Sl.reshape(m, n_o).T
@@ -485,7 +500,12 @@ class MLP:
                     DV = dummy3
                 D1, D2, RZ = caches[l - 1]
                 Dn = buf(f"D{l}", (N, kk, n_in))
-                mod.hidden_backward(DA, DV, D1, D2, RZ, gn, Dn, nt(Dn.size))
+                # also the bias products of layer l - 1 (column sums of Dn's returned streams),
+                # in the same pass when it is serial, while each row is in L1 (a separate
+                # colsum pass re-read Dn from L2/L3)
+                mod.hidden_backward(DA, DV, D1, D2, RZ, gn, Dn, S[: m * n_in], first,
+                                    nt(Dn.size))
+                have_sums = True
                 D = Dn
         return (loss, None, hv) if k else (loss, grad, None)
 

@@ -100,8 +100,9 @@ def output_forward(Z, b, AV, C, loss, need, labels, Y, D, losses, n_threads):
         D[:, 0, :] = grad / N
 
 
-def hidden_backward(DA, DV, D1, D2, RZ, gn, D, n_threads):
-    """delta and R(delta) of one hidden layer; see the Cython kernel."""
+def hidden_backward(DA, DV, D1, D2, RZ, gn, D, S, first, n_threads):
+    """delta and R(delta) of one hidden layer (+ column sums of D[:, first:] into a non-empty
+    S); see the Cython kernel."""
     da = DA[:, 0, :]
     D[:, 0, :] = da * D1
     if DA.shape[1] > 1:
@@ -109,8 +110,19 @@ def hidden_backward(DA, DV, D1, D2, RZ, gn, D, n_threads):
             D[:, 1:, :] = DA[:, 1:, :] * D1[:, None, :]
         else:
             D[:, 1:, :] = (DA[:, 1:, :] + DV) * D1[:, None, :] + (da * D2)[:, None, :] * RZ
+    if S.shape[0]:
+        colsum(D[:, first:, :].reshape(D.shape[0], -1), S, n_threads)
 
 
 def colsum(D, out, n_threads):
     """Column sums in float64."""
     out[...] = D.sum(axis=0, dtype=np.float64)
+
+
+def batched_transpose(a, b, dst, n_threads):
+    """dst[i] = a[i].T (+ b[i].T when b is not empty); see the Cython kernel."""
+    t = a.transpose(0, 2, 1)
+    if b.shape[0]:
+        np.add(t, b.transpose(0, 2, 1), out=dst)
+    else:
+        dst[...] = t
