@@ -106,53 +106,74 @@ def test_both_work_splits_agree(backend, per_channel, n_chunks):
     np.testing.assert_allclose(dw, ref[1], rtol=1e-11, atol=1e-11)
 
 
+def at_offset(shape, dtype, offset_bytes):
+    """An empty array whose data starts ``offset_bytes`` past a 64-byte boundary."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(n + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset_bytes
+    return raw[start:start + n].view(dtype).reshape(shape)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("outer, C", [(21, 300), (8, 16), (3, 5)])
-def test_row_sweeps_stream_or_not_give_identical_results(backend, dtype, outer, C):
-    """Channels-last rows: 8-row sum blocks plus a tail, a channel tile boundary (256), and
-    outputs written with or without non-temporal stores, to an unaligned destination."""
+@pytest.mark.parametrize("outer, C", [(61, 300), (21, 37), (3, 5)])
+def test_row_sweeps_agree_for_any_address_stream_and_thread_count(backend, dtype, outer, C):
+    """Channels-last row sweeps: 8-row sum blocks plus tail rows (3 chunks of 20 rows), a
+    stream tile boundary (C > 256), rows that are not a multiple of 64 bytes, inputs and outputs
+    at every alignment, in place or not, streamed or not, on 1 or 2 threads: bitwise equal
+    results, and equal to the reference."""
     kernels = _dispatch.load("batchnorm", backend)
     rng = np.random.default_rng(4)
-    x = (rng.standard_normal((outer, C, 1)) * 3 + 5).astype(dtype)
-    dy = rng.standard_normal((outer, C, 1)).astype(dtype)
+    x0 = (rng.standard_normal((outer, C, 1)) * 3 + 5).astype(dtype)
+    dy0 = rng.standard_normal((outer, C, 1)).astype(dtype)
     w64, b64 = rng.standard_normal(C), rng.standard_normal(C)
-    ref = _dispatch.load("batchnorm", "numpy")
-    ref_y, ref_mean, ref_var, ref_inv = ref.forward_train(x, w64, b64, 1e-5)
-    results = []
-    for stream in (False, True):
-        # the destination starts one element past an allocation: unaligned for vector stores
-        y = np.empty(x.size + 1, dtype)[1:].reshape(x.shape)
-        dx = np.empty(x.size + 1, dtype)[1:].reshape(x.shape)
+
+    def run(offset, stream, n_threads, in_place):
+        x = at_offset(x0.shape, dtype, offset)
+        x[...] = x0
+        dy = at_offset(x0.shape, dtype, offset)
+        dy[...] = dy0
         mean, var, inv, dw, db = (np.empty(C) for _ in range(5))
-        kernels.forward_train(x, w64, b64, 1e-5, y, mean, var, inv, False, 3, 2, stream)
-        kernels.backward(dy, x, mean, inv, w64, True, dx, dw, db, False, 3, 2, stream)
-        ye = np.empty_like(y)
-        kernels.forward_eval(x, w64, b64, ye, 3, 2, stream)
-        results.append((y, var, dx, dw, db, ye))
-    for a, b in zip(*results, strict=True):
-        np.testing.assert_array_equal(a, b)
-    y, var, dx, dw, db, ye = results[0]
+        ye = at_offset(x0.shape, dtype, offset)
+        kernels.forward_eval(x, w64, b64, ye, 3, n_threads, stream)
+        dx = dy if in_place else at_offset(x0.shape, dtype, offset)
+        y = x if in_place else at_offset(x0.shape, dtype, offset)
+        kernels.forward_train(x, w64, b64, 1e-5, y, mean, var, inv, False, 3, n_threads, stream)
+        y = y.copy()
+        x[...] = x0  # the in-place forward overwrote x
+        kernels.backward(dy, x, mean, inv, w64, True, dx, dw, db, False, 3, n_threads, stream)
+        return y, mean, var, dx.copy(), dw, db, ye.copy()
+
+    first = run(0, False, 1, False)
+    for args in [(4, False, 2, False), (16, True, 2, False), (8, True, 1, True),
+                 (0, True, 2, True)]:
+        for a, b in zip(first, run(*args), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"offset/stream/threads/in-place {args}")
+    y, mean, var, dx, dw, db, ye = first
+    ref = _dispatch.load("batchnorm", "numpy")
+    ref_y, ref_mean, ref_var, ref_inv = ref.forward_train(x0, w64, b64, 1e-5)
     close(y, ref_y, dtype, 10)
     np.testing.assert_allclose(var, ref_var, rtol=1e-12 if dtype == np.float64 else 1e-6)
-    close(dx, ref.backward(dy, x, ref_mean, ref_inv, w64, True)[0], dtype, 10)
-    close(ye, x * w64[:, None] + b64[:, None], dtype, 10)
+    close(dx, ref.backward(dy0, x0, ref_mean, ref_inv, w64, True)[0], dtype, 10)
+    close(ye, x0 * w64[:, None] + b64[:, None], dtype, 10)
 
 
 def test_plan_streams_only_outputs_larger_than_the_cache_share():
-    assert make_plan(4096, 1024, 1, 2).stream  # 16 MiB of float32
-    assert not make_plan(4096, 1024, 1, 2, itemsize=1).stream
-    assert not make_plan(64, 64, 1, 2, itemsize=8).stream
+    assert make_plan(4096, 1024, 1, 2, 4).stream  # 16 MiB of float32 rows
+    assert not make_plan(4096, 1024, 1, 2, 1).stream  # 4 MiB
+    assert not make_plan(64, 64, 1, 2, 8).stream
+    assert not make_plan(1 << 22, 3, 1, 2, 4).stream  # rows too short to stream
+    assert not make_plan(64, 256, 784, 2, 4).stream  # NCHW runs: not the row sweeps
 
 
 def test_plan_chooses_per_channel_only_with_long_runs_and_many_channels():
-    assert make_plan(8, 512, 196, 2).per_channel
-    assert not make_plan(128, 256, 784, 2).per_channel  # many runs per slab: rows stream faster
-    assert not make_plan(128, 3, 784, 2).per_channel
-    assert not make_plan(4096, 1024, 1, 2).per_channel
-    assert make_plan(5, 6, 20, 2).n_chunks == 5
-    assert make_plan(5, 6, 20, 2).n_threads == 1  # too small to be worth a second thread
-    assert make_plan(128, 256, 784, 2).n_threads == 2
+    assert make_plan(8, 512, 196, 2, 4).per_channel
+    assert not make_plan(128, 256, 784, 2, 4).per_channel  # many runs per slab: rows stream faster
+    assert not make_plan(128, 3, 784, 2, 4).per_channel
+    assert not make_plan(4096, 1024, 1, 2, 4).per_channel
+    assert make_plan(5, 6, 20, 2, 4).n_chunks == 5
+    assert make_plan(5, 6, 20, 2, 4).n_threads == 1  # too small to be worth a second thread
+    assert make_plan(128, 256, 784, 2, 4).n_threads == 2
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -8,7 +8,9 @@ so float32 input with a large offset keeps its variance. Outputs are computed in
 ``y = x * scale + shift`` (one fused multiply-add per value; the cancellation in float64 costs
 far less than float32's rounding of the result).
 
-For ``inner == 1`` (channels-last, (N, C)) the loops run across channels, one row at a time.
+For ``inner == 1`` (channels-last, (N, C)) the loops run across channels (C helpers below): the
+sums over blocks of 8 rows, every row loop from the row's first 64-byte boundary, and outputs
+larger than the cache through non-temporal stores (``stream``, chosen by ``_plan.make_plan``).
 
 Arguments are marked IN (read), OUT (written) or INOUT.
 """
@@ -115,7 +117,7 @@ cdef inline (double, double, double) grad_coefficients(
 
 
 # ---------------------------------------------------------------- channels-last row sweeps
-# C helpers for the (rows, C) sweeps, one per dtype from one template. Sums take ROW_BLOCK rows
+# C helpers for the (rows, C) sweeps, one per dtype from one template. Sums take FO_ROW_BLOCK rows
 # per sweep across the channels and keep their partial sums in registers: one pass over a row at
 # a time loads and stores every float64 accumulator once per value, which bounds the loop on
 # L1 traffic (measured 2x slower on (4096, 1024)). The `omp simd` pragmas vectorize across
@@ -128,39 +130,47 @@ cdef inline (double, double, double) grad_coefficients(
 cdef extern from *:
     """
     #include <stddef.h>
-    #include <string.h>
     #if defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__)
     #include <immintrin.h>
     #endif
     #define FO_ROW_BLOCK 8
     #define FO_STREAM_TILE 256
 
-    /* dst[0:n] = src[0:n] with non-temporal stores where the ISA has them. */
+    /* dst[0:n] = src[0:n] with non-temporal (streaming) stores: AVX-512, AVX or SSE2 on x86;
+       elsewhere FO_HAVE_STREAM is 0 and the kernels never take the streaming path. */
+    #define FO_STREAM_LOOP(V, W, STORE, LOAD)                                                \
+        for (; i < n && ((size_t)(dst + i) & (sizeof(V) - 1)); ++i) dst[i] = src[i];          \
+        for (; i + W <= n; i += W) STORE(dst + i, LOAD(src + i));
+    #if defined(__AVX512F__)
+    #define FO_HAVE_STREAM 1
+    #define FO_STREAM_F32 FO_STREAM_LOOP(__m512, 16, _mm512_stream_ps, _mm512_loadu_ps)
+    #define FO_STREAM_F64 FO_STREAM_LOOP(__m512d, 8, _mm512_stream_pd, _mm512_loadu_pd)
+    #elif defined(__AVX__)
+    #define FO_HAVE_STREAM 1
+    #define FO_STREAM_F32 FO_STREAM_LOOP(__m256, 8, _mm256_stream_ps, _mm256_loadu_ps)
+    #define FO_STREAM_F64 FO_STREAM_LOOP(__m256d, 4, _mm256_stream_pd, _mm256_loadu_pd)
+    #elif defined(__SSE2__)
+    #define FO_HAVE_STREAM 1
+    #define FO_STREAM_F32 FO_STREAM_LOOP(__m128, 4, _mm_stream_ps, _mm_loadu_ps)
+    #define FO_STREAM_F64 FO_STREAM_LOOP(__m128d, 2, _mm_stream_pd, _mm_loadu_pd)
+    #else
+    #define FO_HAVE_STREAM 0
+    #define FO_STREAM_F32
+    #define FO_STREAM_F64
+    #endif
     static void fo_stream_f32(float *dst, const float *src, Py_ssize_t n) {
         Py_ssize_t i = 0;
-    #if defined(__AVX512F__)
-        for (; i < n && ((size_t)(dst + i) & 63); ++i) dst[i] = src[i];
-        for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
-    #elif defined(__AVX__)
-        for (; i < n && ((size_t)(dst + i) & 31); ++i) dst[i] = src[i];
-        for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
-    #endif
+        FO_STREAM_F32
         for (; i < n; ++i) dst[i] = src[i];
     }
     static void fo_stream_f64(double *dst, const double *src, Py_ssize_t n) {
         Py_ssize_t i = 0;
-    #if defined(__AVX512F__)
-        for (; i < n && ((size_t)(dst + i) & 63); ++i) dst[i] = src[i];
-        for (; i + 8 <= n; i += 8) _mm512_stream_pd(dst + i, _mm512_loadu_pd(src + i));
-    #elif defined(__AVX__)
-        for (; i < n && ((size_t)(dst + i) & 31); ++i) dst[i] = src[i];
-        for (; i + 4 <= n; i += 4) _mm256_stream_pd(dst + i, _mm256_loadu_pd(src + i));
-    #endif
+        FO_STREAM_F64
         for (; i < n; ++i) dst[i] = src[i];
     }
     /* Order the non-temporal stores before the caller's barrier. */
     static void fo_stream_fence(void) {
-    #if defined(__SSE2__) || defined(__AVX__)
+    #if FO_HAVE_STREAM
         _mm_sfence();
     #endif
     }
@@ -174,6 +184,13 @@ cdef extern from *:
         return k < n ? k : n;
     }
 
+    /* The row kernels reduce across rows, never across the vector lanes, so they need no
+       reassociation; without it the peeled head, the vector body and the scalar tail round
+       alike and a result does not depend on where the array sits in memory. */
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC push_options
+    #pragma GCC optimize("no-associative-math")
+    #endif
     #define FO_ROWS(T, SFX)                                                                  \
     static inline void fo_sums_block_##SFX(const T *r, Py_ssize_t C, Py_ssize_t lo,          \
                                            Py_ssize_t hi, const double *shift, double *s1,   \
@@ -272,6 +289,7 @@ cdef extern from *:
                                         Py_ssize_t C, const double *scale,                    \
                                         const double *shift, int stream) {                    \
         T tile[FO_STREAM_TILE];                                                               \
+        stream = stream && FO_HAVE_STREAM;                                                    \
         for (Py_ssize_t o = lo; o < hi; ++o) {                                                \
             const T *r = x + o * C;                                                           \
             T *w = y + o * C;                                                                 \
@@ -302,6 +320,7 @@ cdef extern from *:
                                          Py_ssize_t hi, Py_ssize_t C, const double *a,        \
                                          const double *b, const double *cc, int stream) {     \
         T tile[FO_STREAM_TILE];                                                               \
+        stream = stream && FO_HAVE_STREAM;                                                    \
         for (Py_ssize_t o = lo; o < hi; ++o) {                                                \
             const T *gr = g + o * C, *xr = x + o * C;                                         \
             T *w = dx + o * C;                                                                \
@@ -321,6 +340,9 @@ cdef extern from *:
     }
     FO_ROWS(float, f32)
     FO_ROWS(double, f64)
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC pop_options
+    #endif
     """
     void fo_rows_sums_f32(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*,
                           double*, double*) noexcept nogil

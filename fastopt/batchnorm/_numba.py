@@ -1,8 +1,10 @@
 """Numba batch-norm kernels: the same strategies and signatures as ``_cython.pyx``.
 
 Plain loops over the innermost axis, compiled lazily on first call (``cache=True``), one
-specialization per dtype. ``fastmath`` allows only reassociation and contraction, so float64
-reductions vectorize while NaN and Inf keep their meaning. Outputs are computed in float64 as
+specialization per dtype; the channels-last sums take 8-row blocks as in Cython. The ``stream``
+argument of the entry points is accepted and ignored (Numba has no non-temporal stores).
+``fastmath`` allows only reassociation and contraction, so float64 reductions vectorize while NaN
+and Inf keep their meaning. Outputs are computed in float64 as
 ``y = x * scale + shift``; for ``inner == 1`` (channels-last, (N, C)) the loops run across channels
 on 2-D contiguous rows. Scalar helpers are shared with the CUDA kernels
 (``_scalar.py``).
@@ -297,8 +299,7 @@ def _backward_chunked(dy, x, mean, invstd, weight, training, dx, dweight, dbias,
 
 def forward_train(x, weight, bias, eps, y, mean, var, invstd, per_channel, n_chunks, n_threads,
                   stream=False):
-    """Training forward; same contract as ``_cython.forward_train`` (``stream`` is ignored:
-    Numba has no non-temporal stores)."""
+    """Training forward; same contract as ``_cython.forward_train`` (``stream`` is ignored)."""
     apply_numba_threads(n_threads)
     if per_channel:
         _forward_per_channel(x, weight, bias, eps, y, mean, var, invstd)
@@ -307,14 +308,15 @@ def forward_train(x, weight, bias, eps, y, mean, var, invstd, per_channel, n_chu
 
 
 def forward_eval(x, scale, shift, y, n_chunks, n_threads, stream=False):
-    """Normalize with given statistics; same contract as ``_cython.forward_eval``."""
+    """Normalize with given statistics; same contract as ``_cython.forward_eval`` (``stream`` is
+    ignored)."""
     apply_numba_threads(n_threads)
     _normalize(x, y, scale, shift, n_chunks)
 
 
 def backward(dy, x, mean, invstd, weight, training, dx, dweight, dbias, per_channel, n_chunks,
              n_threads, stream=False):
-    """Backward; same contract as ``_cython.backward``."""
+    """Backward; same contract as ``_cython.backward`` (``stream`` is ignored)."""
     apply_numba_threads(n_threads)
     if per_channel:
         _backward_per_channel(dy, x, mean, invstd, weight, training, dx, dweight, dbias)

@@ -355,7 +355,9 @@ def hidden_backward(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, ::1] D1, rea
     cdef Py_ssize_t i, o
     cdef const real* row
     cdef double* acc
-    if sums and (S.shape[0] != M or first < 0 or first > kk):
+    if sums and (first < 0 or first > kk):
+        raise ValueError(f"hidden_backward: first must lie in [0, {kk}], got {first}")
+    if sums and S.shape[0] != M:
         raise ValueError(f"hidden_backward: S must have {M} entries, got {S.shape[0]}")
     with nogil:
         if sums and n_threads <= 1:
