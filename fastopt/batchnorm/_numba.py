@@ -1,7 +1,7 @@
 """Numba batch-norm kernels: the same strategies and signatures as ``_cython.pyx``.
 
 Plain loops over the innermost axis, compiled lazily on first call (``cache=True``), one
-specialization per dtype; the channels-last sums take 8-row blocks as in Cython. The ``stream``
+specialization per dtype; the channels-last sums take 4-row blocks as in Cython. The ``stream``
 argument of the entry points is accepted and ignored (Numba has no non-temporal stores).
 ``fastmath`` allows only reassociation and contraction, so float64 reductions vectorize while NaN
 and Inf keep their meaning. Outputs are computed in float64 as
@@ -67,7 +67,7 @@ def run_grad_input(dy, x, dx, o, c, a, b, cc):
 # ------------------------------------------------ 2-D rows (inner == 1): sweeps across channels
 
 
-ROW_BLOCK = 8  # rows per sweep in the sums: partial sums stay in registers (as in Cython)
+ROW_BLOCK = 4  # rows per sweep in the sums: partial sums stay in registers (as in Cython)
 
 
 @jit
