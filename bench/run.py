@@ -6,6 +6,7 @@ Usage::
     python bench/run.py --family batchnorm -k nchw
     python bench/run.py --contender fastopt-cython --contender torch
     python bench/run.py --family batchnorm --passes 3   # best median of 3 interleaved passes
+    python bench/run.py --family batchnorm --isolate    # every benchmark in a fresh process
 
 PyTorch's, JAX's and Numba's thread pools disturb each other in one process, so each contender runs
 in a pytest process of its own (``--contender NAME``) writing its own JSON file; this script then
@@ -29,24 +30,38 @@ CONTENDERS = ("fastopt-cython", "fastopt-numba", "numpy", "torch", "jax", "scipy
 BASELINES = ("torch", "jax", "scipy", "numpy")
 
 
-def run_one(family: str, contender: str, extra: list[str], outdir: Path, tag: str = ""
-            ) -> Path | None:
+def _pytest(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o",
+           "python_files=bench_*.py", "-o", "addopts=", *args]
+    return subprocess.run(cmd, cwd=HERE.parent, env=env, capture_output=True, text=True)
+
+
+def run_one(family: str, contender: str, extra: list[str], outdir: Path, tag: str = "",
+            isolate: bool = False) -> list[Path]:
+    """Run one family's suite for one contender; JSON result files (one per benchmark with
+    ``isolate``, which gives every benchmark a fresh process: earlier benchmarks' arrays change
+    where later ones land in memory, which moved the same kernel by up to 60%)."""
     suite = HERE / f"bench_{family}.py"
     if not suite.exists():
-        return None
-    out = outdir / f"{family}-{contender}{tag}.json"
-    out.unlink(missing_ok=True)
+        return []
     unset = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
     env = {k: v for k, v in os.environ.items() if k not in unset}
-    cmd = [
-        sys.executable, "-m", "pytest", str(suite), "-q", "-p", "no:cacheprovider",
-        "-o", "python_files=bench_*.py", "-o", "addopts=", "--benchmark-enable",
-        f"--benchmark-json={out}", "--contender", contender, *extra,
-    ]
-    proc = subprocess.run(cmd, cwd=HERE.parent, env=env, capture_output=True, text=True)
-    if proc.returncode not in (0, 5):  # 5: nothing collected for this contender
-        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
-    return out if out.exists() else None
+    selection = ["--contender", contender, *extra]
+    targets = [str(suite)]
+    if isolate:
+        listing = _pytest(["--collect-only", "-q", str(suite), *selection], env).stdout
+        targets = [line for line in listing.splitlines() if "::" in line]
+    outs = []
+    for i, target in enumerate(targets):
+        out = outdir / f"{family}-{contender}{tag}{f'-{i}' if isolate else ''}.json"
+        out.unlink(missing_ok=True)
+        proc = _pytest([target, "-q", "--benchmark-enable", f"--benchmark-json={out}",
+                        *selection], env)
+        if proc.returncode not in (0, 5):  # 5: nothing collected for this contender
+            print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+        if out.exists():
+            outs.append(out)
+    return outs
 
 
 def merge(paths: list[Path], stat: str = "median") -> dict[str, dict[str, float]]:
@@ -95,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=1,
                         help="run every contender this many times, interleaved, and keep the "
                         "lowest median (a process's memory placement moves timings by 10-50%%)")
+    parser.add_argument("--isolate", action="store_true",
+                        help="run every benchmark in a process of its own")
     parser.add_argument("--stat", choices=("median", "min"), default="median",
                         help="statistic of each pass's rounds to compare ('min': the least "
                         "disturbed round, on a machine shared with other jobs)")
@@ -108,9 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             for contender in args.contender or CONTENDERS:
                 print(f"running {family} / {contender} (pass {rep + 1}) ...", file=sys.stderr,
                       flush=True)
-                path = run_one(family, contender, extra, outdir, tag=f"-{rep}")
-                if path:
-                    paths.append(path)
+                paths += run_one(family, contender, extra, outdir, tag=f"-{rep}",
+                                 isolate=args.isolate)
     text = report(merge(paths, args.stat), args.stat)
     (outdir / "report.md").write_text(text + "\n")
     print(text)
