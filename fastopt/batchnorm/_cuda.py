@@ -31,6 +31,7 @@ def _kernels(tpb: int):
     """Compile (lazily, once per block size) the kernels for ``tpb`` threads per block."""
     shift_of = cuda.jit(device=True)(_scalar.channel_shift)
     finish = cuda.jit(device=True)(_scalar.finish_stats)
+    sum_partials = cuda.jit(device=True)(_scalar.sum_partials)
     coefficients = cuda.jit(device=True)(_scalar.grad_coefficients)
 
     @cuda.jit(device=True)
@@ -105,11 +106,7 @@ def _kernels(tpb: int):
         c = cuda.grid(1)
         if c >= mean.shape[0]:
             return
-        s1 = 0.0
-        s2 = 0.0
-        for k in range(part.shape[0]):  # fixed order: deterministic
-            s1 += part[k, 0, c]
-            s2 += part[k, 1, c]
+        s1, s2 = sum_partials(part, c)
         m, v, inv = finish(s1, s2, shifts[c], n, eps)
         mean[c] = m
         var[c] = v
@@ -168,11 +165,7 @@ def _kernels(tpb: int):
         c = cuda.grid(1)
         if c >= dbias.shape[0]:
             return
-        s = 0.0
-        d = 0.0
-        for k in range(part.shape[0]):  # fixed order: deterministic
-            s += part[k, 0, c]
-            d += part[k, 1, c]
+        s, d = sum_partials(part, c)
         dbias[c] = s
         dweight[c] = d * invstd[c]
         a, b, e = coefficients(s, d, invstd[c], weight[c], n, training)

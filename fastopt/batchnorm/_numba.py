@@ -24,6 +24,7 @@ pjit = nb.njit(cache=True, fastmath=FAST, nogil=True, parallel=True)
 
 channel_shift = jit(_scalar.channel_shift)
 finish_stats = jit(_scalar.finish_stats)
+sum_partials = jit(_scalar.sum_partials)
 grad_coefficients = jit(_scalar.grad_coefficients)
 
 
@@ -205,11 +206,7 @@ def _forward_chunked(x, weight, bias, eps, y, mean, var, invstd, n_chunks):
     scale = np.empty(C)
     offset = np.empty(C)
     for c in range(C):
-        s1 = 0.0
-        s2 = 0.0
-        for k in range(n_chunks):  # fixed order: deterministic
-            s1 += part[k, 0, c]
-            s2 += part[k, 1, c]
+        s1, s2 = sum_partials(part, c)
         m, v, inv = finish_stats(s1, s2, shifts[c], n, eps)
         mean[c] = m
         var[c] = v
@@ -281,11 +278,7 @@ def _backward_chunked(dy, x, mean, invstd, weight, training, dx, dweight, dbias,
     cb = np.empty(C)
     cc = np.empty(C)
     for c in range(C):
-        s = 0.0
-        d = 0.0
-        for k in range(n_chunks):  # fixed order: deterministic
-            s += part[k, 0, c]
-            d += part[k, 1, c]
+        s, d = sum_partials(part, c)
         dbias[c] = s
         dweight[c] = d * invstd[c]
         a, b, e = grad_coefficients(s, d, invstd[c], weight[c], n, training)

@@ -1,7 +1,8 @@
 """Scalar helpers shared by the Numba CPU kernels and the numba.cuda kernels.
 
-Plain Python functions of float64 scalars: ``_numba.py`` wraps them with ``njit`` and ``_cuda.py``
-with ``cuda.jit(device=True)``, so the two targets cannot drift apart.
+Plain Python functions of float64 scalars (and one of a partial-sum array): ``_numba.py`` wraps
+them with ``njit`` and ``_cuda.py`` with ``cuda.jit(device=True)``, so the two targets cannot
+drift apart.
 """
 
 from __future__ import annotations
@@ -17,6 +18,17 @@ def channel_shift(first: float) -> float:
     PyTorch).
     """
     return first if math.isfinite(first) else 0.0
+
+
+def sum_partials(part, c: int):
+    """Channel c's two partial sums ``part[k, 0, c]``, ``part[k, 1, c]`` added in chunk order
+    (a fixed order, so results are deterministic for a given chunk count)."""
+    a = 0.0
+    b = 0.0
+    for k in range(part.shape[0]):
+        a += part[k, 0, c]
+        b += part[k, 1, c]
+    return a, b
 
 
 def finish_stats(s1: float, s2: float, shift: float, n: float, eps: float):
