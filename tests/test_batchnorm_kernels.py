@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastopt import _dispatch, batch_norm_backward, batch_norm_forward
+from fastopt.batchnorm import _plan
 from fastopt.batchnorm._plan import make_plan
 
 BACKENDS = compiled_backends("batchnorm")
@@ -116,16 +117,20 @@ def at_offset(shape, dtype, offset_bytes):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("outer, C", [(69, 300), (21, 37), (3, 5)])
-def test_row_sweeps_agree_for_any_address_stream_and_thread_count(backend, dtype, outer, C):
-    """Channels-last row sweeps: 4-row sum blocks plus tail rows (3 chunks of 23 rows), a
-    stream tile boundary (C > 256), rows that are not a multiple of 64 bytes, inputs and outputs
+@pytest.mark.parametrize("outer, C, inner, per_channel",
+                         [(69, 300, 1, False), (21, 37, 1, False), (3, 5, 1, False),
+                          (7, 5, 37, False), (3, 6, 70, True)])
+def test_sweeps_agree_for_any_address_stream_and_thread_count(backend, dtype, outer, C, inner,
+                                                              per_channel):
+    """Channels-last row sweeps (inner == 1): 4-row sum blocks plus tail rows (3 chunks of 23
+    rows), a stream tile boundary (C > 256), rows that are not a multiple of 64 bytes; runs of
+    inner > 1 (chunked and per channel) with a streaming head, body and tail. Inputs and outputs
     at every alignment, in place or not, streamed or not, on 1 or 2 threads: bitwise equal
     results, and equal to the reference."""
     kernels = _dispatch.load("batchnorm", backend)
     rng = np.random.default_rng(4)
-    x0 = (rng.standard_normal((outer, C, 1)) * 3 + 5).astype(dtype)
-    dy0 = rng.standard_normal((outer, C, 1)).astype(dtype)
+    x0 = (rng.standard_normal((outer, C, inner)) * 3 + 5).astype(dtype)
+    dy0 = rng.standard_normal((outer, C, inner)).astype(dtype)
     w64, b64 = rng.standard_normal(C), rng.standard_normal(C)
 
     def run(offset, stream, n_threads, in_place):
@@ -138,10 +143,12 @@ def test_row_sweeps_agree_for_any_address_stream_and_thread_count(backend, dtype
         kernels.forward_eval(x, w64, b64, ye, 3, n_threads, stream)
         dx = dy if in_place else at_offset(x0.shape, dtype, offset)
         y = x if in_place else at_offset(x0.shape, dtype, offset)
-        kernels.forward_train(x, w64, b64, 1e-5, y, mean, var, inv, False, 3, n_threads, stream)
+        kernels.forward_train(x, w64, b64, 1e-5, y, mean, var, inv, per_channel, 3, n_threads,
+                              stream)
         y = y.copy()
         x[...] = x0  # the in-place forward overwrote x
-        kernels.backward(dy, x, mean, inv, w64, True, dx, dw, db, False, 3, n_threads, stream)
+        kernels.backward(dy, x, mean, inv, w64, True, dx, dw, db, per_channel, 3, n_threads,
+                         stream)
         return y, mean, var, dx.copy(), dw, db, ye.copy()
 
     first = run(0, False, 1, False)
@@ -158,12 +165,15 @@ def test_row_sweeps_agree_for_any_address_stream_and_thread_count(backend, dtype
     close(ye, x0 * w64[:, None] + b64[:, None], dtype, 10)
 
 
-def test_plan_streams_only_outputs_larger_than_the_cache_share():
-    assert make_plan(4096, 1024, 1, 2, 4).stream  # 16 MiB of float32 rows
-    assert not make_plan(4096, 1024, 1, 2, 1).stream  # 4 MiB
-    assert not make_plan(64, 64, 1, 2, 8).stream
-    assert not make_plan(1 << 22, 3, 1, 2, 4).stream  # rows too short to stream
-    assert not make_plan(64, 256, 784, 2, 4).stream  # NCHW runs: not the row sweeps
+def test_plan_streams_only_when_the_call_outgrows_the_cache():
+    rows = _plan.CACHE_BYTES // 4 // 1024  # float32 rows of 1024 values filling the cache
+    assert not make_plan(rows // 2, 1024, 1, 2, 4).stream  # forward: x and y just fit
+    assert make_plan(rows // 2, 1024, 1, 2, 4, n_arrays=3).stream  # backward: x, dy, dx do not
+    assert make_plan(rows, 1024, 1, 2, 4).stream
+    assert not make_plan(rows, 1024, 1, 2, 1).stream  # a quarter of the bytes
+    assert not make_plan(rows * 1024, 3, 1, 2, 4).stream  # rows too short to stream
+    assert make_plan(rows * 1024 // (256 * 784) + 1, 256, 784, 2, 4).stream  # NCHW runs of 3 KiB
+    assert not make_plan(rows * 1024 // 8, 4, 8, 2, 4).stream  # runs of 32 bytes
 
 
 def test_plan_chooses_per_channel_only_with_long_runs_and_many_channels():

@@ -9,15 +9,16 @@ so float32 input with a large offset keeps its variance. Outputs are computed in
 far less than float32's rounding of the result).
 
 For ``inner == 1`` (channels-last, (N, C)) the loops run across channels (C helpers below): the
-sums over blocks of 4 rows, every row loop from the row's first 64-byte boundary, and outputs
-larger than the cache through non-temporal stores (``stream``, chosen by ``_plan.make_plan``).
+sums over blocks of 4 rows, every row loop from the row's first 64-byte boundary. Calls whose
+arrays outgrow the cache write their output through non-temporal stores (``stream``, chosen by
+``_plan.make_plan``), in the row sweeps and in the runs of inner > 1 layouts alike.
 
 Arguments are marked IN (read), OUT (written) or INOUT.
 """
 
 cimport cython
 from cython.parallel cimport prange
-from libc.math cimport isfinite, sqrt
+from libc.math cimport fma, isfinite, sqrt
 from cython cimport floating
 
 import numpy as np
@@ -46,10 +47,10 @@ cdef void run_normalize(const floating* x, floating* y, Py_ssize_t n,
         # in place: a loop over one pointer vectorizes without an overlap check
         z = y
         for i in range(n):
-            z[i] = <floating>(<double>z[i] * scale + shift)
+            z[i] = <floating>fma(<double>z[i], scale, shift)
     else:
         for i in range(n):
-            y[i] = <floating>(<double>x[i] * scale + shift)
+            y[i] = <floating>fma(<double>x[i], scale, shift)
 
 
 cdef void run_grad_sums(const floating* dy, const floating* x, Py_ssize_t n, double mean,
@@ -70,7 +71,7 @@ cdef void run_grad_input(const floating* dy, const floating* x, floating* dx, Py
     """dx = dy * a + x * b + c over a contiguous run, computed in float64."""
     cdef Py_ssize_t i
     for i in range(n):
-        dx[i] = <floating>(<double>dy[i] * a + <double>x[i] * b + c)
+        dx[i] = <floating>fma(<double>dy[i], a, fma(<double>x[i], b, c))
 
 
 cdef inline double channel_shift(double first) noexcept nogil:
@@ -131,6 +132,7 @@ cdef inline (double, double, double) grad_coefficients(
 cdef extern from *:
     """
     #include <stddef.h>
+    #include <math.h>
     #if defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__)
     #include <immintrin.h>
     #endif
@@ -341,6 +343,80 @@ cdef extern from *:
     }
     FO_ROWS(float, f32)
     FO_ROWS(double, f64)
+
+    /* One contiguous run of an inner > 1 layout with streaming stores (the caller fences):
+       y = x * scale + shift, or dx = dy * a + (x * b + c). Written with AVX-512 intrinsics
+       because computing into a tile and copying it out (the row sweeps' way) lost the gain on
+       runs of a few KiB (C harness, (128, 256, 784): 12.3 ms direct, 13.5 ms tiled, 14.2 ms
+       plain stores). Head, body and tail use the same explicit fma, so a result does not
+       depend on the array's alignment. Without AVX-512 the plain loops run instead. */
+    #define FO_NORM1(T, x, i) ((T)fma((double)(x)[i], scale, shift))
+    #define FO_GRAD1(T, g, x, i) ((T)fma((double)(g)[i], a, fma((double)(x)[i], b, c)))
+    #if defined(__AVX512F__)
+    #define FO_HAVE_RUN_STREAM 1
+    static inline __m512d fo_wide_lo(const float *p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+    static inline void fo_put16(float *d, __m512d lo, __m512d hi) {
+        __m512d both = _mm512_insertf64x4(
+            _mm512_castps_pd(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo))),
+            _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1);
+        _mm512_stream_ps(d, _mm512_castpd_ps(both));
+    }
+    static void fo_run_normalize_stream_f32(const float *x, float *y, Py_ssize_t n,
+                                            double scale, double shift) {
+        Py_ssize_t i = 0, p = fo_peel(y, sizeof(float), n);
+        __m512d vs = _mm512_set1_pd(scale), vt = _mm512_set1_pd(shift);
+        for (; i < p; ++i) y[i] = FO_NORM1(float, x, i);
+        for (; i + 16 <= n; i += 16)
+            fo_put16(y + i, _mm512_fmadd_pd(fo_wide_lo(x + i), vs, vt),
+                     _mm512_fmadd_pd(fo_wide_lo(x + i + 8), vs, vt));
+        for (; i < n; ++i) y[i] = FO_NORM1(float, x, i);
+    }
+    static void fo_run_normalize_stream_f64(const double *x, double *y, Py_ssize_t n,
+                                            double scale, double shift) {
+        Py_ssize_t i = 0, p = fo_peel(y, sizeof(double), n);
+        __m512d vs = _mm512_set1_pd(scale), vt = _mm512_set1_pd(shift);
+        for (; i < p; ++i) y[i] = FO_NORM1(double, x, i);
+        for (; i + 8 <= n; i += 8)
+            _mm512_stream_pd(y + i, _mm512_fmadd_pd(_mm512_loadu_pd(x + i), vs, vt));
+        for (; i < n; ++i) y[i] = FO_NORM1(double, x, i);
+    }
+    static void fo_run_grad_input_stream_f32(const float *g, const float *x, float *dx,
+                                             Py_ssize_t n, double a, double b, double c) {
+        Py_ssize_t i = 0, p = fo_peel(dx, sizeof(float), n);
+        __m512d va = _mm512_set1_pd(a), vb = _mm512_set1_pd(b), vc = _mm512_set1_pd(c);
+        for (; i < p; ++i) dx[i] = FO_GRAD1(float, g, x, i);
+        for (; i + 16 <= n; i += 16)
+            fo_put16(dx + i,
+                     _mm512_fmadd_pd(fo_wide_lo(g + i), va,
+                                     _mm512_fmadd_pd(fo_wide_lo(x + i), vb, vc)),
+                     _mm512_fmadd_pd(fo_wide_lo(g + i + 8), va,
+                                     _mm512_fmadd_pd(fo_wide_lo(x + i + 8), vb, vc)));
+        for (; i < n; ++i) dx[i] = FO_GRAD1(float, g, x, i);
+    }
+    static void fo_run_grad_input_stream_f64(const double *g, const double *x, double *dx,
+                                             Py_ssize_t n, double a, double b, double c) {
+        Py_ssize_t i = 0, p = fo_peel(dx, sizeof(double), n);
+        __m512d va = _mm512_set1_pd(a), vb = _mm512_set1_pd(b), vc = _mm512_set1_pd(c);
+        for (; i < p; ++i) dx[i] = FO_GRAD1(double, g, x, i);
+        for (; i + 8 <= n; i += 8)
+            _mm512_stream_pd(dx + i, _mm512_fmadd_pd(_mm512_loadu_pd(g + i), va,
+                                                     _mm512_fmadd_pd(_mm512_loadu_pd(x + i), vb, vc)));
+        for (; i < n; ++i) dx[i] = FO_GRAD1(double, g, x, i);
+    }
+    #else
+    #define FO_HAVE_RUN_STREAM 0
+    #define FO_RUN_STREAM_STUB(T, SFX)                                                         \
+    static void fo_run_normalize_stream_##SFX(const T *x, T *y, Py_ssize_t n, double scale,   \
+                                              double shift) {                                  \
+        for (Py_ssize_t i = 0; i < n; ++i) y[i] = FO_NORM1(T, x, i);                           \
+    }                                                                                          \
+    static void fo_run_grad_input_stream_##SFX(const T *g, const T *x, T *dx, Py_ssize_t n,   \
+                                               double a, double b, double c) {                 \
+        for (Py_ssize_t i = 0; i < n; ++i) dx[i] = FO_GRAD1(T, g, x, i);                       \
+    }
+    FO_RUN_STREAM_STUB(float, f32)
+    FO_RUN_STREAM_STUB(double, f64)
+    #endif
     #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC pop_options
     #endif
@@ -363,6 +439,16 @@ cdef extern from *:
     void fo_rows_grad_input_f64(const double*, const double*, double*, Py_ssize_t, Py_ssize_t,
                                 Py_ssize_t, const double*, const double*, const double*,
                                 int) noexcept nogil
+    void fo_run_normalize_stream_f32(const float*, float*, Py_ssize_t, double,
+                                     double) noexcept nogil
+    void fo_run_normalize_stream_f64(const double*, double*, Py_ssize_t, double,
+                                     double) noexcept nogil
+    void fo_run_grad_input_stream_f32(const float*, const float*, float*, Py_ssize_t, double,
+                                      double, double) noexcept nogil
+    void fo_run_grad_input_stream_f64(const double*, const double*, double*, Py_ssize_t, double,
+                                      double, double) noexcept nogil
+    void fo_stream_fence() noexcept nogil
+    int FO_HAVE_RUN_STREAM
 
 
 cdef void rows_sums(const floating* xp, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t C,
@@ -409,6 +495,29 @@ cdef void rows_grad_input(const floating* gp, const floating* xp, floating* dxp,
         fo_rows_grad_input_f64(gp, xp, dxp, lo, hi, C, a, b, cc, stream)
 
 
+cdef inline void run_normalize_to(const floating* x, floating* y, Py_ssize_t n, double scale,
+                                  double shift, bint stream) noexcept nogil:
+    """run_normalize, or through streaming stores (the caller fences)."""
+    if not stream:
+        run_normalize(x, y, n, scale, shift)
+    elif floating is float:
+        fo_run_normalize_stream_f32(x, y, n, scale, shift)
+    else:
+        fo_run_normalize_stream_f64(x, y, n, scale, shift)
+
+
+cdef inline void run_grad_input_to(const floating* dy, const floating* x, floating* dx,
+                                   Py_ssize_t n, double a, double b, double c,
+                                   bint stream) noexcept nogil:
+    """run_grad_input, or through streaming stores (the caller fences)."""
+    if not stream:
+        run_grad_input(dy, x, dx, n, a, b, c)
+    elif floating is float:
+        fo_run_grad_input_stream_f32(dy, x, dx, n, a, b, c)
+    else:
+        fo_run_grad_input_stream_f64(dy, x, dx, n, a, b, c)
+
+
 # ---------------------------------------------------------------- chunk helpers (any inner)
 
 cdef inline Py_ssize_t chunk_lo(Py_ssize_t k, Py_ssize_t outer, Py_ssize_t n_chunks) noexcept nogil:
@@ -437,10 +546,13 @@ cdef void normalize_chunk(const floating* xp, floating* yp, Py_ssize_t outer, Py
     if inner == 1:
         rows_normalize_to(xp, yp, lo, hi, C, scale, shift, stream)
         return
+    stream = stream and FO_HAVE_RUN_STREAM
     for o in range(lo, hi):
         for c in range(C):
-            run_normalize(xp + (o * C + c) * inner, yp + (o * C + c) * inner, inner, scale[c],
-                          shift[c])
+            run_normalize_to(xp + (o * C + c) * inner, yp + (o * C + c) * inner, inner,
+                             scale[c], shift[c], stream)
+    if stream:
+        fo_stream_fence()
 
 
 cdef void chunk_grad_sums(const floating* gp, const floating* xp, Py_ssize_t outer, Py_ssize_t C,
@@ -467,10 +579,13 @@ cdef void grad_input_chunk(const floating* gp, const floating* xp, floating* dxp
     if inner == 1:
         rows_grad_input(gp, xp, dxp, lo, hi, C, a, b, cc, stream)
         return
+    stream = stream and FO_HAVE_RUN_STREAM
     for o in range(lo, hi):
         for c in range(C):
             off = (o * C + c) * inner
-            run_grad_input(gp + off, xp + off, dxp + off, inner, a[c], b[c], cc[c])
+            run_grad_input_to(gp + off, xp + off, dxp + off, inner, a[c], b[c], cc[c], stream)
+    if stream:
+        fo_stream_fence()
 
 
 # ---------------------------------------------------------------- training forward
@@ -497,7 +612,9 @@ def forward_train(
     cdef floating* yp = &y[0, 0, 0]
     cdef double[:, :, ::1] part
     cdef double[::1] shifts, scales, offsets
+    cdef bint run_stream
 
+    run_stream = stream and FO_HAVE_RUN_STREAM
     if per_channel:
         with nogil:
             for c in prange(C, schedule="static", num_threads=n_threads):
@@ -510,8 +627,10 @@ def forward_train(
                 scale = invstd[c] * weight[c]
                 # the slab was just read: this pass hits cache
                 for o in range(outer):
-                    run_normalize(xp + o * stride + c * inner, yp + o * stride + c * inner,
-                                  inner, scale, bias[c] - mean[c] * scale)
+                    run_normalize_to(xp + o * stride + c * inner, yp + o * stride + c * inner,
+                                     inner, scale, bias[c] - mean[c] * scale, run_stream)
+                if run_stream:
+                    fo_stream_fence()
         return
 
     part = np.zeros((n_chunks, 2, C))
@@ -579,7 +698,9 @@ def backward(
     cdef floating* dxp = &dx[0, 0, 0]
     cdef double[:, :, ::1] part
     cdef double[::1] ca, cb, cc
+    cdef bint run_stream
 
+    run_stream = stream and FO_HAVE_RUN_STREAM
     if per_channel:
         with nogil:
             for c in prange(C, schedule="static", num_threads=n_threads):
@@ -592,8 +713,11 @@ def backward(
                 dweight[c] = d * invstd[c]
                 a, b, e = grad_coefficients(s, d, mean[c], invstd[c], weight[c], n, training)
                 for o in range(outer):
-                    run_grad_input(gp + o * stride + c * inner, xp + o * stride + c * inner,
-                                   dxp + o * stride + c * inner, inner, a, b, e)
+                    run_grad_input_to(gp + o * stride + c * inner, xp + o * stride + c * inner,
+                                      dxp + o * stride + c * inner, inner, a, b, e,
+                                      run_stream)
+                if run_stream:
+                    fo_stream_fence()
         return
 
     part = np.zeros((n_chunks, 2, C))

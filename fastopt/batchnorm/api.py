@@ -378,7 +378,7 @@ def batch_norm_backward(
     if name == "numpy":
         dx3[...], dweight, dbias = kernels.backward(g3, x3, mean64, invstd64, w64, bool(training))
     else:
-        plan = make_plan(outer, channels, inner, get_num_threads(), x.dtype.itemsize)
+        plan = make_plan(outer, channels, inner, get_num_threads(), x.dtype.itemsize, 3)
         dweight, dbias = np.empty(channels), np.empty(channels)
         kernels.backward(g3, x3, mean64, invstd64, w64, bool(training), dx3, dweight, dbias,
                          plan.per_channel, plan.n_chunks, plan.n_threads, plan.stream)
