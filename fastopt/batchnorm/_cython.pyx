@@ -18,7 +18,7 @@ Arguments are marked IN (read), OUT (written) or INOUT.
 
 cimport cython
 from cython.parallel cimport prange
-from libc.math cimport fma, isfinite, sqrt
+from libc.math cimport isfinite, sqrt
 from cython cimport floating
 
 import numpy as np
@@ -40,17 +40,8 @@ cdef void run_sums(const floating* x, Py_ssize_t n, double shift,
 
 cdef void run_normalize(const floating* x, floating* y, Py_ssize_t n,
                         double scale, double shift) noexcept nogil:
-    """y = x * scale + shift over a contiguous run, computed in float64."""
-    cdef Py_ssize_t i
-    cdef floating* z
-    if <const void*>x == <void*>y:
-        # in place: a loop over one pointer vectorizes without an overlap check
-        z = y
-        for i in range(n):
-            z[i] = <floating>fma(<double>z[i], scale, shift)
-    else:
-        for i in range(n):
-            y[i] = <floating>fma(<double>x[i], scale, shift)
+    """y = fma(x, scale, shift) over a contiguous run, in float64; y may be x."""
+    run_normalize_to(x, y, n, scale, shift, False)
 
 
 cdef void run_grad_sums(const floating* dy, const floating* x, Py_ssize_t n, double mean,
@@ -68,10 +59,8 @@ cdef void run_grad_sums(const floating* dy, const floating* x, Py_ssize_t n, dou
 
 cdef void run_grad_input(const floating* dy, const floating* x, floating* dx, Py_ssize_t n,
                          double a, double b, double c) noexcept nogil:
-    """dx = dy * a + x * b + c over a contiguous run, computed in float64."""
-    cdef Py_ssize_t i
-    for i in range(n):
-        dx[i] = <floating>fma(<double>dy[i], a, fma(<double>x[i], b, c))
+    """dx = fma(dy, a, fma(x, b, c)) over a contiguous run, in float64."""
+    run_grad_input_to(dy, x, dx, n, a, b, c, False)
 
 
 cdef inline double channel_shift(double first) noexcept nogil:
@@ -118,65 +107,25 @@ cdef inline (double, double, double) grad_coefficients(
 
 
 # ---------------------------------------------------------------- channels-last row sweeps
-# C helpers for the (rows, C) sweeps, one per dtype from one template. Sums take FO_ROW_BLOCK (4)
-# rows per sweep across the channels and keep their partial sums in registers: one row at a time
-# loads and stores every float64 accumulator once per value, which bounds the loop on L1 traffic
-# (isolated sums pass on (4096, 1024): 0.54 -> 0.29 ms); 8 rows were no faster in isolation and
-# slower inside the benchmark (16 concurrent page-long streams). The `omp simd` pragmas vectorize across
-# channels without GCC's runtime overlap checks: within one sweep every channel is independent,
-# and an output may alias an input only element for element (in place), which is safe.
-# Normalize/dx passes can write through non-temporal stores (``stream``): for outputs larger
+# C helpers, one per dtype from one template: the (rows, C) sweeps of channels-last input and the
+# element-wise runs of inner > 1 layouts. Sums take FO_ROW_BLOCK (4) rows per sweep across the
+# channels and keep their partial sums in registers: one row at a time loads and stores every
+# float64 accumulator once per value (isolated sums pass on (4096, 1024): 0.54 -> 0.29 ms); 8 rows
+# were no faster in isolation and slower inside the benchmark. The `omp simd` pragmas vectorize
+# across channels without GCC's runtime overlap checks: within one sweep every channel is
+# independent, and an output may alias an input only element for element (in place), which is
+# safe. Normalize/dx passes can write through non-temporal stores (``stream``): for arrays larger
 # than the cache this skips the read-for-ownership of every output line and keeps the inputs,
-# which the pass is still reading, in L3.
+# which the pass is still reading, in cache.
 
 cdef extern from *:
     """
     #include <stddef.h>
     #include <math.h>
-    #if defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__)
+    #if defined(__AVX512F__)
     #include <immintrin.h>
     #endif
     #define FO_ROW_BLOCK 4
-    #define FO_STREAM_TILE 256
-
-    /* dst[0:n] = src[0:n] with non-temporal (streaming) stores: AVX-512, AVX or SSE2 on x86;
-       elsewhere FO_HAVE_STREAM is 0 and the kernels never take the streaming path. */
-    #define FO_STREAM_LOOP(V, W, STORE, LOAD)                                                \
-        for (; i < n && ((size_t)(dst + i) & (sizeof(V) - 1)); ++i) dst[i] = src[i];          \
-        for (; i + W <= n; i += W) STORE(dst + i, LOAD(src + i));
-    #if defined(__AVX512F__)
-    #define FO_HAVE_STREAM 1
-    #define FO_STREAM_F32 FO_STREAM_LOOP(__m512, 16, _mm512_stream_ps, _mm512_loadu_ps)
-    #define FO_STREAM_F64 FO_STREAM_LOOP(__m512d, 8, _mm512_stream_pd, _mm512_loadu_pd)
-    #elif defined(__AVX__)
-    #define FO_HAVE_STREAM 1
-    #define FO_STREAM_F32 FO_STREAM_LOOP(__m256, 8, _mm256_stream_ps, _mm256_loadu_ps)
-    #define FO_STREAM_F64 FO_STREAM_LOOP(__m256d, 4, _mm256_stream_pd, _mm256_loadu_pd)
-    #elif defined(__SSE2__)
-    #define FO_HAVE_STREAM 1
-    #define FO_STREAM_F32 FO_STREAM_LOOP(__m128, 4, _mm_stream_ps, _mm_loadu_ps)
-    #define FO_STREAM_F64 FO_STREAM_LOOP(__m128d, 2, _mm_stream_pd, _mm_loadu_pd)
-    #else
-    #define FO_HAVE_STREAM 0
-    #define FO_STREAM_F32
-    #define FO_STREAM_F64
-    #endif
-    static void fo_stream_f32(float *dst, const float *src, Py_ssize_t n) {
-        Py_ssize_t i = 0;
-        FO_STREAM_F32
-        for (; i < n; ++i) dst[i] = src[i];
-    }
-    static void fo_stream_f64(double *dst, const double *src, Py_ssize_t n) {
-        Py_ssize_t i = 0;
-        FO_STREAM_F64
-        for (; i < n; ++i) dst[i] = src[i];
-    }
-    /* Order the non-temporal stores before the caller's barrier. */
-    static void fo_stream_fence(void) {
-    #if FO_HAVE_STREAM
-        _mm_sfence();
-    #endif
-    }
 
     /* Values before the first 64-byte boundary of row pointer p (at most n): loops start their
        vector body there. numpy puts large arrays 16 bytes past a page start, where every
@@ -189,11 +138,59 @@ cdef extern from *:
 
     /* The row kernels reduce across rows, never across the vector lanes, so they need no
        reassociation; without it the peeled head, the vector body and the scalar tail round
-       alike and a result does not depend on where the array sits in memory. */
+       alike and a result does not depend on where the array sits in memory. Element-wise
+       outputs use explicit fma for the same reason: y = fma(x, scale, shift) and
+       dx = fma(dy, a, fma(x, b, c)), in the plain loops and the streaming ones alike. */
     #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC push_options
     #pragma GCC optimize("no-associative-math")
     #endif
+
+    /* Streaming (non-temporal) output stores, AVX-512 only: the vector body computes and
+       stores 64-byte lines directly. Computing into an L1 tile and copying it out (portable
+       to AVX and SSE2) lost most of the gain: C harness, float32, 2 threads, dx pass of
+       (100352, 256) 6.9 ms direct vs 7.8 tiled vs 8.6 plain; NCHW runs of 784 values,
+       backward 12.3 direct vs 13.5 tiled vs 14.2 plain. Without AVX-512, FO_HAVE_STREAM is 0,
+       the kernels never stream, and the functions below run their scalar loops only.
+       Coefficients are per channel (cs = 1, row sweeps) or one scalar (cs = 0, a run). */
+    #define FO_NORM1(T, i) ((T)fma((double)x[i], scale[(i) * cs], shift[(i) * cs]))
+    #define FO_GRAD1(T, i) ((T)fma((double)g[i], a[(i) * cs], fma((double)x[i], b[(i) * cs], \
+                                                                 c[(i) * cs])))
+    #if defined(__AVX512F__)
+    #define FO_HAVE_STREAM 1
+    #define FO_LANES_f32 16
+    #define FO_LANES_f64 8
+    static inline __m512d fo_wide_f32(const float *p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+    static inline __m512d fo_wide_f64(const double *p) { return _mm512_loadu_pd(p); }
+    static inline __m512d fo_coef(const double *p, Py_ssize_t i, int cs) {
+        return cs ? _mm512_loadu_pd(p + i) : _mm512_set1_pd(*p);
+    }
+    static inline void fo_put_f32(float *d, __m512d lo, __m512d hi) {
+        __m512d both = _mm512_insertf64x4(
+            _mm512_castps_pd(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo))),
+            _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1);
+        _mm512_stream_ps(d, _mm512_castpd_ps(both));
+    }
+    /* 8 float64 results from index i; one streamed 64-byte line of results from index i */
+    #define FO_NORM8(W, i) _mm512_fmadd_pd(W(x + (i)), fo_coef(scale, i, cs), fo_coef(shift, i, cs))
+    #define FO_GRAD8(W, i) _mm512_fmadd_pd(W(g + (i)), fo_coef(a, i, cs),                        \
+                                           _mm512_fmadd_pd(W(x + (i)), fo_coef(b, i, cs),        \
+                                                           fo_coef(c, i, cs)))
+    #define FO_LINE_f32(dst, i, E) fo_put_f32((dst) + (i), E(fo_wide_f32, i), E(fo_wide_f32, (i) + 8))
+    #define FO_LINE_f64(dst, i, E) _mm512_stream_pd((dst) + (i), E(fo_wide_f64, i))
+    #define FO_STREAM_BODY(SFX, dst, E)                                                      \
+        for (; i + FO_LANES_##SFX <= n; i += FO_LANES_##SFX) FO_LINE_##SFX(dst, i, E);
+    #else
+    #define FO_HAVE_STREAM 0
+    #define FO_STREAM_BODY(SFX, dst, E)
+    #endif
+    /* Order the non-temporal stores before the caller's barrier. */
+    static void fo_stream_fence(void) {
+    #if FO_HAVE_STREAM
+        _mm_sfence();
+    #endif
+    }
+
     #define FO_ROWS(T, SFX)                                                                  \
     static inline void fo_sums_block_##SFX(const T *r, Py_ssize_t C, Py_ssize_t lo,          \
                                            Py_ssize_t hi, const double *shift, double *s1,   \
@@ -279,144 +276,76 @@ cdef extern from *:
             fo_grad_sums_row_##SFX(gr, xr, p, C, mean, s, d);                                 \
         }                                                                                     \
     }                                                                                         \
-    static inline void fo_normalize_range_##SFX(const T *r, T *dst, Py_ssize_t lo,            \
-                                                Py_ssize_t hi, const double *scale,           \
-                                                const double *shift) {                        \
+    /* y[0:n] = x * scale + shift; plain stores, vectorized from x's first 64-byte boundary */ \
+    static inline void fo_normalize_plain_##SFX(const T *x, T *y, Py_ssize_t n,               \
+                                                const double *scale, const double *shift,     \
+                                                int cs) {                                     \
+        Py_ssize_t p = fo_peel(x, sizeof(T), n);                                              \
+        for (Py_ssize_t i = 0; i < p; ++i) y[i] = FO_NORM1(T, i);                             \
         _Pragma("omp simd")                                                                   \
-        for (Py_ssize_t c = lo; c < hi; ++c)                                                  \
-            dst[c - lo] = (T)((double)r[c] * scale[c] + shift[c]);                            \
+        for (Py_ssize_t i = p; i < n; ++i) y[i] = FO_NORM1(T, i);                             \
     }                                                                                         \
-    /* y = x * scale[c] + shift[c] (float64 math) over rows [lo, hi); y may be x. With        \
-       stream, tiles are computed into an L1 buffer and copied out with streaming stores. */  \
+    /* y[0:n] = x * scale + shift; streaming stores from y's first 64-byte boundary */        \
+    static inline void fo_normalize_stream_##SFX(const T *x, T *y, Py_ssize_t n,              \
+                                                 const double *scale, const double *shift,    \
+                                                 int cs) {                                    \
+        Py_ssize_t i = 0, p = fo_peel(y, sizeof(T), n);                                       \
+        for (; i < p; ++i) y[i] = FO_NORM1(T, i);                                             \
+        FO_STREAM_BODY(SFX, y, FO_NORM8)                                                      \
+        for (; i < n; ++i) y[i] = FO_NORM1(T, i);                                             \
+    }                                                                                         \
+    static inline void fo_grad_input_plain_##SFX(const T *g, const T *x, T *dx, Py_ssize_t n, \
+                                                 const double *a, const double *b,            \
+                                                 const double *c, int cs) {                   \
+        Py_ssize_t p = fo_peel(x, sizeof(T), n);                                              \
+        for (Py_ssize_t i = 0; i < p; ++i) dx[i] = FO_GRAD1(T, i);                            \
+        _Pragma("omp simd")                                                                   \
+        for (Py_ssize_t i = p; i < n; ++i) dx[i] = FO_GRAD1(T, i);                            \
+    }                                                                                         \
+    static inline void fo_grad_input_stream_##SFX(const T *g, const T *x, T *dx, Py_ssize_t n,\
+                                                  const double *a, const double *b,           \
+                                                  const double *c, int cs) {                  \
+        Py_ssize_t i = 0, p = fo_peel(dx, sizeof(T), n);                                      \
+        for (; i < p; ++i) dx[i] = FO_GRAD1(T, i);                                            \
+        FO_STREAM_BODY(SFX, dx, FO_GRAD8)                                                     \
+        for (; i < n; ++i) dx[i] = FO_GRAD1(T, i);                                            \
+    }                                                                                         \
+    /* y = x * scale[c] + shift[c] over rows [lo, hi); y may be x */                          \
     static void fo_rows_normalize_##SFX(const T *x, T *y, Py_ssize_t lo, Py_ssize_t hi,       \
                                         Py_ssize_t C, const double *scale,                    \
                                         const double *shift, int stream) {                    \
-        T tile[FO_STREAM_TILE];                                                               \
         stream = stream && FO_HAVE_STREAM;                                                    \
         for (Py_ssize_t o = lo; o < hi; ++o) {                                                \
-            const T *r = x + o * C;                                                           \
-            T *w = y + o * C;                                                                 \
-            Py_ssize_t p = fo_peel(r, sizeof(T), C);                                          \
-            fo_normalize_range_##SFX(r, w, 0, p, scale, shift);                               \
-            for (Py_ssize_t c0 = p; c0 < C; c0 += FO_STREAM_TILE) {                           \
-                Py_ssize_t c1 = C - c0 < FO_STREAM_TILE ? C : c0 + FO_STREAM_TILE;            \
-                if (!stream) {                                                                \
-                    fo_normalize_range_##SFX(r, w + c0, c0, c1, scale, shift);                \
-                    continue;                                                                 \
-                }                                                                             \
-                fo_normalize_range_##SFX(r, tile, c0, c1, scale, shift);                      \
-                fo_stream_##SFX(w + c0, tile, c1 - c0);                                       \
-            }                                                                                 \
+            if (stream) fo_normalize_stream_##SFX(x + o * C, y + o * C, C, scale, shift, 1);  \
+            else fo_normalize_plain_##SFX(x + o * C, y + o * C, C, scale, shift, 1);          \
         }                                                                                     \
         if (stream) fo_stream_fence();                                                        \
     }                                                                                         \
-    static inline void fo_grad_input_range_##SFX(const T *gr, const T *xr, T *dst,            \
-                                                 Py_ssize_t lo, Py_ssize_t hi,                \
-                                                 const double *a, const double *b,            \
-                                                 const double *cc) {                          \
-        _Pragma("omp simd")                                                                   \
-        for (Py_ssize_t c = lo; c < hi; ++c)                                                  \
-            dst[c - lo] = (T)((double)gr[c] * a[c] + (double)xr[c] * b[c] + cc[c]);           \
-    }                                                                                         \
-    /* dx = dy * a[c] + x * b[c] + cc[c] (float64 math) over rows [lo, hi) */                \
+    /* dx = dy * a[c] + x * b[c] + c[c] over rows [lo, hi) */                                 \
     static void fo_rows_grad_input_##SFX(const T *g, const T *x, T *dx, Py_ssize_t lo,        \
                                          Py_ssize_t hi, Py_ssize_t C, const double *a,        \
-                                         const double *b, const double *cc, int stream) {     \
-        T tile[FO_STREAM_TILE];                                                               \
+                                         const double *b, const double *c, int stream) {      \
         stream = stream && FO_HAVE_STREAM;                                                    \
         for (Py_ssize_t o = lo; o < hi; ++o) {                                                \
-            const T *gr = g + o * C, *xr = x + o * C;                                         \
-            T *w = dx + o * C;                                                                \
-            Py_ssize_t p = fo_peel(xr, sizeof(T), C);                                         \
-            fo_grad_input_range_##SFX(gr, xr, w, 0, p, a, b, cc);                             \
-            for (Py_ssize_t c0 = p; c0 < C; c0 += FO_STREAM_TILE) {                           \
-                Py_ssize_t c1 = C - c0 < FO_STREAM_TILE ? C : c0 + FO_STREAM_TILE;            \
-                if (!stream) {                                                                \
-                    fo_grad_input_range_##SFX(gr, xr, w + c0, c0, c1, a, b, cc);              \
-                    continue;                                                                 \
-                }                                                                             \
-                fo_grad_input_range_##SFX(gr, xr, tile, c0, c1, a, b, cc);                    \
-                fo_stream_##SFX(w + c0, tile, c1 - c0);                                       \
-            }                                                                                 \
+            Py_ssize_t k = o * C;                                                             \
+            if (stream) fo_grad_input_stream_##SFX(g + k, x + k, dx + k, C, a, b, c, 1);      \
+            else fo_grad_input_plain_##SFX(g + k, x + k, dx + k, C, a, b, c, 1);              \
         }                                                                                     \
         if (stream) fo_stream_fence();                                                        \
+    }                                                                                         \
+    /* One contiguous run of an inner > 1 layout (scalar coefficients); the caller fences */  \
+    static void fo_run_normalize_##SFX(const T *x, T *y, Py_ssize_t n, double scale,          \
+                                       double shift, int stream) {                            \
+        if (stream && FO_HAVE_STREAM) fo_normalize_stream_##SFX(x, y, n, &scale, &shift, 0);  \
+        else fo_normalize_plain_##SFX(x, y, n, &scale, &shift, 0);                            \
+    }                                                                                         \
+    static void fo_run_grad_input_##SFX(const T *g, const T *x, T *dx, Py_ssize_t n,          \
+                                        double a, double b, double c, int stream) {           \
+        if (stream && FO_HAVE_STREAM) fo_grad_input_stream_##SFX(g, x, dx, n, &a, &b, &c, 0); \
+        else fo_grad_input_plain_##SFX(g, x, dx, n, &a, &b, &c, 0);                           \
     }
     FO_ROWS(float, f32)
     FO_ROWS(double, f64)
-
-    /* One contiguous run of an inner > 1 layout with streaming stores (the caller fences):
-       y = x * scale + shift, or dx = dy * a + (x * b + c). Written with AVX-512 intrinsics
-       because computing into a tile and copying it out (the row sweeps' way) lost the gain on
-       runs of a few KiB (C harness, (128, 256, 784): 12.3 ms direct, 13.5 ms tiled, 14.2 ms
-       plain stores). Head, body and tail use the same explicit fma, so a result does not
-       depend on the array's alignment. Without AVX-512 the plain loops run instead. */
-    #define FO_NORM1(T, x, i) ((T)fma((double)(x)[i], scale, shift))
-    #define FO_GRAD1(T, g, x, i) ((T)fma((double)(g)[i], a, fma((double)(x)[i], b, c)))
-    #if defined(__AVX512F__)
-    #define FO_HAVE_RUN_STREAM 1
-    static inline __m512d fo_wide_lo(const float *p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
-    static inline void fo_put16(float *d, __m512d lo, __m512d hi) {
-        __m512d both = _mm512_insertf64x4(
-            _mm512_castps_pd(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo))),
-            _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1);
-        _mm512_stream_ps(d, _mm512_castpd_ps(both));
-    }
-    static void fo_run_normalize_stream_f32(const float *x, float *y, Py_ssize_t n,
-                                            double scale, double shift) {
-        Py_ssize_t i = 0, p = fo_peel(y, sizeof(float), n);
-        __m512d vs = _mm512_set1_pd(scale), vt = _mm512_set1_pd(shift);
-        for (; i < p; ++i) y[i] = FO_NORM1(float, x, i);
-        for (; i + 16 <= n; i += 16)
-            fo_put16(y + i, _mm512_fmadd_pd(fo_wide_lo(x + i), vs, vt),
-                     _mm512_fmadd_pd(fo_wide_lo(x + i + 8), vs, vt));
-        for (; i < n; ++i) y[i] = FO_NORM1(float, x, i);
-    }
-    static void fo_run_normalize_stream_f64(const double *x, double *y, Py_ssize_t n,
-                                            double scale, double shift) {
-        Py_ssize_t i = 0, p = fo_peel(y, sizeof(double), n);
-        __m512d vs = _mm512_set1_pd(scale), vt = _mm512_set1_pd(shift);
-        for (; i < p; ++i) y[i] = FO_NORM1(double, x, i);
-        for (; i + 8 <= n; i += 8)
-            _mm512_stream_pd(y + i, _mm512_fmadd_pd(_mm512_loadu_pd(x + i), vs, vt));
-        for (; i < n; ++i) y[i] = FO_NORM1(double, x, i);
-    }
-    static void fo_run_grad_input_stream_f32(const float *g, const float *x, float *dx,
-                                             Py_ssize_t n, double a, double b, double c) {
-        Py_ssize_t i = 0, p = fo_peel(dx, sizeof(float), n);
-        __m512d va = _mm512_set1_pd(a), vb = _mm512_set1_pd(b), vc = _mm512_set1_pd(c);
-        for (; i < p; ++i) dx[i] = FO_GRAD1(float, g, x, i);
-        for (; i + 16 <= n; i += 16)
-            fo_put16(dx + i,
-                     _mm512_fmadd_pd(fo_wide_lo(g + i), va,
-                                     _mm512_fmadd_pd(fo_wide_lo(x + i), vb, vc)),
-                     _mm512_fmadd_pd(fo_wide_lo(g + i + 8), va,
-                                     _mm512_fmadd_pd(fo_wide_lo(x + i + 8), vb, vc)));
-        for (; i < n; ++i) dx[i] = FO_GRAD1(float, g, x, i);
-    }
-    static void fo_run_grad_input_stream_f64(const double *g, const double *x, double *dx,
-                                             Py_ssize_t n, double a, double b, double c) {
-        Py_ssize_t i = 0, p = fo_peel(dx, sizeof(double), n);
-        __m512d va = _mm512_set1_pd(a), vb = _mm512_set1_pd(b), vc = _mm512_set1_pd(c);
-        for (; i < p; ++i) dx[i] = FO_GRAD1(double, g, x, i);
-        for (; i + 8 <= n; i += 8)
-            _mm512_stream_pd(dx + i, _mm512_fmadd_pd(_mm512_loadu_pd(g + i), va,
-                                                     _mm512_fmadd_pd(_mm512_loadu_pd(x + i), vb, vc)));
-        for (; i < n; ++i) dx[i] = FO_GRAD1(double, g, x, i);
-    }
-    #else
-    #define FO_HAVE_RUN_STREAM 0
-    #define FO_RUN_STREAM_STUB(T, SFX)                                                         \
-    static void fo_run_normalize_stream_##SFX(const T *x, T *y, Py_ssize_t n, double scale,   \
-                                              double shift) {                                  \
-        for (Py_ssize_t i = 0; i < n; ++i) y[i] = FO_NORM1(T, x, i);                           \
-    }                                                                                          \
-    static void fo_run_grad_input_stream_##SFX(const T *g, const T *x, T *dx, Py_ssize_t n,   \
-                                               double a, double b, double c) {                 \
-        for (Py_ssize_t i = 0; i < n; ++i) dx[i] = FO_GRAD1(T, g, x, i);                       \
-    }
-    FO_RUN_STREAM_STUB(float, f32)
-    FO_RUN_STREAM_STUB(double, f64)
-    #endif
     #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC pop_options
     #endif
@@ -439,16 +368,16 @@ cdef extern from *:
     void fo_rows_grad_input_f64(const double*, const double*, double*, Py_ssize_t, Py_ssize_t,
                                 Py_ssize_t, const double*, const double*, const double*,
                                 int) noexcept nogil
-    void fo_run_normalize_stream_f32(const float*, float*, Py_ssize_t, double,
-                                     double) noexcept nogil
-    void fo_run_normalize_stream_f64(const double*, double*, Py_ssize_t, double,
-                                     double) noexcept nogil
-    void fo_run_grad_input_stream_f32(const float*, const float*, float*, Py_ssize_t, double,
-                                      double, double) noexcept nogil
-    void fo_run_grad_input_stream_f64(const double*, const double*, double*, Py_ssize_t, double,
-                                      double, double) noexcept nogil
+    void fo_run_normalize_f32(const float*, float*, Py_ssize_t, double, double,
+                              int) noexcept nogil
+    void fo_run_normalize_f64(const double*, double*, Py_ssize_t, double, double,
+                              int) noexcept nogil
+    void fo_run_grad_input_f32(const float*, const float*, float*, Py_ssize_t, double, double,
+                               double, int) noexcept nogil
+    void fo_run_grad_input_f64(const double*, const double*, double*, Py_ssize_t, double,
+                               double, double, int) noexcept nogil
     void fo_stream_fence() noexcept nogil
-    int FO_HAVE_RUN_STREAM
+    int FO_HAVE_STREAM
 
 
 cdef void rows_sums(const floating* xp, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t C,
@@ -497,25 +426,21 @@ cdef void rows_grad_input(const floating* gp, const floating* xp, floating* dxp,
 
 cdef inline void run_normalize_to(const floating* x, floating* y, Py_ssize_t n, double scale,
                                   double shift, bint stream) noexcept nogil:
-    """run_normalize, or through streaming stores (the caller fences)."""
-    if not stream:
-        run_normalize(x, y, n, scale, shift)
-    elif floating is float:
-        fo_run_normalize_stream_f32(x, y, n, scale, shift)
+    """run_normalize, optionally through streaming stores (the caller fences)."""
+    if floating is float:
+        fo_run_normalize_f32(x, y, n, scale, shift, stream)
     else:
-        fo_run_normalize_stream_f64(x, y, n, scale, shift)
+        fo_run_normalize_f64(x, y, n, scale, shift, stream)
 
 
 cdef inline void run_grad_input_to(const floating* dy, const floating* x, floating* dx,
                                    Py_ssize_t n, double a, double b, double c,
                                    bint stream) noexcept nogil:
-    """run_grad_input, or through streaming stores (the caller fences)."""
-    if not stream:
-        run_grad_input(dy, x, dx, n, a, b, c)
-    elif floating is float:
-        fo_run_grad_input_stream_f32(dy, x, dx, n, a, b, c)
+    """run_grad_input, optionally through streaming stores (the caller fences)."""
+    if floating is float:
+        fo_run_grad_input_f32(dy, x, dx, n, a, b, c, stream)
     else:
-        fo_run_grad_input_stream_f64(dy, x, dx, n, a, b, c)
+        fo_run_grad_input_f64(dy, x, dx, n, a, b, c, stream)
 
 
 # ---------------------------------------------------------------- chunk helpers (any inner)
@@ -546,7 +471,7 @@ cdef void normalize_chunk(const floating* xp, floating* yp, Py_ssize_t outer, Py
     if inner == 1:
         rows_normalize_to(xp, yp, lo, hi, C, scale, shift, stream)
         return
-    stream = stream and FO_HAVE_RUN_STREAM
+    stream = stream and FO_HAVE_STREAM
     for o in range(lo, hi):
         for c in range(C):
             run_normalize_to(xp + (o * C + c) * inner, yp + (o * C + c) * inner, inner,
@@ -579,7 +504,7 @@ cdef void grad_input_chunk(const floating* gp, const floating* xp, floating* dxp
     if inner == 1:
         rows_grad_input(gp, xp, dxp, lo, hi, C, a, b, cc, stream)
         return
-    stream = stream and FO_HAVE_RUN_STREAM
+    stream = stream and FO_HAVE_STREAM
     for o in range(lo, hi):
         for c in range(C):
             off = (o * C + c) * inner
@@ -614,7 +539,7 @@ def forward_train(
     cdef double[::1] shifts, scales, offsets
     cdef bint run_stream
 
-    run_stream = stream and FO_HAVE_RUN_STREAM
+    run_stream = stream and FO_HAVE_STREAM
     if per_channel:
         with nogil:
             for c in prange(C, schedule="static", num_threads=n_threads):
@@ -700,7 +625,7 @@ def backward(
     cdef double[::1] ca, cb, cc
     cdef bint run_stream
 
-    run_stream = stream and FO_HAVE_RUN_STREAM
+    run_stream = stream and FO_HAVE_STREAM
     if per_channel:
         with nogil:
             for c in prange(C, schedule="static", num_threads=n_threads):
