@@ -123,9 +123,9 @@ def at_offset(shape, dtype, offset_bytes):
 def test_sweeps_agree_for_any_address_stream_and_thread_count(backend, dtype, outer, C, inner,
                                                               per_channel):
     """Channels-last row sweeps (inner == 1): 4-row sum blocks plus tail rows (3 chunks of 23
-    rows), a stream tile boundary (C > 256), rows that are not a multiple of 64 bytes; runs of
-    inner > 1 (chunked and per channel) with a streaming head, body and tail. Inputs and outputs
-    at every alignment, in place or not, streamed or not, on 1 or 2 threads: bitwise equal
+    rows), rows of several 64-byte lines (C = 300), rows that are not a multiple of 64 bytes;
+    runs of inner > 1 (chunked and per channel) with a streaming head, body and tail. Inputs and
+    outputs at every alignment, in place or not, streamed or not, on 1 or 2 threads: bitwise equal
     results, and equal to the reference."""
     kernels = _dispatch.load("batchnorm", backend)
     rng = np.random.default_rng(4)
