@@ -117,16 +117,16 @@ def at_offset(shape, dtype, offset_bytes):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("outer, C, inner, per_channel",
-                         [(69, 300, 1, False), (21, 37, 1, False), (3, 5, 1, False),
-                          (7, 5, 37, False), (3, 6, 70, True)])
+@pytest.mark.parametrize("outer, C, inner, per_channel, row_block",
+                         [(69, 300, 1, False, 4), (69, 300, 1, False, 1), (21, 37, 1, False, 4),
+                          (3, 5, 1, False, 4), (7, 5, 37, False, 4), (3, 6, 70, True, 4)])
 def test_sweeps_agree_for_any_address_stream_and_thread_count(backend, dtype, outer, C, inner,
-                                                              per_channel):
+                                                              per_channel, row_block):
     """Channels-last row sweeps (inner == 1): 4-row sum blocks plus tail rows (3 chunks of 23
-    rows), rows of several 64-byte lines (C = 300), rows that are not a multiple of 64 bytes;
-    runs of inner > 1 (chunked and per channel) with a streaming head, body and tail. Inputs and
-    outputs at every alignment, in place or not, streamed or not, on 1 or 2 threads: bitwise equal
-    results, and equal to the reference."""
+    rows) or one row at a time, rows of several 64-byte lines (C = 300), rows that are not a
+    multiple of 64 bytes; runs of inner > 1 (chunked and per channel) with a streaming head,
+    body and tail. Inputs and outputs at every alignment, in place or not, streamed or not, on
+    1 or 2 threads: bitwise equal results, and equal to the reference."""
     kernels = _dispatch.load("batchnorm", backend)
     rng = np.random.default_rng(4)
     x0 = (rng.standard_normal((outer, C, inner)) * 3 + 5).astype(dtype)
@@ -144,11 +144,11 @@ def test_sweeps_agree_for_any_address_stream_and_thread_count(backend, dtype, ou
         dx = dy if in_place else at_offset(x0.shape, dtype, offset)
         y = x if in_place else at_offset(x0.shape, dtype, offset)
         kernels.forward_train(x, w64, b64, 1e-5, y, mean, var, inv, per_channel, 3, n_threads,
-                              stream)
+                              stream, row_block)
         y = y.copy()
         x[...] = x0  # the in-place forward overwrote x
         kernels.backward(dy, x, mean, inv, w64, True, dx, dw, db, per_channel, 3, n_threads,
-                         stream)
+                         stream, row_block)
         return y, mean, var, dx.copy(), dw, db, ye.copy()
 
     first = run(0, False, 1, False)
@@ -174,6 +174,14 @@ def test_plan_streams_only_when_the_call_outgrows_the_cache():
     assert not make_plan(rows * 1024, 3, 1, 2, 4).stream  # rows too short to stream
     assert make_plan(rows * 1024 // (256 * 784) + 1, 256, 784, 2, 4).stream  # NCHW runs of 3 KiB
     assert not make_plan(rows * 1024 // 8, 4, 8, 2, 4).stream  # runs of 32 bytes
+
+
+def test_plan_sums_one_row_at_a_time_only_when_the_input_streams_from_memory():
+    rows = _plan.CACHE_BYTES // 4 // 1024
+    assert make_plan(rows, 1024, 1, 2, 4).row_block == 4  # forward: x fits
+    assert make_plan(rows, 1024, 1, 2, 4, n_arrays=3).row_block == 1  # backward: x + dy do not
+    assert make_plan(rows // 2, 1024, 1, 2, 4, n_arrays=3).row_block == 4
+    assert make_plan(2 * rows, 1024, 1, 2, 4).row_block == 1
 
 
 def test_plan_chooses_per_channel_only_with_long_runs_and_many_channels():

@@ -68,14 +68,14 @@ def run_grad_input(dy, x, dx, o, c, a, b, cc):
 # ------------------------------------------------ 2-D rows (inner == 1): sweeps across channels
 
 
-ROW_BLOCK = 4  # rows per sweep in the sums: partial sums stay in registers (as in Cython)
+ROW_BLOCK = 4  # rows per sweep in the sums (row_block > 1): partial sums stay in registers
 
 
 @jit
-def rows_sums(x2, lo, hi, shifts, s1, s2):
+def rows_sums(x2, lo, hi, shifts, s1, s2, row_block):
     C = x2.shape[1]
     o = lo
-    while o + ROW_BLOCK <= hi:
+    while row_block > 1 and o + ROW_BLOCK <= hi:
         for c in range(C):  # vectorizes across channels; the row loop unrolls
             sh = shifts[c]
             a = 0.0
@@ -106,10 +106,10 @@ def rows_normalize(x2, y2, lo, hi, scale, shift):
 
 
 @jit
-def rows_grad_sums(g2, x2, lo, hi, mean, s, d):
+def rows_grad_sums(g2, x2, lo, hi, mean, s, d, row_block):
     C = x2.shape[1]
     o = lo
-    while o + ROW_BLOCK <= hi:
+    while row_block > 1 and o + ROW_BLOCK <= hi:
         for c in range(C):  # vectorizes across channels; the row loop unrolls
             m = mean[c]
             a = 0.0
@@ -163,14 +163,14 @@ def _forward_per_channel(x, weight, bias, eps, y, mean, var, invstd):
 
 
 @pjit
-def _chunk_sums(x, shifts, n_chunks):
+def _chunk_sums(x, shifts, n_chunks, row_block):
     outer, C, inner = x.shape
     part = np.zeros((n_chunks, 2, C))
     x2 = x.reshape((outer, C * inner))
     for k in nb.prange(n_chunks):
         lo, hi = k * outer // n_chunks, (k + 1) * outer // n_chunks
         if inner == 1:
-            rows_sums(x2, lo, hi, shifts, part[k, 0], part[k, 1])
+            rows_sums(x2, lo, hi, shifts, part[k, 0], part[k, 1], row_block)
         else:
             for o in range(lo, hi):
                 for c in range(C):
@@ -196,13 +196,13 @@ def _normalize(x, y, scale, shift, n_chunks):
 
 
 @jit
-def _forward_chunked(x, weight, bias, eps, y, mean, var, invstd, n_chunks):
+def _forward_chunked(x, weight, bias, eps, y, mean, var, invstd, n_chunks, row_block):
     outer, C, inner = x.shape
     n = outer * inner
     shifts = np.empty(C)
     for c in range(C):
         shifts[c] = channel_shift(np.float64(x[0, c, 0]))
-    part = _chunk_sums(x, shifts, n_chunks)
+    part = _chunk_sums(x, shifts, n_chunks, row_block)
     scale = np.empty(C)
     offset = np.empty(C)
     for c in range(C):
@@ -235,7 +235,7 @@ def _backward_per_channel(dy, x, mean, invstd, weight, training, dx, dweight, db
 
 
 @pjit
-def _chunk_grad_sums(dy, x, mean, n_chunks):
+def _chunk_grad_sums(dy, x, mean, n_chunks, row_block):
     outer, C, inner = x.shape
     part = np.zeros((n_chunks, 2, C))
     x2 = x.reshape((outer, C * inner))
@@ -243,7 +243,7 @@ def _chunk_grad_sums(dy, x, mean, n_chunks):
     for k in nb.prange(n_chunks):
         lo, hi = k * outer // n_chunks, (k + 1) * outer // n_chunks
         if inner == 1:
-            rows_grad_sums(g2, x2, lo, hi, mean, part[k, 0], part[k, 1])
+            rows_grad_sums(g2, x2, lo, hi, mean, part[k, 0], part[k, 1], row_block)
         else:
             for o in range(lo, hi):
                 for c in range(C):
@@ -270,10 +270,11 @@ def _grad_input(dy, x, dx, ca, cb, cc, n_chunks):
 
 
 @jit
-def _backward_chunked(dy, x, mean, invstd, weight, training, dx, dweight, dbias, n_chunks):
+def _backward_chunked(dy, x, mean, invstd, weight, training, dx, dweight, dbias, n_chunks,
+                      row_block):
     outer, C, inner = x.shape
     n = outer * inner
-    part = _chunk_grad_sums(dy, x, mean, n_chunks)
+    part = _chunk_grad_sums(dy, x, mean, n_chunks, row_block)
     ca = np.empty(C)
     cb = np.empty(C)
     cc = np.empty(C)
@@ -291,13 +292,13 @@ def _backward_chunked(dy, x, mean, invstd, weight, training, dx, dweight, dbias,
 
 
 def forward_train(x, weight, bias, eps, y, mean, var, invstd, per_channel, n_chunks, n_threads,
-                  stream=False):
+                  stream=False, row_block=4):
     """Training forward; same contract as ``_cython.forward_train`` (``stream`` is ignored)."""
     apply_numba_threads(n_threads)
     if per_channel:
         _forward_per_channel(x, weight, bias, eps, y, mean, var, invstd)
     else:
-        _forward_chunked(x, weight, bias, eps, y, mean, var, invstd, n_chunks)
+        _forward_chunked(x, weight, bias, eps, y, mean, var, invstd, n_chunks, row_block)
 
 
 def forward_eval(x, scale, shift, y, n_chunks, n_threads, stream=False):
@@ -308,10 +309,11 @@ def forward_eval(x, scale, shift, y, n_chunks, n_threads, stream=False):
 
 
 def backward(dy, x, mean, invstd, weight, training, dx, dweight, dbias, per_channel, n_chunks,
-             n_threads, stream=False):
+             n_threads, stream=False, row_block=4):
     """Backward; same contract as ``_cython.backward`` (``stream`` is ignored)."""
     apply_numba_threads(n_threads)
     if per_channel:
         _backward_per_channel(dy, x, mean, invstd, weight, training, dx, dweight, dbias)
     else:
-        _backward_chunked(dy, x, mean, invstd, weight, training, dx, dweight, dbias, n_chunks)
+        _backward_chunked(dy, x, mean, invstd, weight, training, dx, dweight, dbias, n_chunks,
+                          row_block)

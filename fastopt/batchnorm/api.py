@@ -207,7 +207,8 @@ def batch_norm_forward(
         else:
             mean, var, invstd = np.empty(channels), np.empty(channels), np.empty(channels)
             kernels.forward_train(x3, w64, b64, eps, y3, mean, var, invstd,
-                                  plan.per_channel, plan.n_chunks, plan.n_threads, plan.stream)
+                                  plan.per_channel, plan.n_chunks, plan.n_threads, plan.stream,
+                                  plan.row_block)
         if rm is not None:
             _update_running(rm, rv, mean, var, momentum, n)
     else:
@@ -381,5 +382,6 @@ def batch_norm_backward(
         plan = make_plan(outer, channels, inner, get_num_threads(), x.dtype.itemsize, 3)
         dweight, dbias = np.empty(channels), np.empty(channels)
         kernels.backward(g3, x3, mean64, invstd64, w64, bool(training), dx3, dweight, dbias,
-                         plan.per_channel, plan.n_chunks, plan.n_threads, plan.stream)
+                         plan.per_channel, plan.n_chunks, plan.n_threads, plan.stream,
+                         plan.row_block)
     return BatchNormGrads(dx, dweight.astype(x.dtype), dbias.astype(x.dtype))
