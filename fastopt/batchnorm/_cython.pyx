@@ -9,7 +9,8 @@ so float32 input with a large offset keeps its variance. Outputs are computed in
 far less than float32's rounding of the result).
 
 For ``inner == 1`` (channels-last, (N, C)) the loops run across channels (C helpers below): the
-sums over blocks of 4 rows, every row loop from the row's first 64-byte boundary. Calls whose
+sums over blocks of 4 rows for cache-resident input, one row at a time for input streamed from
+memory (``row_block``), every row loop from the row's first 64-byte boundary. Calls whose
 arrays outgrow the cache write their output through non-temporal stores (``stream``, chosen by
 ``_plan.make_plan``), in the row sweeps and in the runs of inner > 1 layouts alike.
 

@@ -1,7 +1,8 @@
 """Numba batch-norm kernels: the same strategies and signatures as ``_cython.pyx``.
 
 Plain loops over the innermost axis, compiled lazily on first call (``cache=True``), one
-specialization per dtype; the channels-last sums take 4-row blocks as in Cython. The ``stream``
+specialization per dtype; the channels-last sums take 4-row blocks or single rows
+(``row_block``) as in Cython. The ``stream``
 argument of the entry points is accepted and ignored (Numba has no non-temporal stores).
 ``fastmath`` allows only reassociation and contraction, so float64 reductions vectorize while NaN
 and Inf keep their meaning. Outputs are computed in float64 as
