@@ -176,6 +176,15 @@ def test_plan_streams_only_when_the_call_outgrows_the_cache():
     assert not make_plan(rows * 1024 // 8, 4, 8, 2, 4).stream  # runs of 32 bytes
 
 
+def test_cache_size_parsing():
+    assert _plan.parse_cache_size("32768K\n") == 32 << 20
+    assert _plan.parse_cache_size("1M") == 1 << 20
+    assert _plan.parse_cache_size("512") == 512
+    assert _plan.parse_cache_size("") is None
+    assert _plan.parse_cache_size("unknown") is None
+    assert _plan.CACHE_BYTES > 0
+
+
 def test_plan_sums_one_row_at_a_time_only_when_the_input_streams_from_memory():
     rows = _plan.CACHE_BYTES // 4 // 1024
     assert make_plan(rows, 1024, 1, 2, 4).row_block == 4  # forward: x fits

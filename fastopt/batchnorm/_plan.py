@@ -41,19 +41,25 @@ STREAM_MIN_RUN_BYTES = 256
 DEFAULT_CACHE_BYTES = 32 << 20
 
 
+def parse_cache_size(text: str) -> int | None:
+    """Bytes in a sysfs cache size such as ``"32768K"`` or ``"1M"``; None if unreadable."""
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    digits = text.rstrip("KMG")
+    return int(digits) * scale if digits.isdigit() else None
+
+
 def _last_level_cache_bytes() -> int:
     """Size of the largest CPU cache (Linux sysfs), or ``DEFAULT_CACHE_BYTES`` if unknown."""
     sizes = []
     for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
         try:
             with open(path) as f:
-                text = f.read().strip().upper()
+                size = parse_cache_size(f.read())
         except OSError:
             continue
-        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-        digits = text.rstrip("KMG")
-        if digits.isdigit():
-            sizes.append(int(digits) * scale)
+        if size:
+            sizes.append(size)
     return max(sizes, default=DEFAULT_CACHE_BYTES)
 
 
