@@ -168,10 +168,10 @@ def _kernels(tpb: int):
         s, d = sum_partials(part, c)
         dbias[c] = s
         dweight[c] = d * invstd[c]
-        a, b, e = coefficients(s, d, invstd[c], weight[c], n, training)
+        a, b, e = coefficients(s, d, mean[c], invstd[c], weight[c], n, training)
         ca[c] = a
         cb[c] = b
-        cc[c] = e - mean[c] * b  # folded: dx = dy * a + x * b + cc
+        cc[c] = e
 
     @cuda.jit
     def grad_input_kernel(dy, x, dx, ca, cb, cc):

@@ -17,7 +17,6 @@ arrays outgrow the cache write their output through non-temporal stores (``strea
 Arguments are marked IN (read), OUT (written) or INOUT.
 """
 
-cimport cython
 from cython.parallel cimport prange
 from libc.math cimport isfinite, sqrt
 from cython cimport floating
@@ -99,8 +98,8 @@ cdef inline (double, double, double) grad_coefficients(
 
     PyTorch's dx = (dy - s/n - (x - mean) d invstd^2 / n) invstd weight with the mean folded into
     the constant; in eval mode the statistics are constants (b = 0, c = 0). Mirrors
-    ``_scalar.grad_coefficients`` (Numba/CUDA), which returns the unfolded constant. Returned as
-    a tuple so that prange makes the caller's variables thread-private.
+    ``_scalar.grad_coefficients`` (Numba/CUDA). Returned as a tuple so that prange makes the
+    caller's variables thread-private.
     """
     cdef double a = invstd * weight
     cdef double b = -d * invstd * invstd * a / n if training else 0.0
@@ -109,10 +108,11 @@ cdef inline (double, double, double) grad_coefficients(
 
 # ---------------------------------------------------------------- channels-last row sweeps
 # C helpers, one per dtype from one template: the (rows, C) sweeps of channels-last input and the
-# element-wise runs of inner > 1 layouts. Sums take FO_ROW_BLOCK (4) rows per sweep across the
-# channels and keep their partial sums in registers: one row at a time loads and stores every
-# float64 accumulator once per value (isolated sums pass on (4096, 1024): 0.54 -> 0.29 ms); 8 rows
-# were no faster in isolation and slower inside the benchmark. The `omp simd` pragmas vectorize
+# element-wise runs of inner > 1 layouts. On cache-resident input the sums take FO_ROW_BLOCK (4)
+# rows per sweep across the channels and keep their partial sums in registers: one row at a time
+# loads and stores every float64 accumulator once per value (isolated sums pass on (4096, 1024):
+# 0.54 -> 0.29 ms); 8 rows were no faster. Input streamed from memory is summed one row at a time
+# (``row_block``, see the C comment below). The `omp simd` pragmas vectorize
 # across channels without GCC's runtime overlap checks: within one sweep every channel is
 # independent, and an output may alias an input only element for element (in place), which is
 # safe. Normalize/dx passes can write through non-temporal stores (``stream``): for arrays larger

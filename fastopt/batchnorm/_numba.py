@@ -230,9 +230,9 @@ def _backward_per_channel(dy, x, mean, invstd, weight, training, dx, dweight, db
             d += b
         dbias[c] = s
         dweight[c] = d * invstd[c]
-        ca, cb, cc = grad_coefficients(s, d, invstd[c], weight[c], n, training)
+        ca, cb, cc = grad_coefficients(s, d, mean[c], invstd[c], weight[c], n, training)
         for o in range(outer):
-            run_grad_input(dy, x, dx, o, c, ca, cb, cc - mean[c] * cb)
+            run_grad_input(dy, x, dx, o, c, ca, cb, cc)
 
 
 @pjit
@@ -283,9 +283,7 @@ def _backward_chunked(dy, x, mean, invstd, weight, training, dx, dweight, dbias,
         s, d = sum_partials(part, c)
         dbias[c] = s
         dweight[c] = d * invstd[c]
-        a, b, e = grad_coefficients(s, d, invstd[c], weight[c], n, training)
-        # dx = dy * a + (x - mean) * b + e, folded to dy * a + x * b + (e - mean * b)
-        ca[c], cb[c], cc[c] = a, b, e - mean[c] * b
+        ca[c], cb[c], cc[c] = grad_coefficients(s, d, mean[c], invstd[c], weight[c], n, training)
     _grad_input(dy, x, dx, ca, cb, cc, n_chunks)
 
 

@@ -40,10 +40,13 @@ def finish_stats(s1: float, s2: float, shift: float, n: float, eps: float):
     return shift + m, v, 1.0 / math.sqrt(v + eps)
 
 
-def grad_coefficients(s: float, d: float, invstd: float, weight: float, n: float, training: bool):
-    """(a, b, c) with ``dx = dy * a + (x - mean) * b + c`` from ``s = sum(dy)``,
-    ``d = sum((x - mean) * dy)``; in eval mode the statistics are constants (b = c = 0)."""
+def grad_coefficients(s: float, d: float, mean: float, invstd: float, weight: float, n: float,
+                      training: bool):
+    """(a, b, c) with ``dx = dy * a + x * b + c`` from ``s = sum(dy)``, ``d = sum((x - mean) *
+    dy)``: PyTorch's ``(dy - s/n - (x - mean) d invstd^2 / n) invstd weight`` with the mean folded
+    into the constant. In eval mode the statistics are constants (b = c = 0)."""
     a = invstd * weight
     if not training:
         return a, 0.0, 0.0
-    return a, -d * invstd * invstd * a / n, -s / n * a
+    b = -d * invstd * invstd * a / n
+    return a, b, -s / n * a - mean * b

@@ -217,8 +217,7 @@ def batch_norm_forward(
         if name == "numpy":
             y3[...] = kernels.forward_eval(x3, mean, invstd, w64, b64)
         else:
-            scale = invstd * w64
-            kernels.forward_eval(x3, scale, b64 - mean * scale, y3, plan.n_chunks,
+            kernels.forward_eval(x3, *_eval_affine(mean, invstd, w64, b64), y3, plan.n_chunks,
                                  plan.n_threads, plan.stream)
     return BatchNormOutput(y, mean.astype(x.dtype), invstd.astype(x.dtype))
 
@@ -228,6 +227,12 @@ def _update_running(rm, rv, mean, var, momentum: float, n: int) -> None:
     rm += (momentum * mean).astype(rm.dtype)
     rv *= 1.0 - momentum
     rv += (momentum * var * (n / (n - 1))).astype(rv.dtype)
+
+
+def _eval_affine(mean, invstd, w64, b64) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) with y = x * scale + shift for the eval forward kernels (float64)."""
+    scale = invstd * w64
+    return scale, b64 - mean * scale
 
 
 def _host(arr):
@@ -265,8 +270,7 @@ def _forward_cuda(x, w64, b64, outer, channels, inner, training, rm, rv, momentu
     else:
         mean = rm.astype(np.float64)
         invstd = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
-        scale = invstd * w64
-        kernels.forward_eval(x3, scale, b64 - mean * scale, y3)
+        kernels.forward_eval(x3, *_eval_affine(mean, invstd, w64, b64), y3)
     mean, invstd = mean.astype(x.dtype), invstd.astype(x.dtype)
     if host:
         y = yd.copy_to_host() if out is None else _copy_into(out, yd)
