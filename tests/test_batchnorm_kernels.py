@@ -24,7 +24,7 @@ LAYOUTS = [
     ((4, 7, 6), 2),
     ((5, 6, 4), 0),
     ((9, 2, 1, 1), 1),
-    ((7, 300), 1),  # more channels than one channel block of the row sweeps (256)
+    ((7, 300), 1),  # rows of several 64-byte lines plus a partial vector (channels-last sweeps)
 ]
 
 
