@@ -264,6 +264,8 @@ def test_monitor_on_a_real_net(tanh_ce):
     expected = (first.g_h_g > 0 and last.g_h_g >= 10 * first.g_h_g
                 and last.g_dot_g >= first.g_dot_g)
     assert mon.ill_conditioned == expected
+    # the verdict is not just the rule restated: on this run g^T H g falls, so it must be False
+    assert last.g_h_g < first.g_h_g and not mon.ill_conditioned
     assert mon.suggested_lr == (last.g_dot_g / last.g_h_g if last.g_h_g > 0 else math.inf)
 
 

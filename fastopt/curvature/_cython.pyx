@@ -310,12 +310,8 @@ def output_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, :
                 losses[i] = 0.5 * ssum
             else:
                 f = Z[i, 0, 0] + b[0]
-                if f > 0:
-                    losses[i] = f + log1p(exp(-f)) - Y[i, 0] * f
-                    sg = 1.0 / (1.0 + exp(-f))
-                else:
-                    losses[i] = log1p(exp(f)) - Y[i, 0] * f
-                    sg = exp(f) / (1.0 + exp(f))
+                losses[i] = _softplus(f) - Y[i, 0] * f  # float64, as the other losses
+                sg = _sigmoid(f)
                 if need >= 1:
                     D[i, 0, 0] = <real>((sg - Y[i, 0]) * inv_n)
                 for j in range(k):

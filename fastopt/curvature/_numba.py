@@ -19,7 +19,7 @@ _SQRT_2_OVER_PI = 0.7978845608028654
 _GELU_A = 0.044715
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy", nogil=True)
 def _sigmoid(z):
     if z >= 0:
         return 1.0 / (1.0 + math.exp(-z))
@@ -31,7 +31,7 @@ _F32 = np.float32
 _COLSUM_BLOCK = 256  # columns per block of the float64 column sums
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy", nogil=True)
 def _tanh_fast(x):
     """float32 tanh without a libm call (vectorizes); see ``_cython._tanh_fast``."""
     c = _F32(7.90531110763549805)
@@ -50,7 +50,7 @@ def _tanh_fast(x):
     return p / q
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy", nogil=True)
 def _act(code, z):
     """(value, first derivative, second derivative) of activation ``code`` at z."""
     if code == 1:  # tanh
@@ -79,7 +79,7 @@ def _act(code, z):
     return z, 1.0, 0.0
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _hidden_forward_rows(Z, b, AV, C, act, need, A, D1, D2, RZ, fast, i0, i1):
     N, kz, n = Z.shape
     k = AV.shape[1] if need == 2 else 0
@@ -120,7 +120,7 @@ def _hidden_forward_rows(Z, b, AV, C, act, need, A, D1, D2, RZ, fast, i0, i1):
                     A[i, 1 + j, o] = D1[i, o] * rz
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _output_forward_rows(Z, b, AV, C, loss, need, labels, Y, D, losses, i0, i1):
     N, kz, n = Z.shape
     k = AV.shape[1] if need == 2 else 0
@@ -192,7 +192,7 @@ def _output_forward_rows(Z, b, AV, C, loss, need, labels, Y, D, losses, i0, i1):
                 D[i, 1 + j, 0] = sg * (1.0 - sg) * rf * inv_n
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _hidden_backward_rows(DA, DV, D1, D2, RZ, gn, D, i0, i1):
     N, kk, n = DA.shape
     for i in range(i0, i1):
@@ -208,7 +208,7 @@ def _hidden_backward_rows(DA, DV, D1, D2, RZ, gn, D, i0, i1):
                                       + DA[i, 0, o] * D2[i, o] * RZ[i, j, o])
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _hidden_backward_sums(DA, DV, D1, D2, RZ, gn, D, S, first):
     """``_hidden_backward_rows`` over all rows, accumulating the column sums of
     ``D[:, first:]`` row by row (in a local array: LLVM cannot tell ``S`` from ``D``)."""
@@ -224,7 +224,7 @@ def _hidden_backward_sums(DA, DV, D1, D2, RZ, gn, D, S, first):
     S[:] = acc
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _colsum_blocks(D, out, b0, b1):
     """Column sums of the column blocks ``b0 .. b1 - 1`` of D into ``out``, row by row.
 
@@ -248,7 +248,7 @@ def _colsum_blocks(D, out, b0, b1):
 _TILE = 32  # tile edge of the batched transposes
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _batched_transpose(a, b, dst, has_b):
     B, R, C = a.shape
     for i in range(B):
@@ -272,7 +272,7 @@ def _batched_transpose(a, b, dst, has_b):
 # left spinning, steal the cores that the next BLAS call needs).
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _hidden_forward_par(Z, b, AV, C, act, need, A, D1, D2, RZ, fast, chunks):
     N = Z.shape[0]
     step = (N + chunks - 1) // chunks
@@ -281,7 +281,7 @@ def _hidden_forward_par(Z, b, AV, C, act, need, A, D1, D2, RZ, fast, chunks):
                              min(N, (c + 1) * step))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _output_forward_par(Z, b, AV, C, loss, need, labels, Y, D, losses, chunks):
     N = Z.shape[0]
     step = (N + chunks - 1) // chunks
@@ -290,7 +290,7 @@ def _output_forward_par(Z, b, AV, C, loss, need, labels, Y, D, losses, chunks):
                              min(N, (c + 1) * step))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _hidden_backward_par(DA, DV, D1, D2, RZ, gn, D, chunks):
     N = DA.shape[0]
     step = (N + chunks - 1) // chunks
@@ -298,7 +298,7 @@ def _hidden_backward_par(DA, DV, D1, D2, RZ, gn, D, chunks):
         _hidden_backward_rows(DA, DV, D1, D2, RZ, gn, D, c * step, min(N, (c + 1) * step))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _colsum_par(D, out, chunks):
     nb = (D.shape[1] + _COLSUM_BLOCK - 1) // _COLSUM_BLOCK
     step = (nb + chunks - 1) // chunks

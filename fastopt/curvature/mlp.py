@@ -14,7 +14,6 @@ the HVP runs six GEMMs whatever k is.
 
 from __future__ import annotations
 
-import numbers
 import threading
 from collections.abc import Sequence
 
@@ -24,9 +23,11 @@ from .. import _dispatch
 from .._threads import get_num_threads
 from .._validate import (
     as_float_array,
+    as_generator,
     check_all_finite,
     check_choice,
     check_float_dtype,
+    check_int,
     check_out,
 )
 
@@ -79,8 +80,9 @@ class MLP:
     so that repeated calls do not page-fault fresh memory; :meth:`clear_workspace` frees them.
     Returned arrays are always new (or ``out=``).
 
-    All methods validate their input, never modify it, and take ``backend=`` (``"auto"``,
-    ``"cython"``, ``"numba"``, ``"numpy"``) selecting the element-wise kernels; the matrix
+    All methods validate their input and never modify it; the products, the loss and the
+    gradient take ``backend=`` (``"auto"``, ``"cython"``, ``"numba"``, ``"numpy"``) selecting the
+    element-wise kernels (:meth:`forward` always runs the numpy reference); the matrix
     products always run through numpy's BLAS. ``X`` and ``y`` that are not C-contiguous are
     copied once.
 
@@ -114,12 +116,8 @@ class MLP:
         sizes = list(sizes)
         if len(sizes) < 2:
             raise ValueError(f"sizes: needs at least 2 entries (input and output), got {sizes}")
-        for s in sizes:
-            if isinstance(s, bool) or not isinstance(s, numbers.Integral):
-                raise TypeError(f"sizes: entries must be integers, got {s!r}")
-            if s < 1:
-                raise ValueError(f"sizes: entries must be >= 1, got {sizes}")
-        self.sizes = [int(s) for s in sizes]
+        self.sizes = [check_int(s, f"sizes[{i}] (layer widths are integers >= 1)")
+                      for i, s in enumerate(sizes)]
         self.activation = check_choice(activation, "activation", ACTIVATIONS)
         self.loss_name = check_choice(loss, "loss", LOSSES)
         self.dtype = check_float_dtype(dtype)
@@ -176,12 +174,14 @@ class MLP:
         theta = self._check_theta(theta, contiguous=False)
         if not theta.flags.c_contiguous:
             raise ValueError("theta: must be contiguous to be unpacked into views")
-        layers = []
-        for (n_in, n_o), (o0, o1, o2) in zip(
-            zip(self.sizes[:-1], self.sizes[1:], strict=True), self._offsets, strict=True
-        ):
-            layers.append((theta[o0:o1].reshape(n_in, n_o), theta[o1:o2]))
-        return layers
+        return self._views(theta)
+
+    def _views(self, theta: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``unpack`` for a theta that is already validated and contiguous."""
+        return [(theta[o0:o1].reshape(n_in, n_o), theta[o1:o2])
+                for (n_in, n_o), (o0, o1, o2) in zip(
+                    zip(self.sizes[:-1], self.sizes[1:], strict=True), self._offsets,
+                    strict=True)]
 
     def pack(self, layers: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         """Flat ``theta`` (a new array of the model's dtype) from per-layer ``(W, b)``.
@@ -231,8 +231,7 @@ class MLP:
         True
         """
         scheme = check_choice(scheme, "scheme", INIT_SCHEMES)
-        if not isinstance(rng, np.random.Generator):
-            rng = np.random.default_rng(rng)
+        rng = as_generator(rng, "rng")
         layers = []
         for n_in, n_o in zip(self.sizes[:-1], self.sizes[1:], strict=True):
             if scheme == "xavier":
@@ -346,8 +345,10 @@ class MLP:
         """
         self._tls.buffers = {}
 
-    def _run(self, theta, X, labels, Y, V, mode, backend):
-        """Forward (+ backward (+ R passes)). mode: "loss", "grad", "hvp", "gnvp"."""
+    def _run(self, theta, X, labels, Y, V, mode, backend, dest=None):
+        """Forward (+ backward (+ R passes)). mode: "loss", "grad", "hvp", "gnvp". ``dest``: a
+        validated ``out=`` for the gradient or the products, written in place when it shares
+        no memory with the inputs (the backward still reads V after writing a layer's rows)."""
         # "auto": Cython first. bench/bench_curvature.py: the two compiled backends are within
         # noise on the benchmark shapes (the GEMMs dominate) and Cython has no JIT latency.
         name = _dispatch.resolve("curvature", backend)
@@ -373,7 +374,7 @@ class MLP:
         need = {"loss": 0, "grad": 1, "hvp": 2, "gnvp": 2}[mode]
         k = V.shape[1] if need == 2 else 0
         kk = 1 + k
-        layers = self.unpack(theta)
+        layers = self._views(theta)
         L = len(layers)
         dummy2 = np.empty((0, 0), dt)
         dummy3 = np.empty((0, 0, 0), dt)
@@ -449,12 +450,11 @@ class MLP:
         # (slot 0) for mode "grad", the R-streams (slots 1..k) for "hvp"/"gnvp" -- the HVP does
         # not pay for the gradient's a^T delta.
         first = 1 if k else 0
-        if k:
-            hv = np.empty((self.num_params, k), dt)
-            out = hv
-        else:
-            grad = np.empty(self.num_params, dt)
-            out = grad.reshape(-1, 1)
+        if dest is not None and any(np.may_share_memory(dest, a) for a in (theta, X, V, Y)):
+            dest = None
+        result = np.empty((self.num_params, k) if k else self.num_params, dt) if dest is None \
+            else dest
+        out = result.reshape(self.num_params, -1)
         m = kk - first
         gn = 1 if mode == "gnvp" else 0
         S = buf("S", (m * max(self.sizes[1:]),), np.dtype(np.float64))
@@ -507,7 +507,7 @@ class MLP:
                                     nt(Dn.size))
                 have_sums = True
                 D = Dn
-        return (loss, None, hv) if k else (loss, grad, None)
+        return (loss, None, result) if k else (loss, result, None)
 
     # ------------------------------------------------------------------ public
     def forward(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -564,8 +564,8 @@ class MLP:
         """
         theta, X, labels, Y = self._prepare(theta, X, y)
         out = check_out(out, (self.num_params,), self.dtype)
-        loss, grad, _ = self._run(theta, X, labels, Y, None, "grad", backend)
-        if out is not None:
+        loss, grad, _ = self._run(theta, X, labels, Y, None, "grad", backend, out)
+        if out is not None and grad is not out:  # out shared memory with an input
             out[...] = grad
             grad = out
         return loss, grad
@@ -576,12 +576,12 @@ class MLP:
         check_all_finite(V, "v")
         shape = (self.num_params,) if single else V.shape
         out = check_out(out, shape, self.dtype)
-        _, _, hv = self._run(theta, X, labels, Y, V, mode, backend)
-        res = hv[:, 0] if single else hv
+        _, _, hv = self._run(theta, X, labels, Y, V, mode, backend, out)
         if out is not None:
-            out[...] = res
+            if hv is not out:  # out shared memory with an input
+                out[...] = hv.reshape(out.shape)
             return out
-        return res
+        return hv[:, 0] if single else hv
 
     def hvp(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, v: np.ndarray, *,
             backend: str = "auto", out: np.ndarray | None = None) -> np.ndarray:
