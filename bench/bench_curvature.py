@@ -20,9 +20,9 @@ OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset, e.g.::
         bench/bench_curvature.py -o python_files='bench_*.py' --benchmark-enable \\
         --contender fastopt-cython --benchmark-json=bench/results/curvature-cython.json
 
-or all of them and a ratio table: ``PYTHONPATH=. python bench/bench_curvature.py [--passes 2]``
-(with ``--passes N`` every contender runs N times, in alternating order, and the pass with the
-lowest median is kept: on a machine shared with other jobs, they only ever slow a pass down).
+or all of them, a ratio table and the ratios above (``ratios``):
+``python bench/run.py --family curvature [--passes 2] [--stat min]``, for which
+``python bench/bench_curvature.py [...]`` is a shorthand.
 """
 
 from __future__ import annotations
@@ -175,36 +175,18 @@ def test_hvp_k8(benchmark, contender, key):
     benchmark.pedantic(fn, rounds=max(3, ROUNDS[key] // 2), warmup_rounds=1, iterations=1)
 
 
-def _report(paths: list[str], stat: str = "median") -> str:
-    """Merge pytest-benchmark JSON files into per-group times and the issue's ratios.
-
-    ``stat`` is the pytest-benchmark statistic compared ("median", or "min": the least disturbed
-    round, more robust on a machine shared with other jobs).
-    """
-    import json
-
-    med: dict[tuple[str, str], float] = {}
-    for p in paths:
-        with open(p) as fh:
-            for b in json.load(fh)["benchmarks"]:
-                med[(b["group"], b["params"]["contender"])] = b["stats"][stat]
-    lines = [f"statistic: {stat}"]
-    for group in sorted({g for g, _ in med}):
-        row = {c: t for (g, c), t in med.items() if g == group}
-        cells = ", ".join(f"{c} {t * 1e3:.3f} ms" for c, t in sorted(row.items()))
-        lines.append(f"{group}: {cells}")
+def ratios(table: dict[str, dict[str, float]]) -> str:
+    """The issue's ratios from ``run.merge``'s table (group -> contender -> seconds): speedup
+    over torch and jax, fraction of the matmul rate, HVP / gradient and k=8 / k=1 costs."""
+    lines = []
     for key in SHAPES:
         s = shape_name(key)
-        h = {c: t for (g, c), t in med.items() if g == f"hvp {s}"}
-        gr = {c: t for (g, c), t in med.items() if g == f"grad {s}"}
-        h8 = {c: t for (g, c), t in med.items() if g == f"hvp k=8 {s}"}
+        h, gr, h8 = (table.get(f"{g} {s}", {}) for g in ("hvp", "grad", "hvp k=8"))
         for c in ("fastopt-cython", "fastopt-numba"):
             if c not in h:
                 continue
             parts = [f"{s} {c}:"]
-            for other in ("torch", "jax"):
-                if other in h:
-                    parts.append(f"{h[other] / h[c]:.2f}x faster than {other};")
+            parts += [f"{h[o] / h[c]:.2f}x faster than {o};" for o in ("torch", "jax") if o in h]
             if "floor" in h:
                 parts.append(f"{h['floor'] / h[c]:.0%} of the matmul rate;")
             if c in gr:
@@ -215,58 +197,10 @@ def _report(paths: list[str], stat: str = "median") -> str:
     return "\n".join(lines)
 
 
-def _best_of(paths: list[str], out_path: str) -> None:
-    """Keep, per (group, contender), the pass with the lowest median (other jobs on a shared
-    machine only ever slow a pass down)."""
-    import json
-
-    best: dict[tuple[str, str], dict] = {}
-    for p in paths:
-        with open(p) as fh:
-            for b in json.load(fh)["benchmarks"]:
-                key = (b["group"], b["params"]["contender"])
-                if key not in best or b["stats"]["median"] < best[key]["stats"]["median"]:
-                    best[key] = b
-    with open(out_path, "w") as fh:
-        json.dump({"benchmarks": list(best.values())}, fh)
-
-
-if __name__ == "__main__":  # pragma: no cover - a driver, run by hand
-    import subprocess
+if __name__ == "__main__":  # pragma: no cover - shorthand for bench/run.py --family curvature
     import sys
 
-    args = sys.argv[1:]
-    passes = 1
-    if "--passes" in args:  # run every contender this many times, interleaved; keep the best
-        i = args.index("--passes")
-        passes = int(args[i + 1])
-        del args[i : i + 2]
-    here = os.path.dirname(os.path.abspath(__file__))
-    out_dir = os.path.join(here, "results")
-    os.makedirs(out_dir, exist_ok=True)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    paths = []
-    for c in HVP_CONTENDERS:
-        runs = []
-        for p in range(passes):
-            path = os.path.join(out_dir, f"curvature-{c}-pass{p}.json")
-            runs.append(path)
-        paths.append((c, runs))
-    for p in range(passes):
-        order = HVP_CONTENDERS if p % 2 == 0 else HVP_CONTENDERS[::-1]
-        for c in order:
-            path = os.path.join(out_dir, f"curvature-{c}-pass{p}.json")
-            cmd = [sys.executable, "-m", "pytest", "-q", os.path.join(here, "bench_curvature.py"),
-                   "-o", "python_files=bench_*.py", "--benchmark-enable", "-p", "no:cacheprovider",
-                   "--contender", c, f"--benchmark-json={path}", *args]
-            subprocess.run(cmd, env=env, check=False)
-    merged = []
-    for c, runs in paths:
-        runs = [r for r in runs if os.path.exists(r)]
-        if runs:
-            out = os.path.join(out_dir, f"curvature-{c}.json")
-            _best_of(runs, out)
-            merged.append(out)
-    print(_report(merged))
-    print(_report(merged, "min"))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import run
+
+    sys.exit(run.main(["--family", "curvature", *sys.argv[1:]]))

@@ -18,6 +18,7 @@ old OpenBLAS builds).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -100,6 +101,13 @@ def report(table: dict[str, dict[str, float]], stat: str = "median") -> str:
     return "\n".join(lines)
 
 
+def _suite(family: str):
+    """The ``bench_<family>`` module (imported for its optional ``ratios(table)``)."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    return importlib.import_module(f"bench_{family}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point (also reached by ``python -m fastopt bench``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -127,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 paths += run_one(family, contender, extra, outdir, tag=f"-{rep}",
                                  isolate=args.isolate)
-    text = report(merge(paths, args.stat), args.stat)
+    table = merge(paths, args.stat)
+    text = report(table, args.stat)
+    for family in args.family or FAMILIES:  # a suite's own ratios, e.g. the curvature issue's
+        extra = getattr(_suite(family), "ratios", None)
+        if extra is not None and (lines := extra(table)):
+            text += f"\n\n{family}:\n{lines}"
     (outdir / "report.md").write_text(text + "\n")
     print(text)
     return 0
