@@ -101,6 +101,21 @@ def test_batched_vectors_and_zero_matrix_in_batch():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_extreme_scales_float32(backend):
+    # float32 squares of 1e-30 underflowed (0.0, converged) and of 1e30 overflowed (NaN,
+    # converged): each matrix of a stack is rescaled by its own exact power of two
+    W = np.random.default_rng(3).standard_normal((150, 150))
+    stack = np.stack([W * 1e-30, W * 1e30, W * 1e-20, W]).astype(np.float32)
+    res = spectral_norm(stack, backend=backend, return_vectors=True)
+    assert res.converged.all()
+    want = np.linalg.norm(stack.astype(np.float64), 2, axis=(1, 2))
+    np.testing.assert_allclose(res.value, want, rtol=1e-5)
+    for b in range(len(stack)):  # singular vectors of the unscaled W
+        Wb = stack[b].astype(np.float64) / want[b]
+        np.testing.assert_allclose(res.u[b] @ Wb @ res.v[b], 1.0, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_matrix_is_zero_and_converged(backend):
     res = spectral_norm(np.zeros((7, 5), np.float32), backend=backend)
     assert res.value == 0.0 and res.converged is True and res.residual == 0.0

@@ -13,6 +13,8 @@ cimport cython
 from cython.parallel cimport prange
 from libc.math cimport fabs, fmax
 
+from ._plan import n_chunks, work_shape  # one work split for every backend (re-exported)
+
 cdef extern from *:
     """
     #include <string.h>
@@ -276,16 +278,6 @@ cdef inline void _matvec_rows(const real *W, const real *x, real *y,
         fo_matvec_rows_f(W, x, y, r0, r1, m)
     else:
         fo_matvec_rows_d(W, x, y, r0, r1, m)
-
-
-def n_chunks(Py_ssize_t n_rows, int n_threads):
-    """Number of row chunks (and rows of ``work``) the single-matrix path of :func:`wtwv` uses."""
-    return max(1, min(n_threads, n_rows))
-
-
-def work_shape(Py_ssize_t n_active, Py_ssize_t n, Py_ssize_t m, int n_threads):
-    """Shape of the float64 ``work`` array :func:`wtwv` needs."""
-    return (max(n_active, n_chunks(n, n_threads)), 2 * m)
 
 
 @cython.boundscheck(False)

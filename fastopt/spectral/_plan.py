@@ -1,5 +1,5 @@
-"""Work split of the fused WᵀWv pass, shared by the Numba kernels and the numpy reference
-(the Cython kernel mirrors these two formulas in ``_cython.pyx``; tests check they agree)."""
+"""Work split of the fused WᵀWv pass, shared by the Cython and Numba kernels and the numpy
+reference (each kernel module re-exports ``n_chunks`` and ``work_shape``)."""
 
 from __future__ import annotations
 

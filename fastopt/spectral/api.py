@@ -10,6 +10,7 @@ kernels of the chosen backend.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -339,8 +340,9 @@ def spectral_norm(
     W3, batched = _as_stack(W)
     B, n, m = W3.shape
     kern = _kernels(backend)
+    W3, ex = _rescaled(W3)  # singular vectors do not change; values scale back below
     theta, resid, iters, conv, vecs = _lanczos_norm(W3, kern, tol, maxiter, v0, return_vectors)
-    value = np.sqrt(theta)
+    value = np.ldexp(np.sqrt(theta), -ex)
     u = v = None
     if return_vectors:
         v = np.empty((B, m), dtype=W3.dtype)
@@ -435,8 +437,9 @@ def _arnoldi_radius(W1, kern, tol, maxiter, seed=0):
     """Krylov-Schur restarted Arnoldi on one matrix (W1 has shape (1, n, n)).
 
     Returns (radius, eigenvalue, matvecs, converged); ``converged`` is True, False (budget
-    spent) or a string: converged by the Krylov estimate, but :func:`_trust_krylov` says why
-    that estimate cannot be trusted.
+    spent) or a string saying why the result cannot be trusted: converged by the Krylov
+    estimate but :func:`_trust_krylov` rejects it, or the restart lost invariance, where the
+    Ritz values are meaningless and radius and eigenvalue come back NaN.
     """
     n = W1.shape[1]
     dtype = W1.dtype
@@ -507,8 +510,9 @@ def _arnoldi_radius(W1, kern, tol, maxiter, seed=0):
         # e.g. after an undetected breakdown on a nilpotent W) make Q span other directions:
         # every later Ritz value would be garbage (|theta| >> ||W|| was seen), so stop here.
         lost = float(np.linalg.norm(HQ - Q @ G)) / max(float(np.linalg.norm(Hm)), 1e-300)
-        if not lost <= _RESTART_INVARIANCE * tol:
-            return scale, complex(ev[0]), mv, f"restart basis not invariant ({lost:.1e})"
+        if not lost <= _RESTART_INVARIANCE * tol:  # no estimate at all (|theta| > ||W|| seen)
+            return math.nan, complex(math.nan, math.nan), mv, (
+                f"restart basis not invariant ({lost:.1e})")
         b = H[size, :size] @ Q
         # V[:k] = Q^T V[:size] without BLAS (see the thread policy above)
         V[:k] = np.einsum("ji,jn->in", Q.astype(dtype), V[:size], optimize=False)
@@ -518,19 +522,22 @@ def _arnoldi_radius(W1, kern, tol, maxiter, seed=0):
         H[k, :k] = b
 
 
-def _rescaled(W1: np.ndarray) -> tuple[np.ndarray, int]:
-    """``(W1 * 2**ex, ex)`` with ``max |entry|`` brought near 1 when it lies outside
-    ``[2**-_SCALE_EXP, 2**_SCALE_EXP]``, else ``(W1, 0)`` (no copy).
+def _rescaled(W3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(W3 * 2**ex[b] per matrix, ex)`` with each matrix's ``max |entry|`` brought near 1 when
+    it lies outside ``[2**-_SCALE_EXP, 2**_SCALE_EXP]`` (ex 0 otherwise; no copy if none does).
 
     The float32 kernels form products and squares in float32: entries around 1e-30 underflow
-    (a 1e-30-scaled random matrix came back with radius 1e-24, converged) and entries around
-    1e30 overflow. Scaling by a power of two is exact, so the eigenvalues scale exactly.
+    (a 1e-30-scaled random matrix came back with radius 1e-24, converged; its spectral norm
+    with 0.0, converged) and entries around 1e30 overflow (NaN, converged). Scaling by a power
+    of two is exact, so eigenvalues and singular values scale back exactly with ``ldexp``.
     """
-    amax = max(abs(float(W1.max())), abs(float(W1.min())))
-    if amax == 0.0 or 2.0**-_SCALE_EXP <= amax <= 2.0**_SCALE_EXP:
-        return W1, 0
-    ex = -int(np.frexp(amax)[1])
-    return np.ldexp(W1, ex).astype(W1.dtype, copy=False), ex
+    amax = np.abs(W3).max(axis=(1, 2)).astype(np.float64)
+    ex = np.zeros(W3.shape[0], dtype=np.int64)
+    out_of_range = (amax > 0) & ((amax < 2.0**-_SCALE_EXP) | (amax > 2.0**_SCALE_EXP))
+    if not out_of_range.any():
+        return W3, ex
+    ex[out_of_range] = -np.frexp(amax[out_of_range])[1]
+    return np.ldexp(W3, ex[:, None, None]).astype(W3.dtype, copy=False), ex
 
 
 def _bracket(W1, kern, tol):
@@ -627,7 +634,8 @@ def spectral_radius(
     non-normal (Jordan blocks, triangular matrices, badly conditioned similarity transforms:
     there Arnoldi can converge to a pseudospectral point that is no eigenvalue) is not trusted:
     LAPACK answers and its condition-aware error bound decides ``converged`` (with an explicit
-    ``maxiter``: the Krylov estimate with ``converged=False``).
+    ``maxiter``: the Krylov estimate with ``converged=False``, or NaN where the Krylov-Schur
+    restart broke down and left no estimate).
 
     Parameters
     ----------
@@ -681,7 +689,7 @@ def spectral_radius(
         value[:], lam[:], conv[:] = _dense_radius(W3, tol)
     else:
         for b in range(B):
-            W1, ex = _rescaled(W3[b : b + 1])
+            W1, (ex,) = _rescaled(W3[b : b + 1])
             bracket = _bracket(W1, kern, tol)
             if bracket is not None:
                 value[b], lam[b], iters[b], conv[b] = bracket[0], complex(np.nan, np.nan), (
