@@ -77,3 +77,21 @@ def test_bad_matvec_output():
         lanczos_extremes(lambda v: v[:-1], 10)
     with pytest.raises(ValueError, match="non-finite"):
         lanczos_extremes(lambda v: v * np.nan, 10)
+
+
+@pytest.mark.parametrize(
+    "v0, match",
+    [
+        (np.zeros(10), "nonzero"),
+        (np.array([1.0, np.nan, 2.0]), "finite"),
+        (np.ones((3, 3)), "shape"),
+        (np.array(["a", "b"]), "dtype"),
+    ],
+)
+def test_tridiagonal_rejects_bad_start_vectors(v0, match):
+    from fastopt.spectral.lanczos import lanczos_tridiagonal
+
+    with pytest.raises((ValueError, TypeError), match=match):
+        lanczos_tridiagonal(lambda v: v, v0, 3)
+    with pytest.raises(TypeError, match="callable"):
+        lanczos_tridiagonal(None, np.ones(3), 3)

@@ -26,7 +26,7 @@ from .._validate import (
     check_int,
     check_positive,
 )
-from ..spectral.lanczos import lanczos_extremes, lanczos_tridiagonal
+from ..spectral.lanczos import lanczos_extremes, lanczos_tridiagonal, tridiagonal_eigh
 from .mlp import MLP
 
 if TYPE_CHECKING:  # scipy is an optional (test) dependency, imported lazily
@@ -486,8 +486,7 @@ def spectral_density(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, 
     weights = np.zeros((n_vectors, m))
     for i in range(n_vectors):
         alpha, beta = lanczos_tridiagonal(hvp, rng.standard_normal(P), m)
-        T = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
-        ev, S = np.linalg.eigh(T)
+        ev, S = tridiagonal_eigh(alpha, beta)
         nodes[i, : ev.size] = ev
         weights[i, : ev.size] = S[0] ** 2
     used = weights > 0

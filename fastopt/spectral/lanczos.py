@@ -13,6 +13,7 @@ import numpy as np
 
 from .._validate import (
     as_float_array,
+    as_generator,
     check_choice,
     check_float_dtype,
     check_int,
@@ -38,7 +39,9 @@ class LanczosResult(NamedTuple):
     residual: float
 
 
-def _tridiagonal_eigh(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def tridiagonal_eigh(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal matrix with
+    diagonal ``alpha`` and off-diagonal ``beta`` (a Lanczos matrix)."""
     j = alpha.size
     T = np.diag(alpha)
     if j > 1:
@@ -85,6 +88,15 @@ def lanczos_tridiagonal(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``m`` Lanczos steps from ``v0`` (float64, full reorthogonalization): the tridiagonal.
 
+    Parameters
+    ----------
+    matvec : callable
+        ``matvec(v) -> A v`` for a vector of ``v0``'s shape; A must be symmetric.
+    v0 : array_like, shape (n,)
+        Starting vector: finite and nonzero (normalized here).
+    m : int
+        Number of steps (>= 1).
+
     Returns ``(alpha, beta)``, the diagonal (length j) and off-diagonal (length j - 1) of the
     Lanczos matrix, j <= m (shorter when the Krylov space becomes invariant: then the Gauss
     quadrature it defines is exact). Used by stochastic Lanczos quadrature.
@@ -97,10 +109,29 @@ def lanczos_tridiagonal(
     >>> np.round(np.linalg.eigvalsh(np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)), 12)
     array([1., 2., 3.])
     """
-    v0 = np.asarray(v0, dtype=np.float64)
+    if not callable(matvec):
+        raise TypeError(f"matvec: must be callable, got {type(matvec).__name__}")
+    v0 = np.asarray(v0)
+    start = _unit_start(v0, v0.shape[0] if v0.ndim == 1 else -1, 0)
     m = check_int(m, "m", minimum=1)
-    *_, (j, alpha, beta, _, _) = _lanczos_steps(matvec, v0 / np.linalg.norm(v0), m, np.float64)
+    *_, (j, alpha, beta, _, _) = _lanczos_steps(matvec, start, m, np.float64)
     return alpha[: j + 1].copy(), beta[:j].copy()
+
+
+def _unit_start(v0: object, n: int, seed: object) -> np.ndarray:
+    """The float64 unit starting vector: ``v0`` (checked: shape ``(n,)``, finite, nonzero)
+    normalized, or a seeded standard normal vector when ``v0`` is None."""
+    if v0 is None:
+        start = as_generator(seed, "seed").standard_normal(n)
+    else:
+        start = as_float_array(v0, "v0", allow_int=True).astype(np.float64)
+        if start.ndim != 1 or start.shape != (n,):
+            want = f"({n},)" if n >= 0 else "a vector (n,)"
+            raise ValueError(f"v0: expected shape {want}, got {np.shape(v0)}")
+    norm0 = np.linalg.norm(start)
+    if not np.isfinite(norm0) or norm0 == 0:
+        raise ValueError("v0: must be a finite, nonzero vector")
+    return start / norm0
 
 
 def _selected(theta: np.ndarray, k: int, which: str) -> tuple[np.ndarray, np.ndarray]:
@@ -178,24 +209,15 @@ def lanczos_extremes(
     if k > n:
         raise ValueError(f"k: {k} exceeds the operator dimension n={n}")
 
-    if v0 is None:
-        start = np.random.default_rng(seed).standard_normal(n)
-    else:
-        start = as_float_array(v0, "v0", allow_int=True).astype(np.float64)
-        if start.shape != (n,):
-            raise ValueError(f"v0: expected shape ({n},), got {np.shape(v0)}")
-    norm0 = np.linalg.norm(start)
-    if not np.isfinite(norm0) or norm0 == 0:
-        raise ValueError("v0: must be a finite, nonzero vector")
-
+    start = _unit_start(v0, n, seed)
     next_check = 1
     theta = S = None
     converged = False
-    for step in _lanczos_steps(matvec, start / norm0, m, dtype):
+    for step in _lanczos_steps(matvec, start, m, dtype):
         j, alpha, beta, V, invariant = step
         last = j == m - 1
         if invariant or last or j + 1 >= next_check:
-            theta, S = _tridiagonal_eigh(alpha[: j + 1], beta[:j])
+            theta, S = tridiagonal_eigh(alpha[: j + 1], beta[:j])
             scale = max(np.abs(theta).max(), np.finfo(float).tiny)
             large, small = _selected(theta, k, which)
             wanted = np.concatenate([i for i in (large, small) if i is not None])
