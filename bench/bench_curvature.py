@@ -93,32 +93,12 @@ def hvp_callable(contender: str, key: str, k: int = 1):
 
         return run
     if contender == "torch":
-        return torch_hvp(net, theta, X, y, v)
+        from fastopt.torch import mlp_hvp
+
+        return mlp_hvp(net, theta, X, y, v)
     if contender == "jax":
         return jax_hvp(net, theta, X, y, v)
     raise ValueError(contender)
-
-
-def torch_hvp(net, theta, X, y, v):
-    import torch
-
-    params = [torch.tensor(a.copy(), requires_grad=True) for pair in net.unpack(theta)
-              for a in pair]
-    vs = [torch.tensor(a.copy()) for pair in net.unpack(v) for a in pair]
-    Xt, yt = torch.tensor(X), torch.tensor(y)
-    L = net.num_layers
-
-    def run():
-        a = Xt
-        for l in range(L):
-            a = torch.addmm(params[2 * l + 1], a, params[2 * l])
-            if l < L - 1:
-                a = torch.tanh(a)
-        loss = torch.nn.functional.cross_entropy(a, yt)
-        grads = torch.autograd.grad(loss, params, create_graph=True)
-        return torch.autograd.grad(grads, params, vs)
-
-    return run
 
 
 def jax_hvp(net, theta, X, y, v):

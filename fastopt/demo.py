@@ -131,22 +131,9 @@ def demo_curvature(quick: bool) -> list[str]:
                  f"differences: relative difference {rel:.1e}")
     torch = _torch()
     if torch is not None:
-        params = [torch.tensor(a, requires_grad=True) for layer in net.unpack(theta)
-                  for a in layer]
-        vs = [torch.tensor(a) for layer in net.unpack(v) for a in layer]
-        tX, ty = torch.from_numpy(X), torch.from_numpy(y)
+        from .torch import mlp_hvp
 
-        def torch_hvp():
-            h = tX
-            for i in range(0, len(params), 2):
-                h = h @ params[i] + params[i + 1]
-                if i + 2 < len(params):
-                    h = torch.tanh(h)
-            loss = torch.nn.functional.cross_entropy(h, ty)
-            grads = torch.autograd.grad(loss, params, create_graph=True)
-            dot = sum((g * u).sum() for g, u in zip(grads, vs, strict=True))
-            return torch.autograd.grad(dot, params)
-
+        torch_hvp = mlp_hvp(net, theta, X, y, v)
         t_torch = _median_ms(torch_hvp, 5 if quick else 20)
         lines.append(f"  torch double-backward hvp {t_torch:.2f} ms")
     c = curvature_along_gradient(net64, th64, X64, y)

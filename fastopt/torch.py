@@ -1,4 +1,5 @@
-"""Optional PyTorch adapter: fastopt's batch-norm kernels as an autograd Function and a Module.
+"""Optional PyTorch adapter: fastopt's batch-norm kernels as an autograd Function and a Module,
+and PyTorch's own double-backward HVP of an :class:`~fastopt.MLP` (``mlp_hvp``) to compare with.
 
 Imports torch lazily (``import fastopt`` never does). CPU tensors are shared with numpy without
 copies (``Tensor.numpy()`` / ``torch.from_numpy``); non-contiguous tensors are made contiguous
@@ -139,3 +140,51 @@ def FastBatchNorm(num_features: int, eps: float = 1e-5, momentum: float | None =
 
 
 __all__ = ["FastBatchNorm", "batch_norm"]
+
+
+def mlp_hvp(net: Any, theta: Any, X: Any, y: Any, v: Any):
+    """A callable computing the HVP of ``net``'s loss at ``theta`` along ``v`` with PyTorch's
+    double backward (per-layer tensors, ``addmm``): the comparison the demo and the benchmarks
+    time against :meth:`fastopt.MLP.hvp`. Returns the per-layer gradient tensors ``(W, b, ...)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastopt import MLP
+    >>> from fastopt.torch import mlp_hvp
+    >>> net = MLP([3, 4, 2])
+    >>> theta, v = net.init(0), np.ones(net.num_params)
+    >>> X, y = np.ones((5, 3)), np.array([0, 1, 1, 0, 1])
+    >>> hv = np.concatenate([t.numpy().ravel() for t in mlp_hvp(net, theta, X, y, v)()])
+    >>> bool(np.allclose(hv, net.hvp(theta, X, y, v)))
+    True
+    """
+    torch = _torch()
+    F = torch.nn.functional
+    acts = {"identity": lambda z: z, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+            "relu": torch.relu, "softplus": F.softplus,
+            "gelu": lambda z: F.gelu(z, approximate="tanh")}
+    act = acts[net.activation]
+    params = [torch.tensor(a.copy(), requires_grad=True) for pair in net.unpack(theta)
+              for a in pair]
+    vs = [torch.tensor(a.copy()) for pair in net.unpack(v) for a in pair]
+    Xt, yt = torch.tensor(X), torch.tensor(y)
+    L = net.num_layers
+
+    def loss_of(out):
+        if net.loss_name == "cross_entropy":
+            return F.cross_entropy(out, yt)
+        if net.loss_name == "mse":
+            return 0.5 * ((out - yt) ** 2).sum(dim=1).mean()
+        return F.binary_cross_entropy_with_logits(out[:, 0], yt)
+
+    def run():
+        a = Xt
+        for l in range(L):
+            a = torch.addmm(params[2 * l + 1], a, params[2 * l])
+            if l < L - 1:
+                a = act(a)
+        grads = torch.autograd.grad(loss_of(a), params, create_graph=True)
+        return torch.autograd.grad(grads, params, vs)
+
+    return run
