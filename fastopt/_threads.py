@@ -14,7 +14,7 @@ from functools import cache
 _num_threads: int | None = None
 
 
-@cache
+@cache  # read once, on first use (every kernel call asks; affinity is a system call)
 def _default_threads() -> int:
     env = os.environ.get("FASTOPT_NUM_THREADS") or os.environ.get("NUMBA_NUM_THREADS")
     if env:
@@ -27,6 +27,10 @@ def _default_threads() -> int:
 
 def get_num_threads() -> int:
     """Number of threads the Cython and Numba kernels use.
+
+    The default, ``FASTOPT_NUM_THREADS``, else ``NUMBA_NUM_THREADS``, else the CPUs this process
+    may run on, is read once on first use; later changes to those variables have no effect, use
+    :func:`set_num_threads` instead.
 
     Examples
     --------

@@ -109,14 +109,16 @@ cdef extern from *:
        acc every FO_FLUSH rows, so the float64 sums are touched once per FO_FLUSH rows. */
     #define FO_FLUSH 16
     #define FO_FLUSH_IF_FULL(acc, acc_t, m, pending)                                        \
-        if ((pending) >= FO_FLUSH) {                                                        \
-            _Pragma("omp simd")                                                             \
-            for (Py_ssize_t jj = 0; jj < (m); ++jj) {                                       \
-                (acc)[jj] += (double)(acc_t)[jj];                                           \
-                (acc_t)[jj] = 0;                                                            \
+        do {                                                                                \
+            if ((pending) >= FO_FLUSH) {                                                    \
+                _Pragma("omp simd")                                                         \
+                for (Py_ssize_t jj = 0; jj < (m); ++jj) {                                   \
+                    (acc)[jj] += (double)(acc_t)[jj];                                       \
+                    (acc_t)[jj] = 0;                                                        \
+                }                                                                           \
+                (pending) = 0;                                                              \
             }                                                                               \
-            (pending) = 0;                                                                  \
-        }
+        } while (0)
     #define FO_WTWV_ROWS(NAME, T, DOT, DOT4)                                                \
     static void NAME(const T *W, const T *x, T *t, double *acc, T *acc_t,                   \
                      Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t m) {                         \
@@ -141,7 +143,7 @@ cdef extern from *:
                 acc_t[jj] += (c0 * a0[jj] + c1 * a1[jj] + c2 * a2[jj] + c3 * a3[jj])        \
                            + (c4 * a4[jj] + c5 * a5[jj] + c6 * a6[jj] + c7 * a7[jj]);      \
             pending += 8;                                                                   \
-            FO_FLUSH_IF_FULL(acc, acc_t, m, pending)                                       \
+            FO_FLUSH_IF_FULL(acc, acc_t, m, pending);                                      \
         }                                                                                   \
         for (; i + 4 <= r1; i += 4) {                                                       \
             const T *a0 = W + i * m, *a1 = a0 + m, *a2 = a1 + m, *a3 = a2 + m;              \
@@ -167,7 +169,7 @@ cdef extern from *:
             for (; jj < m; ++jj)                                                            \
                 acc_t[jj] += c0 * a0[jj] + c1 * a1[jj] + c2 * a2[jj] + c3 * a3[jj];         \
             pending += 4;                                                                   \
-            FO_FLUSH_IF_FULL(acc, acc_t, m, pending)                                       \
+            FO_FLUSH_IF_FULL(acc, acc_t, m, pending);                                      \
         }                                                                                   \
         _Pragma("omp simd")                                                                 \
         for (Py_ssize_t jj = 0; jj < m; ++jj) acc[jj] += (double)acc_t[jj];                 \
