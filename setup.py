@@ -38,7 +38,7 @@ def extensions() -> list[Extension]:
             Extension(
                 name,
                 [pyx],
-                include_dirs=[np.get_include()],
+                include_dirs=[np.get_include(), "fastopt", os.path.dirname(pyx)],
                 extra_compile_args=compile_args(),
                 extra_link_args=link,
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
