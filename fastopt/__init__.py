@@ -36,3 +36,5 @@ def _load_families() -> None:
 
 
 _load_families()
+
+from . import datasets, symmetry  # noqa: E402, F401  (fastopt.symmetry.align, ...)
