@@ -33,9 +33,16 @@ def main(argv: list[str] | None = None) -> int:
         "bench", help="--quick: one ratio table of every kernel family against the numpy "
         "reference (and PyTorch, SciPy, JAX when installed); otherwise bench/run.py of a "
         "source checkout")
-    bench.add_argument("--quick", action="store_true",
-                       help="the short report that runs from an installed package")
-    bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for bench/run.py")
+    bench.add_argument("args", nargs=argparse.REMAINDER,
+                       help="--quick: the short report that runs from an installed package; "
+                       "anything else: arguments for bench/run.py")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"] and argv[1:2] not in (["-h"], ["--help"]):
+        # everything after "bench" belongs to bench/run.py (pytest's options such as -k), which
+        # argparse would try to parse as its own
+        from .bench_quick import run_bench, run_quick_bench
+
+        return run_quick_bench() if argv[1:] == ["--quick"] else run_bench(argv[1:])
     args = parser.parse_args(argv)
 
     if args.command == "info":
@@ -48,11 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_demo(out=args.out, epochs=args.epochs, quick=args.quick, seed=args.seed,
                         progress=False if args.no_progress else None)
-    from .bench_quick import run_bench, run_quick_bench
-
-    if args.quick:
-        return run_quick_bench()
-    return run_bench(args.args)
+    return 0  # not reached: "bench" is handled before parsing
 
 
 if __name__ == "__main__":
