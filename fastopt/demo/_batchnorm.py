@@ -141,7 +141,7 @@ def _exact_network(bn_net: BatchNormMLP, theta: np.ndarray, X, y):
     from fastopt import hessian_extremes
 
     if not hasattr(fastopt, "Network") or not hasattr(fastopt, "nn"):
-        return None, "fastopt.Network (the exact HVP through batch norm) is not available yet"
+        return None, "not available yet"
     nn = fastopt.nn
     layers = []
     for n_in, n_out in zip(bn_net.sizes[:-2], bn_net.sizes[1:-1], strict=True):
@@ -198,7 +198,7 @@ def run(ctx: Context) -> str:
     ctx.say(f"Sharpness lambda_max on {len(ym)} training images: plain network by Lanczos on "
             f"exact HVPs; batch-norm network (batch statistics, training mode) by {method}.")
     if why_not:
-        ctx.say(f"  (the batch-norm network's exact HVP needs fastopt.Network: {why_not})")
+        ctx.say(f"  (the exact HVP through batch norm needs fastopt.Network: {why_not})")
     which = sorted({0, epochs // 4, epochs // 2, (3 * epochs) // 4, epochs})
     # Part 1 trained this very plain network (same weights, minibatches and rate) and part 2
     # measured its sharpness at the same epochs: reuse them instead of computing them twice.

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 110
 BLUE, ORANGE, GREEN, RED, PURPLE, GREY = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -27,6 +28,9 @@ def _figure(rows: int, cols: int, title: str, size: tuple[float, float]
 
 
 def _save(fig: Figure, path: Path) -> None:
+    for ax in fig.axes:  # epochs are whole numbers
+        if ax.get_xlabel() == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.savefig(path, dpi=DPI)
 
 
@@ -117,9 +121,11 @@ def saddles(path: Path, rows: list, densities: dict, saddle: dict, code: int) ->
            label=rf"along the $\lambda_{{max}}$ eigenvector ({hi:.2f})")
     d.plot(saddle["t"], saddle["along"]["min"], color=BLUE,
            label=rf"along the $\lambda_{{min}}$ eigenvector ({lo:.2f})")
+    d.plot(saddle["t"], saddle["along"]["deep"], color=PURPLE, ls="--",
+           label=f"64-{code}-{code}-64 along a rank-one path (Hessian 0: third order)")
     d.axhline(0, color=GREY, lw=1)
-    d.set(title=f"Linear autoencoder 64-{code}-64 of the digits, from θ = 0",
-          xlabel="distance from the origin (parameter-space units)",
+    d.set(title="Linear autoencoders of the digits, from θ = 0",
+          xlabel="step s from the origin (s x unit eigenvector; rank-one path: s per layer)",
           ylabel="loss change from θ = 0 (MSE)")
     d.legend(fontsize=9)
     _save(fig, path)
@@ -199,8 +205,8 @@ def recurrent(path: Path, rows: list, grads: dict | None, steps: int) -> None:
 
 
 def symmetry(path: Path, before: np.ndarray, after: np.ndarray, sizes: list) -> None:
-    fig, (a,) = _figure(1, 1, "Part 5 - weight-space symmetry: the path between two "
-                        "independently trained networks", (8, 5))
+    fig, (a,) = _figure(1, 1, "Part 5 - weight-space symmetry:\nthe straight path between two "
+                        "independently trained networks", (8, 5.5))
     a.plot(np.linspace(0, 1, len(before)), before, "o-", color=RED,
            label="straight path, hidden units as trained")
     a.plot(np.linspace(0, 1, len(after)), after, "s-", color=GREEN,

@@ -37,7 +37,7 @@ def _rnn_gradients(ctx: Context, inits) -> tuple[dict | None, str | None]:
     import fastopt
 
     if not hasattr(fastopt, "ElmanRNN"):
-        return None, "fastopt.ElmanRNN (the gradient norm through time)"
+        return None, "fastopt.ElmanRNN"
     X = ctx.data.X_train[:256].reshape(-1, STEPS, 1)
     y = ctx.data.y_train[:256]
     rng = np.random.default_rng(ctx.seed)

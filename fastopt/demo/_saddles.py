@@ -46,6 +46,16 @@ def _autoencoder_saddle(ctx: Context) -> dict:
     for name, vec in (("min", res.smallest_vectors[:, 0]), ("max", res.largest_vectors[:, 0])):
         along[name] = np.array([shallow.loss(s * vec, X, X) for s in t]) - shallow.loss(origin,
                                                                                         X, X)
+    # the deep one along a rank-one path through its three weight matrices: x -> s^3 x u u^T
+    # (u the top principal direction), flat to second order at 0, falling at third order
+    u = np.linalg.svd(X, full_matrices=False)[2][0]
+    e1 = np.eye(CODE)[0]
+    deep_along = []
+    for s in t:
+        layers = [(s * np.outer(u, e1), np.zeros(CODE)), (s * np.outer(e1, e1), np.zeros(CODE)),
+                  (s * np.outer(e1, u), np.zeros(64))]
+        deep_along.append(deep.loss(deep.pack(layers), X, X))
+    along["deep"] = np.array(deep_along) - deep.loss(np.zeros(deep.num_params), X, X)
     # the scalar network y = w2 * w1 * x fitted to y = x: the saddle of every linear network
     # in two coordinates, for the picture
     tiny = MLP([1, 1, 1], activation="identity", loss="mse")
@@ -103,10 +113,12 @@ def run(ctx: Context) -> str:
             "derivative vanishes and the loss falls at third order: a higher-order saddle.")
     for label, sd in densities.items():
         used = sd.weights > 0
-        neg_mass = float(sd.weights[used & (sd.nodes < 0)].sum() / sd.weights.shape[0])
+        top = float(sd.nodes[used].max())
+        neg_mass = float(sd.weights[used & (sd.nodes < -0.01 * top)].sum()
+                         / sd.weights.shape[0])
         ctx.say(f"Spectral density at the {label} ({n_vectors} probes x {steps} Lanczos steps): "
-                f"eigenvalues in [{sd.nodes[used].min():.3e}, {sd.nodes[used].max():.3e}], "
-                f"weight on negative eigenvalues {neg_mass:.2f}")
+                f"eigenvalues in [{sd.nodes[used].min():.3e}, {top:.3e}], share of the "
+                f"spectrum below -1% of lambda_max {neg_mass:.3f}")
     if ctx.figures is not None:
         path = ctx.figure_path("2_saddles.png")
         ctx.figures.saddles(path, rows, densities, saddle, CODE)
