@@ -69,13 +69,23 @@ def ill_conditioning(path: Path, fixed: dict, suggested: dict, lr: float, batch:
                label="2 x best step: the quadratic model predicts no decrease above")
     c.axhline(lr, color=BLUE, ls="--", label=f"learning rate used ({lr})")
     c.set(title="Step sizes along -g", xlabel="epoch", ylabel="step size (log scale)")
-    c.legend(fontsize=8)
+    top = max(2 * np.nanmax(fixed["best"]), lr)
+    c.set_ylim(top=top * 4)  # room for the legend above the curves
+    c.legend(fontsize=8, loc="upper right")
 
     d.plot(epochs, fixed["drop_lr"], "o-", color=BLUE, label=f"step of the learning rate {lr}")
     d.plot(epochs, fixed["drop_best"], "s--", color=PURPLE, label="step of the best size")
-    d.axhline(0, color=GREY, lw=1)
+    drops = np.concatenate([fixed["drop_lr"], fixed["drop_best"]])
+    drops = drops[np.isfinite(drops)]
+    if drops.size and drops.min() > 0:
+        d.set_yscale("log")
+        scale = "log scale"
+    else:  # a step that raised the loss: keep the sign visible
+        d.set_yscale("symlog", linthresh=1e-3)
+        d.axhline(0, color=GREY, lw=1)
+        scale = "symmetric log scale"
     d.set(title="What one step does to its minibatch's loss (mean per epoch)", xlabel="epoch",
-          ylabel="loss decrease J(θ) - J(θ - ε g) (nats)")
+          ylabel=f"loss decrease J(θ) - J(θ - ε g) (nats, {scale})")
     d.legend(fontsize=9)
     _save(fig, path)
 
