@@ -134,8 +134,9 @@ def saddles(path: Path, rows: list, densities: dict, saddle: dict, code: int) ->
     d.plot(saddle["t"], saddle["along"]["deep"], color=PURPLE, ls="--",
            label=f"64-{code}-{code}-64 along a rank-one path (Hessian 0: third order)")
     d.axhline(0, color=GREY, lw=1)
+    d.set_ylim(-0.5, 1.3)
     d.set(title="Linear autoencoders of the digits, from θ = 0",
-          xlabel="step s from the origin (s x unit eigenvector; rank-one path: s per layer)",
+          xlabel="step s from θ = 0 (unit directions; rank-one path: s per layer)",
           ylabel="loss change from θ = 0 (MSE)")
     d.legend(fontsize=9)
     _save(fig, path)
