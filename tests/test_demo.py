@@ -353,3 +353,20 @@ def test_bench_cli_dispatch(monkeypatch):
     assert main(["bench", "--quick"]) == 0
     assert main(["bench", "-k", "spectral"]) == 0
     assert calls == ["quick", ["-k", "spectral"]]
+
+
+def test_part3_alone_trains_the_same_plain_network_as_part1(tmp_path, capsys, monkeypatch):
+    """Part 3 reuses part 1's run for its plain network; run alone it trains it itself, and the
+    two must be the same trajectory (same weights, minibatches and rate)."""
+    import fastopt.demo as demo
+
+    monkeypatch.setattr(demo, "_figures_module", lambda: None)
+
+    def plain_losses(parts):
+        assert run_demo(out=tmp_path, epochs=2, parts=parts, progress=False) == 0
+        text = capsys.readouterr().out
+        part3 = text[text.index("== Part 3"):]
+        rows = [line.split() for line in part3.splitlines() if line[:5].strip() in ("1", "2")]
+        return [(r[0], r[1], r[3]) for r in rows[:2]]  # epoch, plain loss, plain accuracy
+
+    assert plain_losses([1, 3]) == plain_losses([3])
