@@ -95,6 +95,15 @@ def run_demo(*, out: Path | str | None = None, epochs: int | None = None, quick:
     -------
     int
         0 when every part ran, 1 when one failed (its error is printed; the others still run).
+
+    Examples
+    --------
+    >>> import contextlib, io, tempfile
+    >>> from fastopt.demo import run_demo
+    >>> with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()) as log:
+    ...     status = run_demo(out=tmp, parts=[4], progress=False)   # part 4 only: a second
+    >>> status, "[part 4: Gaussian N(0, 1/n) exploding, orthogonal stable" in log.getvalue()
+    (0, True)
     """
     from .. import __version__
 
