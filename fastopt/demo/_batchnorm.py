@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-from ._common import HIDDEN, SIZES, Context, accuracy
+from ._common import SIZES, Context, accuracy
 from ._ill_conditioning import BATCH, LEARNING_RATE  # part 1's run is the plain network's
 from ._progress import progress
 
@@ -268,7 +268,7 @@ def run(ctx: Context) -> str:
         ctx.say(f"{e:5d} {sp:16.4f} {sb:14.4f}")
     if ctx.figures is not None:
         path = ctx.figure_path("3_batchnorm.png")
-        ctx.figures.batchnorm(path, rec, sharp, LEARNING_RATE, method, HIDDEN)
+        ctx.figures.batchnorm(path, rec, sharp, LEARNING_RATE, method)
         ctx.say(f"figure: {path}")
     return (f"part 3: final training loss {rec['loss_plain'][-1]:.4f} plain vs "
             f"{rec['loss_bn'][-1]:.4f} with batch norm, test accuracy {rec['acc_plain'][-1]:.3f}"

@@ -76,6 +76,3 @@ class Context:
 def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == y))
 
-
-def needs(what: str, why: str) -> str:
-    return f"  (needs {what}: {why})"

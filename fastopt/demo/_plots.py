@@ -142,7 +142,7 @@ def saddles(path: Path, rows: list, densities: dict, saddle: dict, code: int) ->
     _save(fig, path)
 
 
-def batchnorm(path: Path, rec: dict, sharp: dict, lr: float, method: str, hidden: int) -> None:
+def batchnorm(path: Path, rec: dict, sharp: dict, lr: float, method: str) -> None:
     fig, (a, b, c) = _figure(1, 3, "Part 3 - batch normalization: the same MLP 64-32-32-10 "
                              f"with and without batch norm, SGD lr {lr}", (15, 4.8))
     epochs = np.arange(1, len(rec["loss_plain"]) + 1)
