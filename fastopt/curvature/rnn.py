@@ -368,8 +368,10 @@ class ElmanRNN:
             if y.min() < 0 or y.max() >= o:
                 raise ValueError(
                     f"y: labels must lie in [0, {o}), got values in [{y.min()}, {y.max()}]")
-            labels = y if self.output == "last" else y.T
-            return np.ascontiguousarray(labels, dtype=np.int64).reshape(-1), empty_y
+            labels = np.ascontiguousarray(y if self.output == "last" else y.T, dtype=np.int64)
+            if not labels.flags.writeable:  # the Numba kernels would compile again for it
+                labels = labels.copy()
+            return labels.reshape(-1), empty_y
         if y.dtype.kind in "biu":
             y = y.astype(self.dtype)
         y = as_float_array(y, "y", dtype=self.dtype, contiguous=False)
@@ -379,8 +381,10 @@ class ElmanRNN:
             raise ValueError(f"y: expected shape {(*rows, o)} for mse with output="
                              f"{self.output!r}, got {y.shape}")
         check_all_finite(y, "y")
-        Y = y if self.output == "last" else y.transpose(1, 0, 2)
-        return empty_l, np.ascontiguousarray(Y).reshape(-1, o)
+        Y = np.ascontiguousarray(y if self.output == "last" else y.transpose(1, 0, 2))
+        if not Y.flags.writeable:
+            Y = Y.copy()
+        return empty_l, Y.reshape(-1, o)
 
     def _check_v(self, v: object) -> tuple[np.ndarray, bool]:
         v = as_float_array(v, "v", dtype=self.dtype)
