@@ -785,9 +785,9 @@ class ElmanRNN:
         Examples
         --------
         >>> import numpy as np
-        >>> from fastopt import ElmanRNN
+        >>> from fastopt import ElmanRNN, init
         >>> rnn = ElmanRNN(2, 8, 2, activation="identity")
-        >>> theta = rnn.init(0, scheme="orthogonal", spectral_radius=0.5)
+        >>> theta = rnn.init(0, W=0.5 * init.orthogonal((8, 8), rng=0))
         >>> X, y = np.ones((3, 4, 2)), np.array([0, 1, 1])
         >>> g = rnn.grad_norms_through_time(theta, X, y)
         >>> np.round(g / g[-1], 6)            # W = 0.5 Q: exactly 0.5 per step back
