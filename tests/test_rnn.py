@@ -169,6 +169,27 @@ def test_backends_match_the_float64_reference(backend, ref_case):
                    ref["norms"]) < tol, where
 
 
+ODD = [  # (n_in, n_hidden, n_out, N, T, k, loss, output, act)
+    (1, 1, 1, 1, 1, 1, "mse", "last", "tanh"),
+    (2, 1, 3, 1, 4, 2, "cross_entropy", "all", "sigmoid"),
+    (1, 3, 1, 2, 1, 3, "mse", "all", "relu"),
+    (4, 2, 2, 3, 2, 1, "cross_entropy", "last", "gelu"),
+]
+
+
+@pytest.mark.parametrize("backend", compiled_backends("curvature"))
+@pytest.mark.parametrize("shape", ODD, ids=lambda s: "-".join(map(str, s)))
+def test_odd_shapes_match_the_reference(backend, shape):
+    n_in, n, o, N, T, k, loss, output, act = shape
+    rnn, theta, X, y, V = problem(loss, output, act, n_in=n_in, n_hidden=n, n_out=o, N=N, T=T,
+                                  k=k, seed=3)
+    for method in (rnn.hvp, rnn.gnvp):
+        assert rel(method(theta, X, y, V, backend=backend),
+                   method(theta, X, y, V, backend="numpy")) < 1e-12
+    assert rel(rnn.loss_and_grad(theta, X, y, backend=backend)[1],
+               rnn.loss_and_grad(theta, X, y, backend="numpy")[1]) < 1e-12
+
+
 @pytest.mark.parametrize("backend", compiled_backends("curvature"))
 def test_compiled_backends_are_deterministic(backend):
     rnn, theta, X, y, V = problem("cross_entropy", "all", dtype=np.float32, seed=2)
