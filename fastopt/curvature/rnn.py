@@ -137,7 +137,7 @@ class ElmanRNN:
     All methods validate their input and never modify it; ``backend=`` (``"auto"``,
     ``"cython"``, ``"numba"``, ``"numpy"``) selects the element-wise time-step kernels, the
     matrix products always run through numpy's BLAS. Each thread keeps its scratch buffers
-    between calls (about ``T N (n_hidden (4 + 3k) + n_in)`` values for k directions);
+    between calls (about ``T N (n_hidden (5 + 4k) + n_in)`` values for k directions);
     :meth:`clear_workspace` frees them. The step kernels run on one thread (a step has
     ``N (1 + k) n_hidden`` values, far below where threading pays off next to BLAS).
 
@@ -694,7 +694,7 @@ class ElmanRNN:
         out = check_out(out, shape, self.dtype)
         _, _, hv = self._run(theta, X, labels, Y, V, mode, backend, out)
         if out is not None:
-            if not np.shares_memory(hv, out):  # out shared memory with an input
+            if not np.may_share_memory(hv, out):  # out shared memory with an input
                 out[...] = hv.reshape(out.shape)
             return out
         return hv[:, 0] if single else hv
