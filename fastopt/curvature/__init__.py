@@ -14,9 +14,11 @@ from .diagnostics import (
     spectral_density,
 )
 from .mlp import MLP
+from .rnn import ElmanRNN
 
 __all__ = [
     "MLP",
+    "ElmanRNN",
     "hvp_fd",
     "hessian_operator",
     "Curvature",
