@@ -2,8 +2,7 @@
 
 The demo runs end to end in ``--quick`` mode into a temporary folder (its figures must be valid
 PNGs); the batch-norm network it writes by hand is checked against central differences and
-PyTorch; the code paths waiting for ``fastopt.Network``, ``fastopt.ElmanRNN`` and
-``fastopt.symmetry`` run against small stand-ins written here with the API they are coded to.
+PyTorch; the recurrent part runs fastopt.ElmanRNN and the symmetry part fastopt.symmetry.
 """
 
 from __future__ import annotations
@@ -246,76 +245,13 @@ def test_network_layout_check(monkeypatch):
         assert isinstance(exact, _FakeNetwork)
 
 
-class _FakeElmanRNN:
-    """fastopt.ElmanRNN's fixed API (output="last"): pack and ||dL/dh_t|| by numpy BPTT."""
-
-    def __init__(self, n_in, n_hidden, n_out, activation="tanh", loss="cross_entropy",
-                 output="last"):
-        self.n_in, self.n, self.n_out, self.act = n_in, n_hidden, n_out, activation
-
-    def pack(self, parts):
-        return np.concatenate([np.asarray(p, dtype=float).ravel() for p in parts])
-
-    def grad_norms_through_time(self, theta, X, y):
-        n, k, m = self.n, self.n_in, self.n_out
-        sizes = [n * n, k * n, n, n * m, m]
-        W, U, b, V, c = np.split(theta, np.cumsum(sizes)[:-1])
-        W, U, V = W.reshape(n, n), U.reshape(k, n), V.reshape(n, m)
-        h = np.zeros((X.shape[0], n))
-        hs = []
-        for t in range(X.shape[1]):
-            z = h @ W + X[:, t] @ U + b
-            h = np.tanh(z) if self.act == "tanh" else np.maximum(z, 0)
-            hs.append(h)
-        logits = h @ V + c
-        p = np.exp(logits - logits.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        p[np.arange(len(y)), y] -= 1
-        dh = p / len(y) @ V.T
-        norms = []
-        for t in range(X.shape[1] - 1, -1, -1):
-            norms.append(np.linalg.norm(dh))
-            d = 1 - hs[t] ** 2 if self.act == "tanh" else (hs[t] > 0).astype(float)
-            dh = (dh * d) @ W.T
-        return np.array(norms[::-1])
-
-
-def _fake_symmetry():
-    def interpolation_barrier(model, theta_a, theta_b, X, y, points=25):
-        t = np.linspace(0, 1, points)
-        losses = np.array([model.loss((1 - s) * theta_a + s * theta_b, X, y) for s in t])
-        return types.SimpleNamespace(losses=losses,
-                                     barrier=losses.max() - 0.5 * (losses[0] + losses[-1]))
-
-    def align(model, theta_a, theta_b):
-        return theta_b.copy(), None
-
-    return types.SimpleNamespace(interpolation_barrier=interpolation_barrier, align=align)
-
-
-def test_parts_waiting_for_other_issues_run_against_their_api(tmp_path, capsys, monkeypatch):
+def test_recurrent_and_symmetry_parts_draw_their_figures(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    monkeypatch.setattr(fastopt, "ElmanRNN", _FakeElmanRNN, raising=False)
-    monkeypatch.setattr(fastopt, "symmetry", _fake_symmetry(), raising=False)
     assert run_demo(out=tmp_path, epochs=1, quick=True, parts=[1, 4, 5], progress=False) == 0
     text = capsys.readouterr().out
-    assert "pixel by pixel" in text and "needs fastopt.ElmanRNN" not in text
-    assert "barrier before aligning" in text
+    assert "pixel by pixel" in text and "barrier before aligning" in text
     for name in ("4_recurrent.png", "5_symmetry.png"):
         _check_png(tmp_path / name)
-
-
-def test_missing_apis_give_a_needs_line(tmp_path, capsys, monkeypatch):
-    import fastopt.demo as demo
-
-    monkeypatch.delattr(fastopt, "ElmanRNN", raising=False)
-    monkeypatch.delattr(fastopt, "symmetry", raising=False)
-    monkeypatch.setattr(demo, "_figures_module", lambda: None)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
-    assert run_demo(out=tmp_path, epochs=1, parts=[4, 5], progress=False) == 0
-    text = capsys.readouterr().out
-    assert "needs fastopt.ElmanRNN" in text
-    assert "needs fastopt.symmetry" in text
 
 
 def test_recurrent_initialisations():
