@@ -15,11 +15,13 @@ from .diagnostics import (
     spectral_density,
 )
 from .mlp import MLP
+from .network import Network
 from .objective import BoundObjective, Objective
 from .objective import bind as bind  # fastopt.curvature.bind; too generic a top-level name
 
 __all__ = [
     "MLP",
+    "Network",
     "Objective",
     "BoundObjective",
     "hvp_fd",
