@@ -62,34 +62,34 @@ def _act_forward(X, code, need, out, D1, D2, fast):
     N, kk, n = X.shape
     one = X.dtype.type(1)
     two = X.dtype.type(2)
+    d1row = np.empty(n, X.dtype)
     for i in range(N):
-        if code == 1:  # tanh: branch-free loops over the feature axis
+        if code == 1:  # tanh: branch-free loops over the feature axis (they vectorize)
             if fast:
                 for o in range(n):
                     out[i, 0, o] = _tanh32(X[i, 0, o])
             else:
                 for o in range(n):
                     out[i, 0, o] = math.tanh(X[i, 0, o])
-            if need >= 1 or kk > 1:
+            for o in range(n):
+                t = out[i, 0, o]
+                d1row[o] = one - t * t
+            if need == 2:
                 for o in range(n):
-                    t = out[i, 0, o]
-                    d1 = one - t * t
-                    if need >= 1:
-                        D1[i, o] = d1
-                    if need == 2:
-                        D2[i, o] = -two * t * d1
-                    for j in range(1, kk):
-                        out[i, j, o] = d1 * X[i, j, o]
+                    D2[i, o] = -two * out[i, 0, o] * d1row[o]
         else:
             for o in range(n):
                 s, d1, d2 = _act(code, X[i, 0, o])
                 out[i, 0, o] = s
-                if need >= 1:
-                    D1[i, o] = d1
+                d1row[o] = d1
                 if need == 2:
                     D2[i, o] = d2
-                for j in range(1, kk):
-                    out[i, j, o] = d1 * X[i, j, o]
+        if need >= 1:
+            for o in range(n):
+                D1[i, o] = d1row[o]
+        for j in range(1, kk):
+            for o in range(n):
+                out[i, j, o] = d1row[o] * X[i, j, o]
 
 
 def act_forward(X, code, need, out, D1, D2):
@@ -97,16 +97,15 @@ def act_forward(X, code, need, out, D1, D2):
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def act_backward(G, D1, D2, RZ, rmode, out):
+def act_backward(G, D1, D2, Z, rmode, out):
     N, m, n = G.shape
     for i in range(N):
         if rmode:
             for o in range(n):
-                g = G[i, 0, o]
-                out[i, 0, o] = g * D1[i, o]
-                gd2 = g * D2[i, o]
-                for j in range(1, m):
-                    out[i, j, o] = G[i, j, o] * D1[i, o] + gd2 * RZ[i, j - 1, o]
+                out[i, 0, o] = G[i, 0, o] * D1[i, o]
+            for j in range(1, m):
+                for o in range(n):
+                    out[i, j, o] = G[i, j, o] * D1[i, o] + G[i, 0, o] * D2[i, o] * Z[i, j, o]
         else:
             for j in range(m):
                 for o in range(n):

@@ -30,7 +30,7 @@ from .._validate import (
     check_out,
 )
 from ..nn import ActivationLayer, BatchNorm, Dense, Layer
-from .objective import _Prepared, check_v
+from .objective import _Prepared, check_finite, check_v
 
 __all__ = ["Network"]
 
@@ -453,13 +453,13 @@ class Network:
                 f"X: a batch of {X.shape[0]} sample cannot be batch-normalized in training mode "
                 "(its variance is 0); use N >= 2 or eval mode"
             )
-        check_all_finite(X, "X")
+        check_finite(X, "X")
         return X
 
     def _prepare(self, theta, X, y):
         training = self.training
         theta = self._check_theta(theta)
-        check_all_finite(theta, "theta")
+        check_finite(theta, "theta")
         X = self._check_X(X, training)
         labels, Y = _check_targets(y, X.shape[0], self.n_out, self.loss_name, self.dtype)
         return theta, X, labels, Y, training, self._state[1]
@@ -584,7 +584,7 @@ class Network:
                 D1 = buf(f"D1{li}", (N, n)) if need >= 1 else empty2
                 D2 = buf(f"D2{li}", (N, n)) if hvp else empty2
                 kern.act_forward(S, int(layer.code), 2 if hvp else min(need, 1), out, D1, D2)
-                caches.append((D1, D2, S[:, 1:, :]))
+                caches.append((D1, D2, S))
                 S = out
         if mode == "forward":
             return None, None, None, batch_stats, S[:, 0, :].copy()
@@ -653,9 +653,9 @@ class Network:
                 res[off + n:off + 2 * n] = dbeta.T
                 G = out
             else:
-                D1, D2, RZ = caches[li]
+                D1, D2, Z = caches[li]
                 out = buf(f"G{li}", (N, m, self.widths[li]))
-                kern.act_backward(G, D1, D2, RZ, rmode, out)
+                kern.act_backward(G, D1, D2, Z, rmode, out)
                 G = out
         if k:
             return loss, None, result, batch_stats, None
@@ -679,7 +679,7 @@ class Network:
         """
         training = self.training
         theta = self._check_theta(theta)
-        check_all_finite(theta, "theta")
+        check_finite(theta, "theta")
         X = self._check_X(X, training)
         _, _, _, bstats, out = self._run(theta, X, None, None, None, "forward", backend,
                                          training, self._state[1])
@@ -819,7 +819,7 @@ class _PreparedNetwork(_Prepared):
 
     def check_theta(self, theta):
         theta = self.model._check_theta(theta)
-        check_all_finite(theta, "theta")
+        check_finite(theta, "theta")
         return theta
 
     def run(self, theta, V, mode):

@@ -74,6 +74,13 @@ class Objective(Protocol):
         ...
 
 
+def check_finite(x: np.ndarray, name: str) -> None:
+    """``check_all_finite`` without its temporary: min and max propagate NaN and reach +-inf,
+    so two allocation-free reductions decide, and only a bad array pays for the count."""
+    if x.size and not (np.isfinite(x.min()) and np.isfinite(x.max())):
+        check_all_finite(x, name)
+
+
 def _accepts_backend(method: Any) -> bool:
     try:
         params = inspect.signature(method).parameters.values()
@@ -121,7 +128,7 @@ class _Prepared:
         theta = as_float_array(theta, "theta", dtype=self.dtype)
         if theta.shape != (self.num_params,):
             raise ValueError(f"theta: expected shape ({self.num_params},), got {theta.shape}")
-        check_all_finite(theta, "theta")
+        check_finite(theta, "theta")
         return theta
 
     def run(self, theta, V, mode):
@@ -172,7 +179,7 @@ class _PreparedMLP(_Prepared):
 
     def check_theta(self, theta):
         theta = self.model._check_theta(theta)
-        check_all_finite(theta, "theta")
+        check_finite(theta, "theta")
         return theta
 
     def run(self, theta, V, mode):
@@ -190,7 +197,7 @@ def check_v(v: object, P: int, dtype: np.dtype) -> tuple[np.ndarray, bool]:
         V, single = v, False
     else:
         raise ValueError(f"v: expected shape ({P},) or ({P}, k) with k >= 1, got {v.shape}")
-    check_all_finite(V, "v")
+    check_finite(V, "v")
     return V, single
 
 

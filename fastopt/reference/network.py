@@ -39,12 +39,13 @@ def act_forward(X, code, need, out, D1, D2):
         D2[...] = d2
 
 
-def act_backward(G, D1, D2, RZ, rmode, out):
-    """Backward through an activation (see the module notes for ``rmode``)."""
+def act_backward(G, D1, D2, Z, rmode, out):
+    """Backward through an activation (see the module notes for ``rmode``); ``Z`` is the
+    activation's input stream (its R-streams ``Z[:, 1:]`` enter the R-backward)."""
     if rmode:
         g = G[:, 0, :]
         out[:, 0, :] = g * D1
-        out[:, 1:, :] = G[:, 1:, :] * D1[:, None, :] + (g * D2)[:, None, :] * RZ
+        out[:, 1:, :] = G[:, 1:, :] * D1[:, None, :] + (g * D2)[:, None, :] * Z[:, 1:, :]
     else:
         out[...] = G * D1[:, None, :]
 
