@@ -3,10 +3,11 @@
 float32, softmax cross-entropy, MLP [784, 512, BN, tanh, 512, BN, tanh, 10], batch 256
 (``SHAPES["bn"]``; ``"tiny"`` is a smoke-test shape). Groups and contenders:
 
-- ``hvp <shape>``: fastopt-numba, numpy (the reference kernels), torch (double backward through
-  ``nn.BatchNorm1d`` in training mode inside ``nn.Sequential``), jax (``jit(jvp(grad(loss)))``
-  through a hand-written train-mode batch norm) and ``floor``: the HVP's matrix products alone
-  (3 for the first dense layer, 8 for each later one), preallocated, through numpy's BLAS.
+- ``hvp <shape>``: fastopt-cython, fastopt-numba, numpy (the reference kernels), torch (double
+  backward through ``nn.BatchNorm1d`` in training mode inside ``nn.Sequential``), jax
+  (``jit(jvp(grad(loss)))`` through a hand-written train-mode batch norm) and ``floor``: the
+  HVP's matrix products alone (3 for the first dense layer, 8 for each later one),
+  preallocated, through numpy's BLAS.
 - ``grad <shape>``: fastopt's own loss-and-gradient (the HVP should cost <= 3.5x) and torch's.
 - ``hvp k=8 <shape>``: eight directions in one call.
 
@@ -35,7 +36,7 @@ SHAPES = {
     "tiny": ([32, 16, 16, 4], 16),
 }
 ROUNDS = {"bn": 30, "tiny": 20}
-HVP_CONTENDERS = ["fastopt-numba", "numpy", "torch", "jax", "floor"]
+HVP_CONTENDERS = ["fastopt-cython", "fastopt-numba", "numpy", "torch", "jax", "floor"]
 EPS = 1e-5
 
 
@@ -160,8 +161,8 @@ def jax_hvp(net, theta, X, y, v):
 
 def hvp_callable(contender: str, key: str, k: int = 1):
     net, theta, X, y, v = make_problem(key, k)
-    if contender in ("fastopt-numba", "numpy"):
-        backend = "numba" if contender == "fastopt-numba" else "numpy"
+    if contender in ("fastopt-cython", "fastopt-numba", "numpy"):
+        backend = {"fastopt-cython": "cython", "fastopt-numba": "numba"}.get(contender, "numpy")
         return lambda: net.hvp(theta, X, y, v, backend=backend)
     if contender == "floor":
         triples = floor_products(key)
@@ -188,20 +189,22 @@ def test_hvp(benchmark, contender, key):
 
 
 @pytest.mark.parametrize("key", list(SHAPES))
-@pytest.mark.parametrize("contender", ["fastopt-numba", "torch"], indirect=True)
+@pytest.mark.parametrize("contender", ["fastopt-cython", "fastopt-numba", "torch"],
+                         indirect=True)
 def test_grad(benchmark, contender, key):
     benchmark.group = f"grad {shape_name(key)}"
     net, theta, X, y, v = make_problem(key)
     if contender == "torch":
         fn = torch_fns(net, theta, X, y, v)[1]
     else:
-        fn = lambda: net.loss_and_grad(theta, X, y, backend="numba")  # noqa: E731
+        backend = contender.split("-")[1]
+        fn = lambda: net.loss_and_grad(theta, X, y, backend=backend)  # noqa: E731
     fn()
     benchmark.pedantic(fn, rounds=ROUNDS[key], warmup_rounds=1, iterations=1)
 
 
 @pytest.mark.parametrize("key", list(SHAPES))
-@pytest.mark.parametrize("contender", ["fastopt-numba"], indirect=True)
+@pytest.mark.parametrize("contender", ["fastopt-cython", "fastopt-numba"], indirect=True)
 def test_hvp_k8(benchmark, contender, key):
     benchmark.group = f"hvp k=8 {shape_name(key)}"
     fn = hvp_callable(contender, key, k=8)
@@ -215,19 +218,19 @@ def ratios(table: dict[str, dict[str, float]]) -> str:
     for key in SHAPES:
         s = shape_name(key)
         h, gr, h8 = (table.get(f"{g} {s}", {}) for g in ("hvp", "grad", "hvp k=8"))
-        c = "fastopt-numba"
-        if c not in h:
-            continue
-        parts = [f"{s} {c}:"]
-        parts += [f"{h[o] / h[c]:.2f}x faster than {o} (target {t});"
-                  for o, t in (("torch", ">= 5"), ("jax", ">= 1.2")) if o in h]
-        if c in gr:
-            parts.append(f"hvp/own grad {h[c] / gr[c]:.2f} (target <= 3.5);")
-        if "floor" in h:
-            parts.append(f"{h['floor'] / h[c]:.0%} of the matmul rate;")
-        if c in h8:
-            parts.append(f"k=8/k=1 {h8[c] / h[c]:.2f}")
-        lines.append(" ".join(parts))
+        for c in ("fastopt-cython", "fastopt-numba"):
+            if c not in h:
+                continue
+            parts = [f"{s} {c}:"]
+            parts += [f"{h[o] / h[c]:.2f}x faster than {o} (target {t});"
+                      for o, t in (("torch", ">= 5"), ("jax", ">= 1.2")) if o in h]
+            if c in gr:
+                parts.append(f"hvp/own grad {h[c] / gr[c]:.2f} (target <= 3.5);")
+            if "floor" in h:
+                parts.append(f"{h['floor'] / h[c]:.0%} of the matmul rate;")
+            if c in h8:
+                parts.append(f"k=8/k=1 {h8[c] / h[c]:.2f}")
+            lines.append(" ".join(parts))
     return "\n".join(lines)
 
 

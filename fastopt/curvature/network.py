@@ -9,7 +9,8 @@ norm's backward) or in eval mode (running statistics as constants).
 Streams are interleaved ``(N, 1 + k, n)`` arrays as in :class:`~fastopt.MLP` (slot 0 the forward
 value, slot ``1 + j`` the R-stream of direction j), so that each dense layer's products run as a
 few GEMMs through numpy's BLAS whatever k is; between them one element-wise kernel per layer and
-pass (``_network_numba.py`` or the numpy reference ``fastopt.reference.network``).
+pass (``_cython_network.pyx``, ``_network_numba.py`` or the numpy reference
+``fastopt.reference.network``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .. import _dispatch
 from .._codes import Loss
 from .._validate import (
     as_float_array,
@@ -36,35 +36,39 @@ __all__ = ["Network"]
 
 LOSSES = Loss.names()
 INIT_SCHEMES = ("xavier", "he", "orthogonal")
-NETWORK_BACKENDS = ("auto", "numba", "numpy")
+NETWORK_BACKENDS = ("auto", "cython", "numba", "numpy")
 
 _kernel_modules: dict[str, object] = {}
 
 
 def _kernels(backend: str):
-    """The element-wise kernel module for ``backend`` ("auto": Numba when it imports)."""
+    """The element-wise kernel module for ``backend`` ("auto": Cython, else Numba, else numpy;
+    Cython first because it needs no JIT compilation, and the two are within noise of each
+    other where BLAS dominates)."""
     if backend not in NETWORK_BACKENDS:
-        if backend in _dispatch.BACKENDS:
-            raise ValueError(
-                f"backend: {backend!r} is not implemented for Network (its element-wise kernels "
-                "are Numba and numpy; choose 'auto', 'numba' or 'numpy')"
-            )
-        raise ValueError(f"backend: {backend!r} is not one of "
-                         f"{', '.join(map(repr, NETWORK_BACKENDS))}")
+        raise ValueError(f"backend: {backend!r} is not implemented for Network (choose from "
+                         f"{', '.join(map(repr, NETWORK_BACKENDS))})")
     if backend == "auto":
-        try:
-            return _kernels("numba")
-        except RuntimeError:
-            return _kernels("numpy")
+        for name in ("cython", "numba"):
+            try:
+                return _kernels(name)
+            except RuntimeError:
+                continue
+        return _kernels("numpy")
     mod = _kernel_modules.get(backend)
     if mod is None:
         try:
-            if backend == "numba":
+            if backend == "cython":
+                from . import _cython_network as mod
+            elif backend == "numba":
                 from . import _network_numba as mod
             else:
                 from ..reference import network as mod
-        except ImportError as exc:  # pragma: no cover - numba is a dependency
-            raise RuntimeError(f"backend {backend!r} is not available for Network: {exc}") from exc
+        except ImportError as exc:
+            hint = (" (the Cython extensions are not built: python setup.py build_ext --inplace)"
+                    if backend == "cython" else "")
+            raise RuntimeError(f"backend {backend!r} is not available for Network: "
+                               f"{exc}{hint}") from exc
         _kernel_modules[backend] = mod
     return mod
 
@@ -151,9 +155,8 @@ class Network:
     :attr:`running_stats`, :meth:`set_running_stats` and :meth:`reset_running_stats` read and
     write them.
 
-    ``backend=``: ``"auto"`` (Numba), ``"numba"`` or ``"numpy"`` select the element-wise kernels
-    (no Cython kernels for networks yet: ``"cython"`` is refused); the matrix products run
-    through numpy's BLAS.
+    ``backend=``: ``"auto"`` (Cython when built, else Numba), ``"cython"``, ``"numba"`` or
+    ``"numpy"`` select the element-wise kernels; the matrix products run through numpy's BLAS.
 
     Examples
     --------
@@ -756,7 +759,7 @@ class Network:
         v : array_like
             One direction ``(num_params,)`` or k directions as columns ``(num_params, k)``,
             all in one pass.
-        backend : {"auto", "numba", "numpy"}
+        backend : {"auto", "cython", "numba", "numpy"}
             Element-wise kernels.
         out : ndarray, optional
             Destination of ``v``'s shape and the model dtype.
