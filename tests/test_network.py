@@ -369,3 +369,53 @@ def test_diagnostics_run_on_networks(training):
     v = np.random.default_rng(0).standard_normal(net.num_params)
     np.testing.assert_allclose(op @ v, H @ v, rtol=1e-11, atol=1e-13)
     net.train(training)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batch_norm_first_and_last_layers(training):
+    # the input itself normalized (its R-stream is zero), and a network ending in batch norm
+    rng = np.random.default_rng(4)
+    for layers, loss in (([nn.BatchNorm(4), nn.Dense(4, 3), nn.Sigmoid(), nn.Dense(3, 3)],
+                          "cross_entropy"),
+                         ([nn.Dense(4, 3), nn.Softplus(), nn.Dense(3, 2), nn.BatchNorm(2)],
+                          "mse")):
+        net = Network(layers, loss=loss, training=training)
+        if not training:
+            random_stats(net, rng)
+        theta = net.init(rng) + 0.3 * rng.standard_normal(net.num_params)
+        X = rng.standard_normal((10, 4)) * 2 + 1
+        y = targets(rng, loss, 10, 3 if loss == "cross_entropy" else 2)
+        V = rng.standard_normal((net.num_params, 2))
+        fd = hvp_fd(net, theta, V, X=X, y=y)
+        for backend in AVAILABLE:
+            Hv = net.hvp(theta, X, y, V, backend=backend)
+            assert np.abs(Hv - fd).max() <= 1e-6 * np.abs(fd).max()
+
+
+def test_many_directions_out_aliasing_objective_and_pickle():
+    import pickle
+
+    net, theta, X, y = problem()
+    rng = np.random.default_rng(9)
+    V = rng.standard_normal((net.num_params, 8))
+    HV = net.hvp(theta, X, y, V)
+    for j in (0, 7):
+        np.testing.assert_allclose(HV[:, j], net.hvp(theta, X, y, V[:, j]), rtol=1e-12,
+                                   atol=1e-14)
+    W = V.copy()
+    assert net.hvp(theta, X, y, W, out=W) is W  # out= is the direction itself
+    np.testing.assert_allclose(W, HV, rtol=1e-13, atol=1e-15)
+    g = np.empty(net.num_params)
+    assert net.loss_and_grad(theta, X, y, out=g)[1] is g
+    obj = bind(net, X, y)
+    assert obj.num_params == net.num_params and obj.dtype == net.dtype
+    np.testing.assert_allclose(obj.hvp(theta, V), HV, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(obj.gnvp(theta, V[:, 0]), net.gnvp(theta, X, y, V[:, 0]),
+                               rtol=1e-13, atol=1e-15)
+    assert obj.loss(theta) == net.loss(theta, X, y)
+    with pytest.raises(ValueError, match="theta"):
+        obj.hvp(theta[:-1], V)
+    with pytest.raises(ValueError, match="v"):
+        obj.hvp(theta, V[:-1])
+    clone = pickle.loads(pickle.dumps(net))
+    np.testing.assert_allclose(clone.hvp(theta, X, y, V), HV, rtol=1e-13, atol=1e-15)

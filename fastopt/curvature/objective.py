@@ -241,11 +241,31 @@ class BoundObjective(Objective):
         return f"BoundObjective({self.model!r}, backend={self.backend!r})"
 
     def loss(self, theta: np.ndarray) -> float:
-        """Batch loss at ``theta``."""
+        """Batch loss at ``theta``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> from fastopt.curvature import bind
+        >>> obj = bind(MLP([1, 1], activation="identity", loss="mse"), np.ones((2, 1)), np.zeros(2))
+        >>> obj.loss(np.array([1.0, 1.0]))
+        2.0
+        """
         return self._prep.run(self._prep.check_theta(theta), None, "loss")[0]
 
     def loss_and_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        """``(loss, gradient)`` at ``theta``."""
+        """``(loss, gradient)`` at ``theta``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> from fastopt.curvature import bind
+        >>> obj = bind(MLP([1, 1], activation="identity", loss="mse"), np.ones((2, 1)), np.zeros(2))
+        >>> obj.loss_and_grad(np.array([1.0, 0.0]))
+        (0.5, array([1., 1.]))
+        """
         loss, g, _ = self._prep.run(self._prep.check_theta(theta), None, "grad")
         return loss, g
 
@@ -256,16 +276,47 @@ class BoundObjective(Objective):
         return hv[:, 0] if single else hv
 
     def hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Exact Hessian-vector product(s), ``v`` of shape ``(P,)`` or ``(P, k)``."""
+        """Exact Hessian-vector product(s), ``v`` of shape ``(P,)`` or ``(P, k)``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> from fastopt.curvature import bind
+        >>> obj = bind(MLP([1, 1], activation="identity", loss="mse"), np.ones((2, 1)), np.zeros(2))
+        >>> obj.hvp(np.zeros(2), np.eye(2))
+        array([[1., 1.],
+               [1., 1.]])
+        """
         return self._product(theta, v, "hvp")
 
     def gnvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Gauss-Newton-vector product(s), ``v`` of shape ``(P,)`` or ``(P, k)``."""
+        """Gauss-Newton-vector product(s), ``v`` of shape ``(P,)`` or ``(P, k)``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> from fastopt.curvature import bind
+        >>> obj = bind(MLP([1, 1], activation="identity", loss="mse"), np.ones((2, 1)), np.zeros(2))
+        >>> obj.gnvp(np.zeros(2), np.array([1.0, 0.0]))
+        array([1., 1.])
+        """
         return self._product(theta, v, "gnvp")
 
     def curvature_product(self, theta: np.ndarray, v: np.ndarray,
                           curvature: str = "hessian") -> np.ndarray:
-        """:meth:`hvp` for ``curvature="hessian"``, :meth:`gnvp` for ``"ggn"``."""
+        """:meth:`hvp` for ``curvature="hessian"``, :meth:`gnvp` for ``"ggn"``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> from fastopt.curvature import bind
+        >>> obj = bind(MLP([1, 1], activation="identity", loss="mse"), np.ones((2, 1)), np.zeros(2))
+        >>> obj.curvature_product(np.zeros(2), np.array([0.0, 1.0]), "ggn")
+        array([1., 1.])
+        """
         curvature = check_choice(curvature, "curvature", CURVATURES)
         return self._product(theta, v, "hvp" if curvature == "hessian" else "gnvp")
 
