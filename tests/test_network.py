@@ -330,6 +330,8 @@ def test_bad_input_gets_clear_errors_and_inputs_are_untouched():
     out = np.full((net.num_params, 2), 7.0)
     with pytest.raises(ValueError, match="out"):
         net.hvp(theta, X, y, V, out=out[:-1])
+    with pytest.warns(PendingDeprecationWarning), pytest.raises(TypeError, match="out"):
+        net.hvp(theta, X, y, V, out=np.asmatrix(out))
     assert (out == 7.0).all()
     for a, b in zip((theta, X, y, V), copies, strict=True):
         assert np.array_equal(a, b)

@@ -73,6 +73,15 @@ def _kernels(backend: str):
     return mod
 
 
+def _check_out(out: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+    """``check_out`` that also refuses ndarray subclasses (``np.matrix`` cannot be reshaped to
+    the per-layer blocks the products are written through)."""
+    if out is not None and isinstance(out, np.ndarray) and type(out) is not np.ndarray:
+        raise TypeError(f"out: must be a plain numpy.ndarray, got {type(out).__name__}; pass "
+                        "np.asarray(out)")
+    return check_out(out, shape, dtype)
+
+
 def _check_targets(y: object, N: int, n_out: int, loss: str, dtype: np.dtype):
     """(labels int64 (N,) or empty, targets (N, n_out) of dtype or empty), as MLP's."""
     y = np.asarray(y)
@@ -725,7 +734,7 @@ class Network:
         (1.25, [2.5, 1.5])
         """
         theta, X, labels, Y, training, stats = self._prepare(theta, X, y)
-        out = check_out(out, (self.num_params,), self.dtype)
+        out = _check_out(out, (self.num_params,), self.dtype)
         loss, grad, _, bstats, _ = self._run(theta, X, labels, Y, None, "grad", backend,
                                              training, stats, out)
         if out is not None and grad is not out:
@@ -739,7 +748,7 @@ class Network:
         theta, X, labels, Y, training, stats = self._prepare(theta, X, y)
         V, single = check_v(v, self.num_params, self.dtype)
         shape = (self.num_params,) if single else V.shape
-        out = check_out(out, shape, self.dtype)
+        out = _check_out(out, shape, self.dtype)
         hv = self._run(theta, X, labels, Y, V, mode, backend, training, stats, out)[2]
         if out is not None:
             if hv is not out:
