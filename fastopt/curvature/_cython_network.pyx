@@ -333,3 +333,16 @@ def colsum(const real[:, :, ::1] G, Py_ssize_t first, double[:, ::1] out):
             for j in range(m - first):
                 for o in range(n):
                     out[j, o] += G[i, first + j, o]
+
+
+def transpose2d(const real[:, ::1] A, real[:, ::1] dst):
+    """dst = A.T in 32 x 32 tiles (numpy's copy of a transposed view reads down columns)."""
+    cdef Py_ssize_t R = A.shape[0], C = A.shape[1], r0, c0, r1, c1, r, c
+    with nogil:
+        for r0 in range(0, R, 32):
+            r1 = r0 + 32 if r0 + 32 < R else R
+            for c0 in range(0, C, 32):
+                c1 = c0 + 32 if c0 + 32 < C else C
+                for r in range(r0, r1):
+                    for c in range(c0, c1):
+                        dst[c, r] = A[r, c]

@@ -261,3 +261,16 @@ def colsum(G, first, out):
         for j in range(m - first):
             for o in range(n):
                 out[j, o] += G[i, first + j, o]
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def transpose2d(A, dst):
+    """dst = A.T in 32 x 32 tiles (numpy's copy of a transposed view reads down columns)."""
+    R, C = A.shape
+    for r0 in range(0, R, 32):
+        r1 = min(r0 + 32, R)
+        for c0 in range(0, C, 32):
+            c1 = min(c0 + 32, C)
+            for r in range(r0, r1):
+                for c in range(c0, c1):
+                    dst[c, r] = A[r, c]

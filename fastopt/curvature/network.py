@@ -551,9 +551,9 @@ class Network:
                         np.copyto(vc, V3.transpose(0, 2, 1))
                         Vc = vc.reshape(n_in, k * n_o)
                         C = np.ascontiguousarray(V[off + n_in * n_o:off + n_in * n_o + n_o].T)
-                        if hvp and li > 0:
-                            vt = buf(f"VT{li}", (n_o, k, n_in))
-                            np.copyto(vt, V3.transpose(1, 2, 0))
+                        if hvp and li > 0:  # [V_1^T .. V_k^T]: V_l as (n_in, n_o k), transposed
+                            vt = buf(f"VT{li}", (n_o * k, n_in))
+                            kern.transpose2d(Vl.reshape(n_in, n_o * k), vt)
                             VT = vt.reshape(n_o, k * n_in)
                     AV = buf(f"AV{li}", (N, k * n_o))
                     np.matmul(S[:, 0, :], Vc, out=AV)
@@ -640,7 +640,9 @@ class Network:
                 if rmode and S_in.shape[1] > 1:
                     Gr = buf(f"Gr{li}", (k * n_in, n_o))
                     np.matmul(S_in[:, 1:, :].reshape(N, k * n_in).T, G[:, 0, :], out=Gr)
-                    outW += Gr.reshape(k, n_in, n_o).transpose(1, 2, 0)
+                    # one strided add per direction: the 3-D transposed add read Gr 1 MB apart
+                    for j, Grj in enumerate(Gr.reshape(k, n_in, n_o)):
+                        outW[:, :, j] += Grj
                 cs = np.empty((m_ret, n_o))
                 kern.colsum(G, first, cs)
                 res[off + n_in * n_o:off + n_in * n_o + n_o] = cs.T

@@ -183,3 +183,8 @@ def loss_forward(F, loss, need, labels, Y, D):
     if need >= 1:
         D[:, 0, :] = grad / N
     return float(losses.sum())
+
+
+def transpose2d(A, dst):
+    """dst = A.T."""
+    dst[...] = A.T
