@@ -37,4 +37,4 @@ def _load_families() -> None:
 
 _load_families()
 
-from . import datasets, symmetry  # noqa: E402, F401  (fastopt.symmetry.align, ...)
+from . import datasets, nn, symmetry  # noqa: E402, F401  (fastopt.nn.Dense, ...)

@@ -330,7 +330,7 @@ def test_spectral_density_few_steps_and_bad_input(tanh_ce):
         spectral_density(net, theta, X, y, steps=0)
     with pytest.raises(ValueError, match="sigma"):
         spectral_density(net, theta, X, y, sigma=-1.0)
-    with pytest.raises(TypeError, match="net"):
+    with pytest.raises(TypeError, match="model"):
         hessian_extremes("not a net", theta, X, y)
     with pytest.raises(ValueError, match="tol"):
         hessian_extremes(net, theta, X, y, tol=0)
@@ -342,3 +342,219 @@ def test_spectral_density_few_steps_and_bad_input(tanh_ce):
         hvp_fd(lambda t: t, theta, theta[:-1])
     with pytest.raises(ValueError, match="grad_fn"):
         hvp_fd(lambda t: t[:-1], theta, theta)
+
+
+# ---------------------------------------------------------------- generic sources (issue 12)
+class _PlainModel:
+    """A model known only through its public methods (no fastopt internals)."""
+
+    def __init__(self, net):
+        self.net, self.num_params, self.dtype = net, net.num_params, net.dtype
+        self.calls = 0
+
+    def loss_and_grad(self, theta, X, y):
+        return self.net.loss_and_grad(theta, X, y)
+
+    def hvp(self, theta, X, y, v):
+        self.calls += 1
+        return self.net.hvp(theta, X, y, v)
+
+    def gnvp(self, theta, X, y, v):
+        return self.net.gnvp(theta, X, y, v)
+
+
+class _PlainObjective:
+    def __init__(self, net, X, y):
+        self.net, self.X, self.y = net, X, y
+        self.num_params, self.dtype = net.num_params, net.dtype
+
+    def loss_and_grad(self, theta):
+        return self.net.loss_and_grad(theta, self.X, self.y)
+
+    def hvp(self, theta, v):
+        return self.net.hvp(theta, self.X, self.y, v)
+
+    def gnvp(self, theta, v):
+        return self.net.gnvp(theta, self.X, self.y, v)
+
+
+def _sources(net, theta, X, y, H):
+    from fastopt.curvature import bind
+
+    return {
+        "mlp": (net, theta, X, y),
+        "plain model": (_PlainModel(net), theta, X, y),
+        "bound": (bind(net, X, y), theta),
+        "objective": (_PlainObjective(net, X, y), theta),
+    }
+
+
+@pytest.mark.parametrize("which", ["mlp", "plain model", "bound", "objective"])
+def test_every_diagnostic_accepts_models_and_objectives(tanh_ce, which):
+    net, theta, X, y, H = tanh_ce
+    args = _sources(net, theta, X, y, H)[which]
+    ev = np.linalg.eigvalsh((H + H.T) / 2)
+    res = hessian_extremes(*args, tol=1e-8)
+    assert res.converged and res.kind == "saddle"
+    assert abs(res.lambda_max - ev[-1]) <= 1e-6 * ev[-1]
+    assert abs(res.lambda_min - ev[0]) <= 1e-6 * abs(ev).max()
+    assert res.residual_max <= 1e-6 * abs(ev).max() and res.residual_min <= 1e-6 * abs(ev).max()
+    c = curvature_along_gradient(*args)
+    g = net.loss_and_grad(theta, X, y)[1]
+    assert np.isclose(c.g_h_g, g @ H @ g, rtol=1e-11)
+    tr = hutchinson_trace(*args, exact=True, batch=50)
+    assert tr.exact and tr.std_error == 0 and tr.samples == net.num_params
+    assert np.isclose(tr.estimate, np.trace(H), rtol=1e-12)
+    sd = spectral_density(*args, n_vectors=1, steps=5, seed=1)
+    assert np.isfinite(sd.density).all()
+    pytest.importorskip("scipy")
+    op = hessian_operator(*args)
+    M = np.random.default_rng(0).standard_normal((net.num_params, 2))
+    np.testing.assert_allclose(op @ M, H @ M, rtol=1e-11, atol=1e-13)
+    fd = hvp_fd(*args[:2], M, **({"X": X, "y": y} if len(args) == 4 else {}))
+    np.testing.assert_allclose(fd, H @ M, rtol=1e-5, atol=1e-7)
+
+
+def test_ggn_curvature_option(tanh_ce):
+    net, theta, X, y, _ = tanh_ce
+    G = net.gnvp(theta, X, y, np.eye(net.num_params))
+    ev = np.linalg.eigvalsh((G + G.T) / 2)
+    res = hessian_extremes(net, theta, X, y, curvature="ggn", tol=1e-8)
+    assert res.kind == "minimum" and abs(res.lambda_max - ev[-1]) <= 1e-6 * ev[-1]
+    assert np.isclose(hutchinson_trace(net, theta, X, y, curvature="ggn", exact=True).estimate,
+                      np.trace(G), rtol=1e-12)
+    g = net.loss_and_grad(theta, X, y)[1]
+    assert np.isclose(curvature_along_gradient(net, theta, X, y, curvature="ggn").g_h_g,
+                      g @ G @ g, rtol=1e-11)
+    with pytest.raises(ValueError, match="curvature"):
+        hessian_extremes(net, theta, X, y, curvature="fisher")
+
+
+def test_diagnostics_on_a_plain_matvec_and_operators():
+    rng = np.random.default_rng(5)
+    Q = np.linalg.qr(rng.standard_normal((30, 30)))[0]
+    lam = np.linspace(-2.0, 5.0, 30)
+    A = (Q * lam) @ Q.T
+    res = hessian_extremes(lambda v: A @ v, size=30, tol=1e-10)
+    assert res.converged and res.kind == "saddle"
+    np.testing.assert_allclose([res.lambda_max, res.lambda_min], [5.0, -2.0], rtol=1e-9)
+    res_a = hessian_extremes(A, tol=1e-10)
+    np.testing.assert_allclose([res_a.lambda_max, res_a.lambda_min], [5.0, -2.0], rtol=1e-9)
+    assert np.isclose(hutchinson_trace(A, exact=True).estimate, lam.sum(), rtol=1e-12)
+    assert hutchinson_trace(A, samples=30, exact=None).exact  # P <= samples: exact
+    sla = pytest.importorskip("scipy.sparse.linalg")
+    op = sla.aslinearoperator(A)
+    assert np.isclose(hessian_extremes(op, tol=1e-10).lambda_max, 5.0, rtol=1e-9)
+    sd = spectral_density(lambda v: A @ v, size=30, n_vectors=2, steps=30)
+    assert sd.nodes.min() >= -2.0 - 1e-8 and sd.nodes.max() <= 5.0 + 1e-8
+    with pytest.raises(ValueError, match="size"):
+        hessian_extremes(lambda v: A @ v)
+    with pytest.raises(ValueError, match="curvature"):
+        hessian_extremes(A, curvature="ggn")
+    with pytest.raises(TypeError, match="gradient"):
+        curvature_along_gradient(A, None)
+    with pytest.raises(ValueError, match="square"):
+        hessian_extremes(np.ones((3, 4)))
+
+
+def test_model_without_batch_is_refused(tanh_ce):
+    net, theta, X, y, _ = tanh_ce
+    with pytest.raises(ValueError, match="X, y"):
+        hessian_extremes(net, theta)
+    with pytest.raises(ValueError, match="X, y"):
+        hessian_extremes(_PlainModel(net), theta, X)
+
+
+def test_hessian_extremes_reports_non_convergence_in_the_result(tanh_ce):
+    net, theta, X, y, H = tanh_ce
+    with pytest.warns(RuntimeWarning):
+        ext = hessian_extremes(net, theta, X, y, tol=1e-12, maxiter=3)
+    assert ext.converged is False and ext.iterations == 3
+    ev = np.linalg.eigvalsh(H)
+    # each Ritz value lies within its true residual of an eigenvalue
+    for lam, r in ((ext.lambda_max, ext.residual_max), (ext.lambda_min, ext.residual_min)):
+        assert r > 0 and np.abs(ev - lam).min() <= r * (1 + 1e-9)
+
+
+# ---------------------------------------------------------------- issue 16 (degenerate cases)
+def test_spectral_density_of_a_zero_hessian_is_finite():
+    # all-dead relu layer and a zero output layer with mse on zero targets at b = 0: H has
+    # only the output-bias block; a zero operator is the cleanest flat case
+    sd = spectral_density(lambda v: 0.0 * v, size=7, n_vectors=2, steps=5)
+    assert np.isfinite(sd.density).all() and np.isfinite(sd.grid).all()
+    dx = sd.grid[1] - sd.grid[0]
+    assert abs(sd.density.sum() * dx - 1.0) <= 1e-2
+    net = MLP([2, 1], activation="identity", loss="mse")
+    X = np.zeros((4, 2))
+    assert hessian_extremes(lambda v: 0.0 * v, size=7).kind == "flat"
+    sd2 = spectral_density(net, np.zeros(3), X, np.zeros(4), n_vectors=1, steps=3)
+    assert np.isfinite(sd2.density).all()
+    with pytest.raises(ValueError, match="sigma"):
+        spectral_density(lambda v: 0.0 * v, size=3, sigma=1e-320)
+
+
+def test_hessian_operator_complex_vectors_are_exact(tanh_ce):
+    pytest.importorskip("scipy")
+    net, theta, X, y, H = tanh_ce
+    op = hessian_operator(net, theta, X, y)
+    rng = np.random.default_rng(3)
+    P = net.num_params
+    v = rng.standard_normal(P) + 1j * rng.standard_normal(P)
+    import warnings as _w
+
+    with _w.catch_warnings():
+        _w.simplefilter("error")  # no ComplexWarning: the imaginary part is not dropped
+        hv = op.matvec(v)
+        HM = op.matmat(np.stack([v, 2 * v], 1))
+    np.testing.assert_allclose(hv, H @ v, rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(HM, H @ np.stack([v, 2 * v], 1), rtol=1e-11, atol=1e-13)
+
+
+def test_hessian_operator_matmat_with_zero_columns(tanh_ce):
+    pytest.importorskip("scipy")
+    net, theta, X, y, _ = tanh_ce
+    out = hessian_operator(net, theta, X, y).matmat(np.empty((net.num_params, 0)))
+    assert isinstance(out, np.ndarray) and out.shape == (net.num_params, 0)
+
+
+def test_monitor_non_numeric_values_get_clear_errors():
+    mon = IllConditioningMonitor()
+    with pytest.raises(TypeError, match=r"curvature\.g_dot_g: expected a real number, got str"):
+        mon.update(0, Curvature(0.0, "abc", 1.0, 1.0))
+    with pytest.raises(TypeError, match=r"curvature\.g_h_g"):
+        mon.update(0, Curvature(0.0, 1.0, [1.0, 2.0], 1.0))
+    with pytest.raises(TypeError, match=r"curvature\.g_h_g"):
+        mon.update(0, Curvature(0.0, 1.0, 1 + 2j, 1.0))
+    assert mon.history["step"].size == 0  # rejected records changed nothing
+
+
+def test_monitor_updates_atomically_under_threads_and_interrupts():
+    import threading
+
+    mon = IllConditioningMonitor(window=4)
+
+    def work(t):
+        for i in range(500):
+            mon.update(t * 1000 + i, Curvature(0.0, float(t), float(i), 1.0))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    h = mon.history
+    assert h["step"].size == 4000
+    # every record is whole: its step encodes its own g_dot_g and g_h_g
+    np.testing.assert_array_equal(h["step"] // 1000, h["g_dot_g"])
+    np.testing.assert_array_equal(h["step"] % 1000, h["g_h_g"])
+
+    class Interrupting:
+        g_dot_g = 1.0
+
+        @property
+        def g_h_g(self):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        mon.update(9999, Interrupting())
+    assert mon.history["step"].size == 4000

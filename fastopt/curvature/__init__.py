@@ -1,4 +1,5 @@
-"""Curvature: exact Hessian-vector products for MLP losses and the diagnostics built on them."""
+"""Curvature: exact Hessian-vector products for MLP and layered-network losses, the objective
+protocol and the diagnostics built on them."""
 
 from .diagnostics import (
     Curvature,
@@ -14,11 +15,17 @@ from .diagnostics import (
     spectral_density,
 )
 from .mlp import MLP
+from .network import Network
+from .objective import BoundObjective, Objective
+from .objective import bind as bind  # fastopt.curvature.bind; too generic a top-level name
 from .rnn import ElmanRNN
 
 __all__ = [
     "MLP",
+    "Network",
     "ElmanRNN",
+    "Objective",
+    "BoundObjective",
     "hvp_fd",
     "hessian_operator",
     "Curvature",

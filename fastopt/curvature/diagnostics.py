@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import threading
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -23,65 +25,216 @@ from .._validate import (
     as_float_array,
     as_generator,
     check_all_finite,
+    check_choice,
+    check_float_dtype,
     check_int,
     check_positive,
 )
 from ..spectral.lanczos import lanczos_extremes, lanczos_tridiagonal, tridiagonal_eigh
 from .mlp import MLP
+from .objective import BoundObjective, prepare
 
 if TYPE_CHECKING:  # scipy is an optional (test) dependency, imported lazily
     from scipy.sparse.linalg import LinearOperator
 
 
-def _check_net(net: object) -> MLP:
-    if not isinstance(net, MLP):
-        raise TypeError(f"net: expected a fastopt.MLP, got {type(net).__name__}")
-    return net
+CURVATURES = ("hessian", "ggn")
 
 
-def _validated_hvp(net: object, theta, X, y, backend: str, *, copy: bool = False):
-    """Validate (net, theta, X, y) once and return ``hvp(V) -> H V`` for V of shape (P,) or
-    (P, k) in any float dtype, plus the validated net: operators and Lanczos loops call it many
-    times, and re-checking X and the labels on every product would repeat the same scans."""
-    net = _check_net(net)
-    theta, X, labels, Y = net._prepare(theta, X, y)
-    if copy:  # the operator outlives the call: later changes to the caller's arrays must not leak
-        theta, X, labels, Y = theta.copy(), X.copy(), labels.copy(), Y.copy()
+class _Source:
+    """A curvature matrix at one point, resolved from the diagnostics' arguments.
 
-    def hvp(v):
-        V = np.ascontiguousarray(v, dtype=net.dtype)
-        single = V.ndim == 1
-        hv = net._run(theta, X, labels, Y, V.reshape(net.num_params, -1), "hvp", backend)[2]
-        return hv[:, 0] if single else hv
+    ``products(V)`` applies it to the columns of ``V`` (``(P, k)``, any float dtype, ``k >= 0``)
+    and returns ``(P, k)`` in ``dtype``; ``loss_and_grad()`` is the loss and gradient at the
+    point (only for models and objectives: an operator has none)."""
 
-    return hvp, net
+    def __init__(self, num_params: int, dtype: np.dtype, products, loss_and_grad=None,
+                 name: str = "operator") -> None:
+        self.num_params = num_params
+        self.dtype = np.dtype(dtype)
+        self._products = products
+        self._loss_and_grad = loss_and_grad
+        self.name = name
+
+    def products(self, V: np.ndarray) -> np.ndarray:
+        P = self.num_params
+        if V.shape[1] == 0:
+            return np.empty((P, 0), self.dtype)
+        out = np.asarray(self._products(np.ascontiguousarray(V, dtype=self.dtype)))
+        if out.shape != V.shape:
+            raise ValueError(f"matvec: returned shape {out.shape}, expected {V.shape}")
+        return out
+
+    def matvec64(self, v: np.ndarray) -> np.ndarray:
+        """One product in float64 (for Lanczos)."""
+        return self.products(v.reshape(-1, 1))[:, 0].astype(np.float64, copy=False)
+
+    def loss_and_grad(self) -> tuple[float, np.ndarray]:
+        if self._loss_and_grad is None:
+            raise TypeError(
+                "model: a matvec or LinearOperator has no loss or gradient; pass a model with "
+                "(theta, X, y) or an objective with theta"
+            )
+        return self._loss_and_grad()
+
+
+def _is_model_like(obj: object) -> bool:
+    return all(hasattr(obj, a) for a in ("num_params", "dtype", "loss_and_grad", "hvp"))
+
+
+def _is_objective(obj: object) -> bool:
+    """An objective's ``hvp`` takes ``(theta, v)``, a model's ``(theta, X, y, v)``."""
+    if isinstance(obj, BoundObjective):
+        return True
+    if isinstance(obj, MLP) or hasattr(obj, "_prepared"):
+        return False
+    try:
+        params = inspect.signature(obj.hvp).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in params if p.kind in kinds and p.default is inspect.Parameter.empty]
+    return len(required) < 4
+
+
+def _resolve(model: object, theta: object, X: object, y: object, *, curvature: str = "hessian",
+             backend: str = "auto", size: int | None = None, copy: bool = False) -> _Source:
+    """The curvature source for ``(model, theta, X, y)``, ``(objective, theta)`` or a symmetric
+    operator (``theta`` None): see the module's conventions."""
+    curvature = check_choice(curvature, "curvature", CURVATURES)
+    mode = "hvp" if curvature == "hessian" else "gnvp"
+    if _is_model_like(model):
+        if X is None and y is None and _is_objective(model):
+            return _objective_source(model, theta, mode, copy)
+        if X is None or y is None:
+            raise ValueError(
+                f"X, y: {type(model).__name__} is a model; pass the batch (model, theta, X, y) or "
+                "bind it first (fastopt.curvature.objective.bind(model, X, y))"
+            )
+        prep = prepare(model, X, y, backend, copy=copy)
+        theta = prep.check_theta(theta)
+        if copy:
+            theta = theta.copy()
+
+        def products(V):
+            return prep.run(theta, V, mode)[2]
+
+        def loss_and_grad():
+            loss, g, _ = prep.run(theta, None, "grad")
+            return loss, g
+
+        return _Source(prep.num_params, prep.dtype, products, loss_and_grad, "model")
+    if X is not None or y is not None:
+        raise TypeError(
+            f"model: expected a model (fastopt.MLP, Network, ElmanRNN or an object with "
+            "num_params, dtype, loss_and_grad, hvp and gnvp) when X and y are given, got "
+            f"{type(model).__name__}"
+        )
+    if theta is not None:
+        raise TypeError(
+            f"model: {type(model).__name__} is not a model or objective (no num_params, dtype, "
+            "loss_and_grad and hvp); an operator (matvec or LinearOperator) takes theta=None"
+        )
+    if curvature != "hessian":
+        raise ValueError("curvature: 'ggn' needs a model or an objective; an operator is used as "
+                         "given (leave curvature='hessian')")
+    return _operator_source(model, size)
+
+
+def _objective_source(obj: Any, theta: object, mode: str, copy: bool) -> _Source:
+    P = check_int(obj.num_params, "objective.num_params")
+    dtype = check_float_dtype(obj.dtype, "objective.dtype")
+    theta = as_float_array(theta, "theta", dtype=dtype)
+    if theta.shape != (P,):
+        raise ValueError(f"theta: expected shape ({P},) for the objective, got {theta.shape}")
+    check_all_finite(theta, "theta")
+    if copy:
+        theta = theta.copy()
+    fn = obj.hvp if mode == "hvp" else getattr(obj, "gnvp", None)
+    if fn is None:
+        raise TypeError(f"objective: {type(obj).__name__} has no gnvp (needed for curvature='ggn')")
+
+    def products(V):
+        return np.asarray(fn(theta, V)).reshape(V.shape)
+
+    def loss_and_grad():
+        loss, g = obj.loss_and_grad(theta)
+        return float(loss), np.asarray(g)
+
+    return _Source(P, dtype, products, loss_and_grad, "objective")
+
+
+def _operator_source(op: object, size: int | None) -> _Source:
+    if isinstance(op, np.ndarray) or (hasattr(op, "shape") and hasattr(op, "matvec")):
+        shape = tuple(op.shape)
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"model: a symmetric operator must be square, got shape {shape}")
+        if size is not None and check_int(size, "size") != shape[0]:
+            raise ValueError(f"size: {size} does not match the operator's shape {shape}")
+        P = shape[0]
+        if isinstance(op, np.ndarray):
+            A = as_float_array(op, "model", allow_int=True)
+            return _Source(P, A.dtype, lambda V: A @ V)
+        dt = np.dtype(getattr(op, "dtype", None) or np.float64)
+        dtype = dt if dt in (np.float32, np.float64) else np.dtype(np.float64)
+        matmat = op.matmat
+        return _Source(P, dtype, lambda V: np.asarray(matmat(V)))
+    if callable(op):
+        if size is None:
+            raise ValueError("size: required with a matvec callable (the operator's dimension)")
+        P = check_int(size, "size")
+
+        def products(V):
+            out = np.empty(V.shape, np.float64)
+            for j in range(V.shape[1]):
+                w = np.asarray(op(V[:, j].astype(np.float64)))
+                if w.shape != (P,):
+                    raise ValueError(f"matvec: returned shape {w.shape}, expected ({P},)")
+                out[:, j] = w
+            return out
+
+        return _Source(P, np.dtype(np.float64), products)
+    raise TypeError(
+        "model: expected a model (with theta, X, y), an objective (with theta), a matvec callable "
+        f"(with size=) or a LinearOperator, got {type(op).__name__}"
+    )
 
 
 # ---------------------------------------------------------------------------- finite differences
 def hvp_fd(
-    grad_fn: Callable[[np.ndarray], np.ndarray],
+    grad_fn: Callable[[np.ndarray], np.ndarray] | Any,
     theta: np.ndarray,
     v: np.ndarray,
     *,
     eps: float | None = None,
+    X: np.ndarray | None = None,
+    y: np.ndarray | None = None,
+    backend: str = "auto",
 ) -> np.ndarray:
     """Approximate Hessian-vector product by central differences of a gradient.
 
-    ``(grad_fn(theta + eps v) - grad_fn(theta - eps v)) / (2 eps)``: two gradient calls per
-    direction, for models outside the :class:`MLP` family. The error is ``O(eps^2)`` (truncation)
-    plus ``O(u / eps)`` (rounding, ``u`` the unit roundoff), so the default step balances the two:
-    ``eps = u^(1/3) * max(1, ||theta||_inf) / ||v||_inf``. Use :meth:`MLP.hvp` for exact products.
+    ``(grad(theta + eps v) - grad(theta - eps v)) / (2 eps)``: two gradient calls per
+    direction. The error is ``O(eps^2)`` (truncation) plus ``O(u / eps)`` (rounding, ``u`` the
+    unit roundoff), so the default step balances the two:
+    ``eps = u^(1/3) * max(1, ||theta||_inf) / ||v||_inf``. Use the models' ``hvp`` for exact
+    products; this is the independent check.
 
     Parameters
     ----------
-    grad_fn : callable
-        ``grad_fn(theta) -> gradient`` of the same shape as ``theta``.
+    grad_fn : callable, model or objective
+        ``grad_fn(theta) -> gradient`` of the same shape as ``theta``; or a model (its
+        ``loss_and_grad(theta, X, y)``, with ``X`` and ``y`` given) or an objective (its
+        ``loss_and_grad(theta)``).
     theta : array_like, shape (P,)
         Point (float32 or float64); not modified.
     v : array_like, shape (P,) or (P, k)
         Direction(s); k directions cost 2k gradient calls.
     eps : float, optional
         Step (> 0); see above for the default.
+    X, y : array_like, optional
+        The batch, when ``grad_fn`` is a model.
+    backend : str
+        Passed to the model's ``loss_and_grad`` (models only).
 
     Returns
     -------
@@ -96,6 +249,19 @@ def hvp_fd(
     >>> np.round(hvp_fd(lambda t: A @ t + t**3, np.zeros(2), np.array([1.0, 0.0])), 8)
     array([2., 1.])
     """
+    if _is_model_like(grad_fn):
+        if X is None and y is None and _is_objective(grad_fn):
+            obj = grad_fn
+
+            def grad_fn(t):
+                return obj.loss_and_grad(t)[1]
+        else:
+            prep = prepare(grad_fn, X, y, backend)
+
+            def grad_fn(t):
+                return prep.run(prep.check_theta(t), None, "grad")[1]
+    elif X is not None or y is not None:
+        raise TypeError(f"grad_fn: X and y need a model, got {type(grad_fn).__name__}")
     if not callable(grad_fn):
         raise TypeError(f"grad_fn: must be callable, got {type(grad_fn).__name__}")
     theta = as_float_array(theta, "theta")
@@ -133,14 +299,31 @@ def hvp_fd(
 
 
 # ---------------------------------------------------------------------------- LinearOperator
-def hessian_operator(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, *,
-                     backend: str = "auto") -> LinearOperator:
-    """The Hessian of ``net``'s loss at ``theta`` as a symmetric scipy ``LinearOperator``.
+def hessian_operator(model: Any, theta: np.ndarray | None = None, X: np.ndarray | None = None,
+                     y: np.ndarray | None = None, *, curvature: str = "hessian",
+                     backend: str = "auto", size: int | None = None) -> LinearOperator:
+    """The curvature matrix at ``theta`` as a symmetric scipy ``LinearOperator``.
 
-    ``matvec`` and ``matmat`` run :meth:`MLP.hvp` (``matmat`` passes all columns in one batched
-    call); ``rmatvec`` equals ``matvec`` (H is symmetric). Works with ``scipy.sparse.linalg``'s
-    ``eigsh``, ``cg`` and ``minres``. Inputs are validated once and copied, so later changes
-    to the caller's arrays do not affect the operator. Needs scipy.
+    ``matvec`` and ``matmat`` run the model's ``hvp`` (``gnvp`` for ``curvature="ggn"``;
+    ``matmat`` passes all columns in one batched call, and zero columns give an empty ``(P, 0)``
+    array); ``rmatvec`` equals ``matvec`` (the matrix is symmetric). A complex vector ``v`` gets
+    the exact ``H Re(v) + i H Im(v)`` (both parts in one batched call). Works with
+    ``scipy.sparse.linalg``'s ``eigsh``, ``cg`` and ``minres``. Inputs are validated once and
+    copied, so later changes to the caller's arrays do not affect the operator. Needs scipy.
+
+    Parameters
+    ----------
+    model : model, objective, or symmetric operator
+        ``(model, theta, X, y)`` for a model (MLP, Network, ElmanRNN or any object with the model
+        methods), ``(objective, theta)`` for an :class:`~fastopt.curvature.objective.Objective`;
+        a matvec callable (with ``size=``), a ``LinearOperator`` or a square array is wrapped as
+        given (``theta`` None).
+    curvature : {"hessian", "ggn"}
+        The Hessian or the generalized Gauss-Newton matrix (models and objectives).
+    backend : str
+        Kernel backend of the model's products (models only).
+    size : int, optional
+        Dimension of a matvec callable.
 
     Examples
     --------
@@ -154,19 +337,32 @@ def hessian_operator(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, 
     (3, 3)
     >>> float(np.round(eigsh(H, k=1, which="LA")[0][0], 6))   # = eigvalsh([X 1]^T [X 1] / 3)[-1]
     2.616952
+    >>> H @ np.array([1j, 0, 0])                               # complex in, exact complex out
+    array([0.+0.66666667j, 0.+0.33333333j, 0.+0.66666667j])
     """
     try:
         from scipy.sparse.linalg import LinearOperator
     except ImportError as exc:  # pragma: no cover - scipy is a test extra
         raise ImportError("hessian_operator needs scipy: pip install scipy") from exc
-    hvp, net = _validated_hvp(net, theta, X, y, backend, copy=True)
-    P = net.num_params
+    src = _resolve(model, theta, X, y, curvature=curvature, backend=backend, size=size, copy=True)
+    P = src.num_params
+
+    def matmat(V):
+        V = np.asarray(V)
+        V2 = V.reshape(P, -1)
+        if np.iscomplexobj(V2):
+            k = V2.shape[1]
+            HV = src.products(np.concatenate([V2.real, V2.imag], axis=1))
+            out = HV[:, :k] + 1j * HV[:, k:]
+        else:
+            out = src.products(V2)
+        return out.reshape(V.shape)
 
     def matvec(v):
-        return hvp(np.asarray(v).reshape(P))
+        return matmat(np.asarray(v).reshape(P))
 
-    return LinearOperator((P, P), matvec=matvec, rmatvec=matvec, matmat=hvp, rmatmat=hvp,
-                          dtype=net.dtype)
+    return LinearOperator((P, P), matvec=matvec, rmatvec=matvec, matmat=matmat, rmatmat=matmat,
+                          dtype=src.dtype)
 
 
 # ---------------------------------------------------------------------------- along the gradient
@@ -180,7 +376,7 @@ class Curvature(NamedTuple):
     g_dot_g : float
         ``g^T g``.
     g_h_g : float
-        ``g^T H g``.
+        ``g^T H g`` (``g^T G g`` for the Gauss-Newton curvature).
     best_step : float
         ``g^T g / g^T H g`` when ``g^T H g > 0`` (minimizer of the quadratic model along -g),
         ``inf`` otherwise.
@@ -199,12 +395,14 @@ class Curvature(NamedTuple):
         return -eps * self.g_dot_g + 0.5 * eps * eps * self.g_h_g
 
 
-def curvature_along_gradient(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, *,
+def curvature_along_gradient(model: Any, theta: np.ndarray, X: np.ndarray | None = None,
+                             y: np.ndarray | None = None, *, curvature: str = "hessian",
                              backend: str = "auto") -> Curvature:
     """``g^T g``, ``g^T H g`` and the best step along the negative gradient.
 
-    One gradient pass and one exact HVP with ``v = g``. ``g^T g`` and ``g^T H g`` are reduced in
-    float64.
+    One gradient pass and one exact HVP (GNVP for ``curvature="ggn"``) with ``v = g``. ``g^T g``
+    and ``g^T H g`` are reduced in float64. Takes ``(model, theta, X, y)`` or
+    ``(objective, theta)`` (see :func:`hessian_operator`); an operator has no gradient.
 
     Examples
     --------
@@ -218,14 +416,34 @@ def curvature_along_gradient(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.n
     >>> round(c.best_step, 6), round(c.predicted_change(c.best_step), 6)
     (0.291845, -1.240343)
     """
-    net = _check_net(net)
-    loss, g = net.loss_and_grad(theta, X, y, backend=backend)
-    hg = net.hvp(theta, X, y, g, backend=backend)
-    g64 = g.astype(np.float64)
+    if theta is None:
+        raise TypeError("theta: curvature_along_gradient needs a model or an objective and theta")
+    src = _resolve(model, theta, X, y, curvature=curvature, backend=backend)
+    loss, g = src.loss_and_grad()
+    hg = src.products(np.asarray(g).reshape(-1, 1))[:, 0]
+    g64 = np.asarray(g, dtype=np.float64)
     gg = float(g64 @ g64)
     ghg = float(g64 @ hg.astype(np.float64))
     best = gg / ghg if ghg > 0 else math.inf
-    return Curvature(loss, gg, ghg, best)
+    return Curvature(float(loss), gg, ghg, best)
+
+
+def _real_field(curvature: Any, field: str) -> float:
+    try:
+        value = getattr(curvature, field)
+    except AttributeError:
+        raise TypeError(
+            "curvature: expected a Curvature (with g_dot_g and g_h_g), got "
+            f"{type(curvature).__name__}"
+        ) from None
+    if isinstance(value, (str, bytes)) or np.iscomplexobj(value):
+        raise TypeError(f"curvature.{field}: expected a real number, got "
+                        f"{type(value).__name__} {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"curvature.{field}: expected a real number, got "
+                        f"{type(value).__name__} {value!r}") from None
 
 
 class IllConditioningMonitor:
@@ -234,6 +452,10 @@ class IllConditioningMonitor:
     Training is flagged ill-conditioned when, over the last ``window`` records, ``g^T H g`` has
     grown at least ``growth``-fold (default 10x; the first record of the window must have
     ``g^T H g > 0``) while ``g^T g`` has not shrunk (last >= first).
+
+    Updates are atomic: a record is validated completely before it is stored in one step under
+    a lock, so concurrent threads, a rejected value or an interrupt never leave a partial
+    record; the properties read one consistent snapshot.
 
     Parameters
     ----------
@@ -258,25 +480,40 @@ class IllConditioningMonitor:
         if self.growth <= 1:
             raise ValueError(f"growth: must be > 1, got {growth}")
         self._records: list[tuple[int, float, float]] = []
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def update(self, step: int, curvature: Curvature | Any) -> None:
-        """Record one measurement (anything with ``g_dot_g`` and ``g_h_g`` attributes)."""
+        """Record one measurement (anything with real ``g_dot_g`` and ``g_h_g`` attributes).
+
+        Raises ``TypeError`` naming the field for a missing or non-numeric value and
+        ``ValueError`` for a non-finite one; a rejected record changes nothing.
+        """
         step = check_int(step, "step", minimum=0)
-        try:
-            gg, ghg = float(curvature.g_dot_g), float(curvature.g_h_g)
-        except AttributeError:
-            raise TypeError(
-                "curvature: expected a Curvature (with g_dot_g and g_h_g), got "
-                f"{type(curvature).__name__}"
-            ) from None
+        gg = _real_field(curvature, "g_dot_g")
+        ghg = _real_field(curvature, "g_h_g")
         if not (np.isfinite(gg) and np.isfinite(ghg)):
             raise ValueError(f"curvature: g_dot_g and g_h_g must be finite, got {gg}, {ghg}")
-        self._records.append((step, gg, ghg))
+        record = (step, gg, ghg)
+        with self._lock:
+            self._records.append(record)
+
+    def _snapshot(self) -> list[tuple[int, float, float]]:
+        with self._lock:
+            return list(self._records)
 
     @property
     def ill_conditioned(self) -> bool:
         """True when g^T H g grew ``growth``-fold over the window while g^T g did not shrink."""
-        recent = self._records[-self.window:]
+        recent = self._snapshot()[-self.window:]
         if len(recent) < 2:
             return False
         _, gg0, ghg0 = recent[0]
@@ -288,30 +525,46 @@ class IllConditioningMonitor:
         """``g^T g / g^T H g`` at the latest record: half the bound ``2 g^T g / g^T H g`` above
         which the second-order term cancels the first-order decrease (the exact minimizer of the
         quadratic model). ``inf`` when ``g^T H g <= 0``, ``None`` before any record."""
-        if not self._records:
+        records = self._snapshot()
+        if not records:
             return None
-        _, gg, ghg = self._records[-1]
+        _, gg, ghg = records[-1]
         return gg / ghg if ghg > 0 else math.inf
 
     @property
     def history(self) -> dict[str, np.ndarray]:
         """All records as arrays ``{"step", "g_dot_g", "g_h_g"}`` (for plotting)."""
-        arr = np.array(self._records, dtype=np.float64).reshape(-1, 3)
+        arr = np.array(self._snapshot(), dtype=np.float64).reshape(-1, 3)
         return {"step": arr[:, 0].astype(np.int64), "g_dot_g": arr[:, 1], "g_h_g": arr[:, 2]}
 
 
 # ---------------------------------------------------------------------------- spectrum
 class HessianExtremes(NamedTuple):
-    """Extreme Hessian eigenvalues (from :func:`hessian_extremes`).
+    """Extreme curvature eigenvalues (from :func:`hessian_extremes`).
 
-    ``kind`` is ``"minimum"``, ``"saddle"``, ``"maximum"`` or ``"flat"`` (see
-    :func:`hessian_extremes` for the tolerance); ``iterations`` counts Hessian-vector products.
+    Attributes
+    ----------
+    lambda_max, lambda_min : float
+        Largest and smallest eigenvalue estimates (Ritz values).
+    kind : str
+        ``"minimum"``, ``"saddle"``, ``"maximum"`` or ``"flat"`` (see :func:`hessian_extremes`).
+    iterations : int
+        Operator applications of the Lanczos iteration.
+    converged : bool
+        Lanczos reached ``tol`` and the residuals below, recomputed with the operator itself,
+        are within ``max(tol, 1000 eps) * max(|lambda|)`` (``eps`` of the model dtype).
+    residual_max, residual_min : float
+        ``||H y - lambda y||`` of the unit Ritz vector of each end, from one more (batched)
+        product with the operator; an eigenvalue is within this distance of the spectrum.
     """
 
     lambda_max: float
     lambda_min: float
     kind: str
     iterations: int
+    converged: bool
+    residual_max: float
+    residual_min: float
 
 
 def _classify(lmax: float, lmin: float, rtol: float, atol: float) -> str:
@@ -329,15 +582,19 @@ def _classify(lmax: float, lmin: float, rtol: float, atol: float) -> str:
     return "flat"
 
 
-def hessian_extremes(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, *,
-                     tol: float = 1e-6, rtol: float | None = None, atol: float = 0.0,
-                     maxiter: int | None = None, seed: int = 0,
-                     backend: str = "auto") -> HessianExtremes:
-    """Largest and smallest Hessian eigenvalues by Lanczos on exact HVPs; classify the point.
+def hessian_extremes(model: Any, theta: np.ndarray | None = None, X: np.ndarray | None = None,
+                     y: np.ndarray | None = None, *, tol: float = 1e-6,
+                     rtol: float | None = None, atol: float = 0.0, maxiter: int | None = None,
+                     seed: int = 0, curvature: str = "hessian", backend: str = "auto",
+                     size: int | None = None) -> HessianExtremes:
+    """Largest and smallest curvature eigenvalues by Lanczos on exact products; classify.
 
-    Runs :func:`fastopt.lanczos_extremes` (full reorthogonalization, float64 basis) on
-    :meth:`MLP.hvp`. Each eigenvalue is accurate to about ``tol * max|lambda|`` (Lanczos residual
-    bound) when ``converged``; ``iterations`` is the number of HVPs.
+    Runs :func:`fastopt.lanczos_extremes` (full reorthogonalization, float64 basis) on the
+    model's ``hvp`` (``gnvp`` for ``curvature="ggn"``), an objective's, or a given symmetric
+    operator (``hessian_extremes(matvec, size=P)``, a ``LinearOperator`` or a square array; see
+    :func:`hessian_operator`). Each eigenvalue is accurate to about ``tol * max|lambda|`` when
+    ``converged``; the result carries the flag and the residuals of both ends, recomputed with
+    the operator (non-convergence also warns, ``RuntimeWarning``).
 
     Classification, with ``s = max(|lambda_max|, |lambda_min|)``:
 
@@ -357,49 +614,65 @@ def hessian_extremes(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, 
     >>> from fastopt import MLP, hessian_extremes
     >>> net = MLP([1, 1, 1], activation="identity", loss="mse")  # y = w2 * w1 * x (+ biases)
     >>> X = np.linspace(-1, 1, 9).reshape(-1, 1)
-    >>> hessian_extremes(net, np.zeros(net.num_params), X, X[:, 0]).kind
-    'saddle'
+    >>> res = hessian_extremes(net, np.zeros(net.num_params), X, X[:, 0])
+    >>> res.kind, res.converged
+    ('saddle', True)
+    >>> A = np.diag([3.0, -1.0, 2.0])                  # any symmetric operator, as a matvec
+    >>> ext = hessian_extremes(lambda v: A @ v, size=3)
+    >>> round(ext.lambda_max, 9), round(ext.lambda_min, 9), ext.kind
+    (3.0, -1.0, 'saddle')
     """
-    hvp, net = _validated_hvp(net, theta, X, y, backend)
+    src = _resolve(model, theta, X, y, curvature=curvature, backend=backend, size=size)
     tol = check_positive(tol, "tol")
     atol = check_positive(atol, "atol", allow_zero=True)
+    eps = float(np.finfo(src.dtype).eps)
     if rtol is None:
-        rtol = max(10 * tol, 1000 * float(np.finfo(net.dtype).eps))
+        rtol = max(10 * tol, 1000 * eps)
     rtol = check_positive(rtol, "rtol")
-    P = net.num_params
+    P = src.num_params
 
-    def matvec(v):
-        return hvp(v).astype(np.float64, copy=False)
-
-    res = lanczos_extremes(matvec, P, k=1, which="both", tol=tol, maxiter=maxiter,
+    res = lanczos_extremes(src.matvec64, P, k=1, which="both", tol=tol, maxiter=maxiter,
                            dtype=np.float64, seed=as_generator(seed, "seed"))
-    if not res.converged:  # the tuple issue 5 specifies has no flag: say it out loud
+    lmax, lmin = float(res.largest[0]), float(res.smallest[0])
+    Y = np.concatenate([res.largest_vectors, res.smallest_vectors], axis=1)
+    HY = src.products(Y).astype(np.float64)
+    r = np.linalg.norm(HY - Y * np.array([lmax, lmin]), axis=0)
+    scale = max(abs(lmax), abs(lmin))
+    converged = bool(res.converged and r.max() <= max(tol, 1000 * eps) * scale)
+    if not converged:
         warnings.warn(
-            f"hessian_extremes: Lanczos did not reach tol={tol} in {res.iterations} HVPs "
-            f"(residual {res.residual:.2e}); the eigenvalues and the kind are estimates",
+            f"hessian_extremes: Lanczos did not reach tol={tol} in {res.iterations} products "
+            f"(residuals {r[0]:.2e}, {r[1]:.2e}); the eigenvalues and the kind are estimates "
+            "(result.converged is False)",
             RuntimeWarning,
             stacklevel=2,
         )
-    lmax, lmin = float(res.largest[0]), float(res.smallest[0])
-    return HessianExtremes(lmax, lmin, _classify(lmax, lmin, rtol, atol), res.iterations)
+    return HessianExtremes(lmax, lmin, _classify(lmax, lmin, rtol, atol), res.iterations,
+                           converged, float(r[0]), float(r[1]))
 
 
 class TraceEstimate(NamedTuple):
-    """Hutchinson estimate of ``tr(H)``: ``estimate``, its ``std_error`` and ``samples``."""
+    """Trace of the curvature matrix: ``estimate``, its ``std_error``, the number of
+    ``samples`` (probes or unit vectors) and whether it is ``exact`` (then ``std_error`` is 0)."""
 
     estimate: float
     std_error: float
     samples: int
+    exact: bool = False
 
 
-def hutchinson_trace(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, *,
-                     samples: int = 64, batch: int = 16, seed: int = 0,
-                     backend: str = "auto") -> TraceEstimate:
-    """Hutchinson's estimate of the Hessian trace, ``E[z^T H z]`` over Rademacher ``z``.
+def hutchinson_trace(model: Any, theta: np.ndarray | None = None, X: np.ndarray | None = None,
+                     y: np.ndarray | None = None, *, samples: int = 64, batch: int = 16,
+                     seed: int = 0, exact: bool | None = False, curvature: str = "hessian",
+                     backend: str = "auto", size: int | None = None) -> TraceEstimate:
+    """Hutchinson's estimate of the trace, ``E[z^T H z]`` over Rademacher ``z``, or the exact one.
 
-    Probes run ``batch`` at a time through the batched :meth:`MLP.hvp`. ``std_error`` is the
-    sample standard deviation of ``z^T H z`` over ``sqrt(samples)`` (0 for one sample).
-    Deterministic for a given ``seed``.
+    Probes run ``batch`` at a time through the batched products. ``std_error`` is the sample
+    standard deviation of ``z^T H z`` over ``sqrt(samples)`` (0 for one sample). Deterministic
+    for a given ``seed``. ``exact=True`` sums ``e_i^T H e_i`` over all ``P`` unit vectors
+    (``P`` products, ``batch`` at a time: cheap for small models); ``exact=None`` chooses it
+    when ``P <= samples`` (then it costs no more products than the estimate). Takes the same
+    sources as :func:`hessian_operator`.
 
     Examples
     --------
@@ -410,23 +683,36 @@ def hutchinson_trace(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, 
     >>> est = hutchinson_trace(net, np.zeros(4), X, np.zeros(3), samples=400)
     >>> abs(est.estimate - 2.0) < 4 * est.std_error
     True
+    >>> hutchinson_trace(net, np.zeros(4), X, np.zeros(3), exact=True)
+    TraceEstimate(estimate=2.0, std_error=0.0, samples=4, exact=True)
     """
-    hvp, net = _validated_hvp(net, theta, X, y, backend)
+    src = _resolve(model, theta, X, y, curvature=curvature, backend=backend, size=size)
     samples = check_int(samples, "samples", minimum=1)
     batch = check_int(batch, "batch", minimum=1)
+    if exact is not None and not isinstance(exact, (bool, np.bool_)):
+        raise TypeError(f"exact: must be True, False or None, got {exact!r}")
     rng = as_generator(seed, "seed")
-    P = net.num_params
+    P = src.num_params
+    if exact or (exact is None and P <= samples):
+        total = 0.0
+        for i0 in range(0, P, batch):
+            i1 = min(P, i0 + batch)
+            E = np.zeros((P, i1 - i0), src.dtype)
+            E[np.arange(i0, i1), np.arange(i1 - i0)] = 1
+            HE = src.products(E)
+            total += float(HE[np.arange(i0, i1), np.arange(i1 - i0)].astype(np.float64).sum())
+        return TraceEstimate(total, 0.0, P, True)
     vals = []
     done = 0
     while done < samples:
         m = min(batch, samples - done)
-        Z = rng.choice(np.array([-1.0, 1.0]), size=(P, m)).astype(net.dtype)
-        HZ = hvp(Z)
+        Z = rng.choice(np.array([-1.0, 1.0]), size=(P, m)).astype(src.dtype)
+        HZ = src.products(Z)
         vals.append(np.einsum("pj,pj->j", Z.astype(np.float64), HZ.astype(np.float64)))
         done += m
     v = np.concatenate(vals)
     se = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0
-    return TraceEstimate(float(v.mean()), se, int(v.size))
+    return TraceEstimate(float(v.mean()), se, int(v.size), False)
 
 
 class SpectralDensity(NamedTuple):
@@ -453,18 +739,22 @@ class SpectralDensity(NamedTuple):
     sigma: float
 
 
-def spectral_density(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, *,
-                     n_vectors: int = 4, steps: int = 60, n_grid: int = 256,
-                     sigma: float | None = None, seed: int = 0,
-                     backend: str = "auto") -> SpectralDensity:
-    """Hessian eigenvalue density by stochastic Lanczos quadrature (as in PyHessian).
+def spectral_density(model: Any, theta: np.ndarray | None = None, X: np.ndarray | None = None,
+                     y: np.ndarray | None = None, *, n_vectors: int = 4, steps: int = 60,
+                     n_grid: int = 256, sigma: float | None = None, seed: int = 0,
+                     curvature: str = "hessian", backend: str = "auto",
+                     size: int | None = None) -> SpectralDensity:
+    """Eigenvalue density by stochastic Lanczos quadrature (as in PyHessian).
 
     For each of ``n_vectors`` random unit probes, ``steps`` Lanczos iterations (full
     reorthogonalization; fewer when the Krylov space is invariant) give a Gauss quadrature
     ``(nodes, weights)`` of the probe's spectral measure; the density is the average of these
-    measures smoothed by a Gaussian of width ``sigma`` (default: 1% of the spectral range) on a
-    grid spanning the nodes ± 3 sigma. With ``steps >= num_params`` the quadrature reproduces
-    ``z^T H^p z`` exactly for every moment p.
+    measures smoothed by a Gaussian of width ``sigma`` on a grid spanning the nodes ± 3 sigma.
+    The default ``sigma`` is 1% of the spectral range (of the largest ``|node|`` when all nodes
+    coincide, and 0.01 when they are all 0, as for a zero Hessian); a ``sigma`` so small that
+    the kernel's peak ``1 / (sigma sqrt(2 pi))`` overflows is refused. With
+    ``steps >= num_params`` the quadrature reproduces ``z^T H^p z`` exactly for every moment p.
+    Takes the same sources as :func:`hessian_operator`.
 
     Examples
     --------
@@ -475,25 +765,31 @@ def spectral_density(net: MLP, theta: np.ndarray, X: np.ndarray, y: np.ndarray, 
     >>> sd.density.shape, bool(np.allclose(sd.weights.sum(axis=1), 1.0))
     ((256,), True)
     """
-    hvp, net = _validated_hvp(net, theta, X, y, backend)
+    src = _resolve(model, theta, X, y, curvature=curvature, backend=backend, size=size)
     n_vectors = check_int(n_vectors, "n_vectors", minimum=1)
     steps = check_int(steps, "steps", minimum=1)
     n_grid = check_int(n_grid, "n_grid", minimum=2)
-    P = net.num_params
+    if sigma is not None:
+        sigma = check_positive(sigma, "sigma")
+        if not np.isfinite(1.0 / (sigma * math.sqrt(2 * math.pi))):
+            raise ValueError(f"sigma: {sigma} is too small (the kernel's peak overflows float64)")
+    P = src.num_params
     m = min(steps, P)
     rng = as_generator(seed, "seed")
     nodes = np.zeros((n_vectors, m))
     weights = np.zeros((n_vectors, m))
     for i in range(n_vectors):
-        alpha, beta = lanczos_tridiagonal(hvp, rng.standard_normal(P), m)
+        alpha, beta = lanczos_tridiagonal(src.matvec64, rng.standard_normal(P), m)
         ev, S = tridiagonal_eigh(alpha, beta)
         nodes[i, : ev.size] = ev
         weights[i, : ev.size] = S[0] ** 2
     used = weights > 0
     lo, hi = float(nodes[used].min()), float(nodes[used].max())
     if sigma is None:
-        sigma = 0.01 * max(hi - lo, abs(hi), abs(lo), np.finfo(float).tiny)
-    sigma = check_positive(sigma, "sigma")
+        spread = max(hi - lo, abs(hi), abs(lo))
+        sigma = 0.01 * spread if spread > 0 else 0.01
+        # a spectrum at ~1e-308 would give a subnormal width and an infinite peak
+        sigma = max(sigma, 1e-300)
     grid = np.linspace(lo - 3 * sigma, hi + 3 * sigma, n_grid)
     diff = grid[:, None] - nodes[used][None, :]
     kern = np.exp(-0.5 * (diff / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))

@@ -1,0 +1,354 @@
+"""The objective protocol: a loss of ``theta`` alone, with its gradient and curvature products.
+
+A *model* (:class:`~fastopt.MLP`, :class:`~fastopt.Network`, ``ElmanRNN``, or anything with
+``loss_and_grad(theta, X, y)``, ``hvp(theta, X, y, v)``, ``gnvp(theta, X, y, v)``,
+``num_params`` and ``dtype``) computes a loss of ``theta`` *on data*. An *objective* has the data
+built in: ``loss(theta)``, ``loss_and_grad(theta)``, ``hvp(theta, v)`` and ``gnvp(theta, v)``,
+``v`` of shape ``(P,)`` or ``(P, k)``. :func:`bind` turns a model and a batch into an objective;
+a sharded or otherwise distributed loss implements the protocol directly, and every curvature
+diagnostic accepts either form.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .._validate import as_float_array, check_all_finite, check_choice
+
+__all__ = ["Objective", "BoundObjective", "bind"]
+
+CURVATURES = ("hessian", "ggn")
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """What the curvature diagnostics need from a loss ``J(theta)`` with the data built in.
+
+    Any object with these attributes is an objective (structural typing: ``isinstance(obj,
+    Objective)`` checks that they exist); subclassing is optional and inherits :meth:`loss`
+    (from :meth:`loss_and_grad`).
+
+    Attributes
+    ----------
+    num_params : int
+        Length ``P`` of ``theta``.
+    dtype : numpy dtype
+        float32 or float64: dtype of ``theta``, ``v`` and of the returned arrays.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastopt.curvature.objective import Objective
+    >>> class Quadratic(Objective):          # J = 0.5 theta^T A theta
+    ...     num_params, dtype = 2, np.dtype(np.float64)
+    ...     A = np.array([[2.0, 1.0], [1.0, 3.0]])
+    ...     def loss_and_grad(self, theta):
+    ...         return 0.5 * float(theta @ self.A @ theta), self.A @ theta
+    ...     def hvp(self, theta, v):
+    ...         return self.A @ v
+    ...     gnvp = hvp
+    >>> Quadratic().loss(np.ones(2)), isinstance(Quadratic(), Objective)
+    (3.5, True)
+    """
+
+    num_params: int
+    dtype: np.dtype
+
+    def loss(self, theta: np.ndarray) -> float:
+        """Loss at ``theta`` (default: the first element of :meth:`loss_and_grad`)."""
+        return self.loss_and_grad(theta)[0]
+
+    def loss_and_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """``(loss, gradient)``, the gradient of shape ``(P,)``."""
+        ...
+
+    def hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Hessian-vector product, ``v`` and the result of shape ``(P,)`` or ``(P, k)``."""
+        ...
+
+    def gnvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Generalized Gauss-Newton-vector product (same shapes as :meth:`hvp`)."""
+        ...
+
+
+def check_finite(x: np.ndarray, name: str) -> None:
+    """``check_all_finite`` without its temporary: min and max propagate NaN and reach +-inf,
+    so two allocation-free reductions decide, and only a bad array pays for the count."""
+    if x.size and not (np.isfinite(x.min()) and np.isfinite(x.max())):
+        check_all_finite(x, name)
+
+
+def _accepts_backend(method: Any) -> bool:
+    try:
+        params = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "backend" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def check_model(model: object, name: str = "model") -> None:
+    """Raise ``TypeError`` unless ``model`` has the model methods and attributes."""
+    missing = [a for a in ("num_params", "dtype", "loss_and_grad", "hvp")
+               if not hasattr(model, a)]
+    if missing:
+        raise TypeError(
+            f"{name}: expected a model (fastopt.MLP, fastopt.Network, fastopt.ElmanRNN or an "
+            "object with num_params, dtype, loss_and_grad(theta, X, y), hvp(theta, X, y, v) and "
+            f"gnvp(theta, X, y, v)), got {type(model).__name__} without {', '.join(missing)}"
+        )
+
+
+class _Prepared:
+    """A model and one batch, validated once: ``run(theta, V, mode)`` with ``theta`` already
+    checked and ``V`` of shape ``(P, k)`` in the model dtype, mode ``"loss"``, ``"grad"``,
+    ``"hvp"`` or ``"gnvp"``; returns ``(loss, grad or None, product or None)``.
+
+    Models that define ``_prepared(X, y, backend, copy)`` (fastopt's own) return one of these
+    that skips re-checking ``X`` and ``y`` on every call; any other model is called through its
+    public methods."""
+
+    def __init__(self, model: Any, X: Any, y: Any, backend: str, copy: bool) -> None:
+        self.model = model
+        self.num_params = int(model.num_params)
+        self.dtype = np.dtype(model.dtype)
+        if copy:
+            X, y = np.array(X, copy=True), np.array(y, copy=True)
+        self.X, self.y = X, y
+        self.kw = {"backend": backend} if _accepts_backend(model.hvp) else {}
+        if backend != "auto" and not self.kw:
+            raise ValueError(
+                f"backend: {type(model).__name__}.hvp takes no backend argument; pass "
+                "backend='auto'"
+            )
+
+    def check_theta(self, theta: object) -> np.ndarray:
+        theta = as_float_array(theta, "theta", dtype=self.dtype)
+        if theta.shape != (self.num_params,):
+            raise ValueError(f"theta: expected shape ({self.num_params},), got {theta.shape}")
+        check_finite(theta, "theta")
+        return theta
+
+    def run(self, theta, V, mode):
+        m, X, y = self.model, self.X, self.y
+        if mode == "loss":
+            loss = m.loss(theta, X, y, **self.kw) if hasattr(m, "loss") else \
+                m.loss_and_grad(theta, X, y, **self.kw)[0]
+            return float(loss), None, None
+        if mode == "grad":
+            loss, g = m.loss_and_grad(theta, X, y, **self.kw)
+            return float(loss), np.asarray(g), None
+        fn = m.hvp if mode == "hvp" else getattr(m, "gnvp", None)
+        if fn is None:
+            raise TypeError(f"model: {type(m).__name__} has no gnvp (needed for curvature='ggn')")
+        return None, None, np.asarray(fn(theta, X, y, V, **self.kw)).reshape(V.shape)
+
+
+def prepare(model: object, X: object, y: object, backend: str = "auto", *,
+            copy: bool = False) -> _Prepared:
+    """Validate a model and a batch once (see :class:`_Prepared`); ``copy``: keep private copies
+    of the data (for operators that outlive the call)."""
+    check_model(model)
+    hook = getattr(model, "_prepared", None)
+    if hook is not None:
+        return hook(X, y, backend, copy)
+    from .mlp import MLP
+
+    if isinstance(model, MLP):
+        return _PreparedMLP(model, X, y, backend, copy)
+    return _Prepared(model, X, y, backend, copy)
+
+
+class _PreparedMLP(_Prepared):
+    """The MLP's validated-once path: ``MLP._run`` on checked arrays."""
+
+    def __init__(self, model, X, y, backend: str, copy: bool) -> None:
+        self.model = model
+        self.num_params = model.num_params
+        self.dtype = model.dtype
+        X = model._check_X(X)
+        labels, Y = model._check_y(y, X.shape[0])
+        if copy:
+            X, labels, Y = X.copy(), labels.copy(), Y.copy()
+        self.X, self.labels, self.Y, self.backend = X, labels, Y, backend
+        from .. import _dispatch
+
+        _dispatch.resolve("curvature", backend)  # an unknown backend fails here, not later
+
+    def check_theta(self, theta):
+        theta = self.model._check_theta(theta)
+        check_finite(theta, "theta")
+        return theta
+
+    def run(self, theta, V, mode):
+        if V is not None and V.shape[1] == 0:
+            return None, None, np.empty((self.num_params, 0), self.dtype)
+        return self.model._run(theta, self.X, self.labels, self.Y, V, mode, self.backend)
+
+
+def check_v(v: object, P: int, dtype: np.dtype) -> tuple[np.ndarray, bool]:
+    """``v`` as a ``(P, k)`` array of ``dtype`` (``k >= 1``) and whether it was one vector."""
+    v = as_float_array(v, "v", dtype=dtype)
+    if v.ndim == 1 and v.shape[0] == P:
+        V, single = v.reshape(P, 1), True
+    elif v.ndim == 2 and v.shape[0] == P and v.shape[1] >= 1:
+        V, single = v, False
+    else:
+        raise ValueError(f"v: expected shape ({P},) or ({P}, k) with k >= 1, got {v.shape}")
+    check_finite(V, "v")
+    return V, single
+
+
+class BoundObjective(Objective):
+    """A model bound to one batch ``(X, y)``: the :class:`Objective` ``J(theta) = loss(theta, X,
+    y)`` (from :func:`bind`).
+
+    ``X`` and ``y`` are validated once, at binding; for fastopt's models they are kept as
+    validated (referenced, not copied, when already C-contiguous in the model dtype: do not
+    modify them while the objective is in use). Each call validates ``theta`` and ``v``.
+
+    Attributes
+    ----------
+    model : object
+        The model.
+    num_params : int
+    dtype : numpy dtype
+    backend : str
+        Backend of every call.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastopt import MLP
+    >>> from fastopt.curvature.objective import bind
+    >>> net = MLP([2, 1], activation="identity", loss="mse")
+    >>> obj = bind(net, np.array([[1.0, 0.0], [0.0, 2.0]]), np.zeros(2))
+    >>> obj.hvp(np.zeros(3), np.array([1.0, 0.0, 0.0]))
+    array([0.5, 0. , 0.5])
+    """
+
+    def __init__(self, model: object, X: object, y: object, *, backend: str = "auto",
+                 copy: bool = False) -> None:
+        self._prep = prepare(model, X, y, backend, copy=copy)
+        self.model = model
+        self.num_params = self._prep.num_params
+        self.dtype = self._prep.dtype
+        self.backend = backend
+
+    def __repr__(self) -> str:
+        return f"BoundObjective({self.model!r}, backend={self.backend!r})"
+
+    def loss(self, theta: np.ndarray) -> float:
+        """Batch loss at ``theta``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> from fastopt.curvature import bind
+        >>> obj = bind(MLP([1, 1], activation="identity", loss="mse"), np.ones((2, 1)), np.zeros(2))
+        >>> obj.loss(np.array([1.0, 1.0]))
+        2.0
+        """
+        return self._prep.run(self._prep.check_theta(theta), None, "loss")[0]
+
+    def loss_and_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """``(loss, gradient)`` at ``theta``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> from fastopt.curvature import bind
+        >>> obj = bind(MLP([1, 1], activation="identity", loss="mse"), np.ones((2, 1)), np.zeros(2))
+        >>> obj.loss_and_grad(np.array([1.0, 0.0]))
+        (0.5, array([1., 1.]))
+        """
+        loss, g, _ = self._prep.run(self._prep.check_theta(theta), None, "grad")
+        return loss, g
+
+    def _product(self, theta, v, mode):
+        theta = self._prep.check_theta(theta)
+        V, single = check_v(v, self.num_params, self.dtype)
+        hv = self._prep.run(theta, V, mode)[2]
+        return hv[:, 0] if single else hv
+
+    def hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Exact Hessian-vector product(s), ``v`` of shape ``(P,)`` or ``(P, k)``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> from fastopt.curvature import bind
+        >>> obj = bind(MLP([1, 1], activation="identity", loss="mse"), np.ones((2, 1)), np.zeros(2))
+        >>> obj.hvp(np.zeros(2), np.eye(2))
+        array([[1., 1.],
+               [1., 1.]])
+        """
+        return self._product(theta, v, "hvp")
+
+    def gnvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Gauss-Newton-vector product(s), ``v`` of shape ``(P,)`` or ``(P, k)``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> from fastopt.curvature import bind
+        >>> obj = bind(MLP([1, 1], activation="identity", loss="mse"), np.ones((2, 1)), np.zeros(2))
+        >>> obj.gnvp(np.zeros(2), np.array([1.0, 0.0]))
+        array([1., 1.])
+        """
+        return self._product(theta, v, "gnvp")
+
+    def curvature_product(self, theta: np.ndarray, v: np.ndarray,
+                          curvature: str = "hessian") -> np.ndarray:
+        """:meth:`hvp` for ``curvature="hessian"``, :meth:`gnvp` for ``"ggn"``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastopt import MLP
+        >>> from fastopt.curvature import bind
+        >>> obj = bind(MLP([1, 1], activation="identity", loss="mse"), np.ones((2, 1)), np.zeros(2))
+        >>> obj.curvature_product(np.zeros(2), np.array([0.0, 1.0]), "ggn")
+        array([1., 1.])
+        """
+        curvature = check_choice(curvature, "curvature", CURVATURES)
+        return self._product(theta, v, "hvp" if curvature == "hessian" else "gnvp")
+
+
+def bind(model: object, X: object, y: object, *, backend: str = "auto") -> BoundObjective:
+    """The objective ``theta -> model.loss(theta, X, y)`` (validated once; see
+    :class:`BoundObjective`).
+
+    Parameters
+    ----------
+    model : MLP, Network, ElmanRNN or any model
+        Anything with ``num_params``, ``dtype``, ``loss_and_grad(theta, X, y)``,
+        ``hvp(theta, X, y, v)`` and ``gnvp(theta, X, y, v)``.
+    X, y : array_like
+        The batch.
+    backend : {"auto", "cython", "numba", "numpy"}
+        Backend of every call (models whose methods take no ``backend`` need ``"auto"``).
+
+    Returns
+    -------
+    BoundObjective
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastopt import MLP, hessian_extremes
+    >>> from fastopt.curvature.objective import bind
+    >>> net = MLP([3, 1], activation="identity", loss="mse")
+    >>> obj = bind(net, np.eye(3), np.zeros(3))
+    >>> round(obj.loss_and_grad(np.ones(4))[0], 6)      # 0.5 * mean((x.w + b)^2) = 0.5 * 4
+    2.0
+    >>> hessian_extremes(obj, np.zeros(4)).kind
+    'minimum'
+    """
+    return BoundObjective(model, X, y, backend=backend)
