@@ -3,6 +3,7 @@ policy of the solvers, and the exact power-of-two rescaling of out-of-range matr
 
 from __future__ import annotations
 
+import time
 from types import ModuleType
 
 import numpy as np
@@ -53,3 +54,65 @@ def rescaled(W3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ldexp(W3, ex[:, None, None]).astype(W3.dtype, copy=False), ex
 
 
+
+
+# Under load (other processes keep every core busy) a parallel region waits at its barrier for
+# threads the OS has descheduled, for milliseconds each time, and a solver runs ~50-300 regions
+# per call. A Team watches the solver's passes over W: when a parallel pass takes more than
+# STALL_RATIO times a one-thread pass of the same call (twice), the rest of the call, and every
+# call for HOLD_SECONDS after, runs its kernels on one OS thread. The work split (and so every
+# result) stays the one planned for fastopt's thread count: only who executes it changes.
+STALL_RATIO = 2.0
+STALL_SLACK = 50e-6  # seconds: wake-up jitter of a quiet machine is not a stall
+HOLD_SECONDS = 1.0
+_serial_until = [0.0]  # monotonic time until which new calls start on one worker
+
+
+class Team:
+    """Threads of one solver call: ``plan`` (the work split, fixed) and ``workers`` (who run it).
+
+    ``team.timed(kernel, *args)`` runs a pass over ``W`` (the solver's main kernel) and watches
+    it for stalls; ``team(kernel, *args)`` runs any other kernel with the current workers. Both
+    append ``n_threads=plan, n_workers=workers`` to the kernel's arguments.
+    """
+
+    __slots__ = ("plan", "workers", "_serial_ref", "_first", "_passes", "_stalls")
+
+    def __init__(self, entries: int) -> None:
+        self.plan = threads_for(entries)
+        held = time.monotonic() < _serial_until[0]
+        self.workers = 1 if held else self.plan
+        self._serial_ref = None
+        self._first = None
+        self._passes = 0
+        self._stalls = 0
+
+    def __call__(self, kernel, *args):
+        return kernel(*args, self.plan, self.workers)
+
+    def timed(self, kernel, *args):
+        if self.workers == 1:
+            return kernel(*args, self.plan, 1)
+        self._passes += 1
+        if self._passes == 2:  # one-thread reference pass of this call (same plan, same result)
+            t0 = time.perf_counter()
+            out = kernel(*args, self.plan, 1)
+            self._serial_ref = time.perf_counter() - t0
+            if self._first is not None:
+                self._judge(self._first)
+            return out
+        t0 = time.perf_counter()
+        out = kernel(*args, self.plan, self.workers)
+        dt = time.perf_counter() - t0
+        if self._serial_ref is None:
+            self._first = dt
+        else:
+            self._judge(dt)
+        return out
+
+    def _judge(self, dt: float) -> None:
+        if dt > STALL_RATIO * self._serial_ref + STALL_SLACK:
+            self._stalls += 1
+            if self._stalls >= 2:
+                self.workers = 1
+                _serial_until[0] = time.monotonic() + HOLD_SECONDS

@@ -27,9 +27,10 @@ def default_start(B: int, m: int, dtype: np.dtype) -> np.ndarray:
     return np.broadcast_to(unit_rows(start, dtype), (B, m)).copy()
 
 
-def lanczos_norm(W3, kern, tol, maxiter, start, nt):
+def lanczos_norm(W3, kern, tol, maxiter, start, team):
     """Largest eigenpair of ``W^T W`` per matrix of the C-contiguous stack ``W3`` (B, n, m),
-    from the unit starting rows ``start`` (B, m) of ``W3``'s dtype, on ``nt`` threads.
+    from the unit starting rows ``start`` (B, m) of ``W3``'s dtype, on the threads of ``team``
+    (a :class:`._common.Team`).
 
     Returns theta, the relative residual estimated by the recurrence, iterations, converged,
     the Ritz vectors (float64, unnormalized rows, computed when each matrix stopped) and
@@ -45,7 +46,7 @@ def lanczos_norm(W3, kern, tol, maxiter, start, nt):
     x = np.empty((B, m), dtype=dtype)
     w = np.empty((B, m), dtype=dtype)
     tbuf = np.empty((B, n), dtype=dtype)
-    work = np.empty(kern.work_shape(B, n, m, nt))
+    work = np.empty(kern.work_shape(B, n, m, team.plan))
     hbuf = np.zeros((B, 2 * (ncv + 1)))
     beta = np.zeros(B)
     theta = np.zeros(B)
@@ -72,8 +73,9 @@ def lanczos_norm(W3, kern, tol, maxiter, start, nt):
             xin = x
         else:
             xin = V[:, j]
-        kern.wtwv(W3, xin, tbuf, w, active, work, nt)
-        invariant = extend(kern, V, j, w, hbuf, beta, active, nt, scale)  # V[:, j+1] = w/beta
+        team.timed(kern.wtwv, W3, xin, tbuf, w, active, work)
+        invariant = extend(kern, V, j, w, hbuf, beta, active, team.plan, scale,  # V[:, j+1]
+                           team.workers)
         total += 1
         hh = hbuf[:, : j + 1]
         T[:, : j + 1, j] = hh
@@ -93,7 +95,7 @@ def lanczos_norm(W3, kern, tol, maxiter, start, nt):
                 th[chk] = ev_a[:, -1]
                 r[chk] = np.abs(beta[chk] * S_a[:, -1, -1])
             else:  # tridiagonal T: bisection + recurrences in the kernel, no LAPACK call
-                kern.tridiag_top(alph, bet, j + 1, chk, th, s2, scratch, nt)
+                team(kern.tridiag_top, alph, bet, j + 1, chk, th, s2, scratch)
                 r[chk] = np.abs(beta[chk]) * np.sqrt(s2[chk])
             rel = np.where(th > 0, r / np.maximum(th, tiny), 0.0)
             conv_now = ~done & ((rel <= tol) | invariant | (th <= tiny))
@@ -143,7 +145,7 @@ def lanczos_norm(W3, kern, tol, maxiter, start, nt):
     return theta, resid, iters, done.copy(), vecs, exact
 
 
-def checked_residual(W3, kern, vecs, nt):
+def checked_residual(W3, kern, vecs, team):
     """Relative residual ``||W^T W x - theta_x x|| / theta_x`` of the unit vectors ``x`` (the
     rows of ``vecs`` normalized and cast to ``W3``'s dtype), with ``W^T W x`` computed by the
     backend's fused kernel in that dtype, ``theta_x = x . W^T W x``: one more pass over ``W``.
@@ -158,8 +160,8 @@ def checked_residual(W3, kern, vecs, nt):
     x[~ok, 0] = 1
     t = np.empty((B, n), dtype=dtype)
     y = np.empty((B, m), dtype=dtype)
-    work = np.empty(kern.work_shape(B, n, m, nt))
-    kern.wtwv(W3, x, t, y, np.arange(B, dtype=np.int64), work, nt)
+    work = np.empty(kern.work_shape(B, n, m, team.plan))
+    team(kern.wtwv, W3, x, t, y, np.arange(B, dtype=np.int64), work)
     x64 = x.astype(np.float64)
     y64 = y.astype(np.float64)
     theta = np.einsum("bi,bi->b", x64, y64)

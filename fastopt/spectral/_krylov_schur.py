@@ -84,7 +84,7 @@ def trust_krylov(Hm: np.ndarray, ev: np.ndarray, cond: np.ndarray):
     return True
 
 
-def arnoldi_radius(W1, kern, tol, maxiter, nt, seed=0):
+def arnoldi_radius(W1, kern, tol, maxiter, team, seed=0):
     """Krylov-Schur restarted Arnoldi on one matrix (W1 has shape (1, n, n)).
 
     Returns (radius, eigenvalue, matvecs, converged); ``converged`` is True, False (budget
@@ -113,10 +113,11 @@ def arnoldi_radius(W1, kern, tol, maxiter, nt, seed=0):
         invariant = False
         j = k
         for j in range(k, ncv):
-            kern.matvec(W1, V[j : j + 1], y, active, nt)
+            team.timed(kern.matvec, W1, V[j : j + 1], y, active)
             mv += 1
             # V[j + 1] = y / beta; the shared breakdown test of the Lanczos core
-            broke = extend(kern, V3, j, y, hbuf, beta_buf, active, nt, hscale)[0]
+            broke = extend(kern, V3, j, y, hbuf, beta_buf, active, team.plan, hscale,
+                           team.workers)[0]
             H[: j + 1, j] = hbuf[0, : j + 1]
             H[j + 1, j] = float(beta_buf[0])
             if broke:  # invariant subspace: the Ritz values are exact
@@ -170,7 +171,7 @@ def arnoldi_radius(W1, kern, tol, maxiter, nt, seed=0):
         H[k, :k] = b
 
 
-def bracket(W1, kern, tol, nt):
+def bracket(W1, kern, tol, team):
     """Singular-value bracket for nearly orthogonal (up to scale) matrices, else None.
 
     One fused pass decides whether ``W^T W`` is close to a multiple of the identity; only then
@@ -186,16 +187,16 @@ def bracket(W1, kern, tol, nt):
     x /= np.linalg.norm(x)
     t = np.empty((1, n), dtype=dtype)
     yv = np.empty((1, n), dtype=dtype)
-    work = np.empty(kern.work_shape(1, n, n, nt))
+    work = np.empty(kern.work_shape(1, n, n, team.plan))
     active = np.zeros(1, dtype=np.int64)
-    kern.wtwv(W1, x, t, yv, active, work, nt)
+    team.timed(kern.wtwv, W1, x, t, yv, active, work)
     c = float(yv[0].astype(np.float64) @ x[0].astype(np.float64))
     r = float(np.linalg.norm(yv[0].astype(np.float64) - c * x[0].astype(np.float64)))
     if c <= 0 or r > 1e-2 * c:
         return None
 
     def op(v):
-        kern.wtwv(W1, v[None].astype(dtype), t, yv, active, work, nt)
+        team.timed(kern.wtwv, W1, v[None].astype(dtype), t, yv, active, work)
         return yv[0].astype(np.float64)
 
     res = lanczos_extremes(op, n, which="both", tol=tol / 4, maxiter=min(n, 60))

@@ -41,14 +41,15 @@ def breakdown(beta: np.ndarray | float, scale: np.ndarray | float, dtype: np.dty
 
 
 def extend(kern: ModuleType, V: np.ndarray, j: int, w: np.ndarray, h: np.ndarray,
-           beta: np.ndarray, active: np.ndarray, n_threads: int, scale: np.ndarray):
+           beta: np.ndarray, active: np.ndarray, n_threads: int, scale: np.ndarray,
+           n_workers: int = 0):
     """One Lanczos/Arnoldi step for the rows ``active`` of a batch of bases.
 
     ``w`` (the operator applied to ``V[:, j]``) is orthogonalized against ``V[:, :j+1]`` by the
     backend's ``orth_step`` (coefficients to ``h``, ``beta = ||w||``, ``V[:, j+1] = w/beta``);
     ``scale`` (running ``max |alpha|, beta``) is updated in place. Returns the breakdown mask.
     """
-    kern.orth_step(V, j, w, h, beta, active, n_threads)
+    kern.orth_step(V, j, w, h, beta, active, n_threads, n_workers)
     np.maximum(scale, np.abs(h[:, j]), out=scale)
     np.maximum(scale, beta, out=scale)
     return breakdown(beta, scale, V.dtype)

@@ -20,7 +20,7 @@ from .._validate import (
     check_real,
 )
 from . import _dense
-from ._common import kernels, rescaled, threads_for
+from ._common import Team, kernels, rescaled
 from ._golub_kahan import DEFAULT_MAXITER, checked_residual, default_start, lanczos_norm
 from ._krylov_schur import arnoldi_radius, bracket
 from ._lanczos_core import unit_rows
@@ -105,9 +105,9 @@ def spectral_norm(
 
     W3, ex = rescaled(W3)  # singular vectors do not change; values scale back below
     dtype = W3.dtype
-    nt = threads_for(W3.size)
+    team = Team(W3.size)
     start = default_start(B, m, dtype) if user_start is None else unit_rows(user_start, dtype)
-    theta, resid, iters, conv, vecs, exact = lanczos_norm(W3, kern, tol, maxiter, start, nt)
+    theta, resid, iters, conv, vecs, exact = lanczos_norm(W3, kern, tol, maxiter, start, team)
     if user_start is not None:
         # An invariant Krylov space is exact only for the directions the start vector reaches:
         # a start in the null space of W stops at once with sigma = 0. Such matrices run again
@@ -117,7 +117,7 @@ def spectral_norm(
         if again.size:
             Wa = np.ascontiguousarray(W3[again])
             th2, re2, it2, cv2, ve2, _ = lanczos_norm(
-                Wa, kern, tol, maxiter, default_start(again.size, m, dtype), nt)
+                Wa, kern, tol, maxiter, default_start(again.size, m, dtype), team)
             better = th2 > theta[again]
             sel = again[better]
             theta[sel], resid[sel], conv[sel], vecs[sel] = (
@@ -125,12 +125,12 @@ def spectral_norm(
             iters[again] += it2
     # converged only if the returned vector's residual, computed in W's dtype, is within tol
     # (or within the dtype's roundoff where tol asks for more than the dtype can show)
-    checked = checked_residual(W3, kern, vecs, nt)
+    checked = checked_residual(W3, kern, vecs, team)
     conv &= checked <= max(tol, CHECK_EPS_FACTOR * float(np.finfo(dtype).eps))
     value = np.ldexp(np.sqrt(theta), -ex)
     u = v = None
     if return_vectors:
-        u, v = singular_vectors(W3, kern, vecs, nt)
+        u, v = singular_vectors(W3, kern, vecs, team)
         if not batched:
             u, v = u[0], v[0]
     if batched:
@@ -140,7 +140,7 @@ def spectral_norm(
     )
 
 
-def singular_vectors(W3, kern, vecs, nt):
+def singular_vectors(W3, kern, vecs, team):
     """Unit right singular vectors from the Ritz vectors ``vecs`` and ``u = W v / ||W v||``,
     in ``W3``'s dtype (a unit vector where ``W v = 0``: the zero matrix)."""
     B, n, m = W3.shape
@@ -150,7 +150,7 @@ def singular_vectors(W3, kern, vecs, nt):
     v[~ok] = 0
     v[~ok, 0] = 1
     u = np.empty((B, n), dtype=W3.dtype)
-    kern.matvec(W3, v, u, np.arange(B, dtype=np.int64), nt)
+    team(kern.matvec, W3, v, u, np.arange(B, dtype=np.int64))
     ok = np.any(u != 0, axis=1)
     u[ok] = unit_rows(u[ok].astype(np.float64), W3.dtype)
     u[~ok] = 0  # zero matrix: any unit vector is a singular vector
@@ -237,15 +237,15 @@ def spectral_radius(
     else:
         for b in range(B):
             W1, (ex,) = rescaled(W3[b : b + 1])
-            nt = threads_for(W1.size)
-            found = bracket(W1, kern, tol, nt)
+            team = Team(W1.size)
+            found = bracket(W1, kern, tol, team)
             if found is not None:
                 value[b], lam[b], iters[b], conv[b] = found[0], complex(np.nan, np.nan), (
                     found[1]
                 ), True
                 value[b] = np.ldexp(value[b], -ex)
                 continue
-            r, e, mv, ok = arnoldi_radius(W1, kern, tol, budget, nt)
+            r, e, mv, ok = arnoldi_radius(W1, kern, tol, budget, team)
             # ok is a string where the Krylov estimate said "converged" on a strongly non-normal
             # matrix, where that estimate cannot be trusted: LAPACK with its condition-aware
             # verdict decides instead, or (explicit maxiter: no dense fallback) converged=False.
