@@ -281,7 +281,7 @@ def check_shape(value: object, name: str, *, min_ndim: int = 1) -> tuple[int, ..
             raise ValueError(f"{name}: every dimension must be >= 1, got {tuple(value)!r}")
         dims.append(int(d))
     if len(dims) < min_ndim:
-        raise ValueError(f"{name}: needs at least {min_ndim} dimension(s), got {tuple(dims)!r}")
+        raise ValueError(f"{name}: needs at least {min_ndim} dimensions, got {tuple(dims)!r}")
     return tuple(dims)
 
 

@@ -233,7 +233,10 @@ def spectral_radius(
     iters = np.zeros(B, dtype=np.int64)
     conv = np.zeros(B, dtype=bool)
     if n <= DENSE_RADIUS_N:
-        value[:], lam[:], conv[:] = _dense.dense_radius(W3, tol)
+        Ws, ex = rescaled(W3)  # LAPACK's norms of 1e300-entries overflow too
+        value[:], lam[:], conv[:] = _dense.dense_radius(Ws, tol)
+        value[:] = np.ldexp(value, -ex)
+        lam[:] = lam * np.ldexp(1.0, -ex)
     else:
         for b in range(B):
             W1, (ex,) = rescaled(W3[b : b + 1])
