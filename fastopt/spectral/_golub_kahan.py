@@ -99,14 +99,16 @@ def lanczos_norm(W3, kern, tol, maxiter, start, team):
                 r[chk] = np.abs(beta[chk]) * np.sqrt(s2[chk])
             rel = np.where(th > 0, r / np.maximum(th, tiny), 0.0)
             conv_now = ~done & ((rel <= tol) | invariant | (th <= tiny))
-            for b in np.flatnonzero(conv_now | (~done & out_of_budget)):
-                theta[b] = max(th[b], 0.0)
-                resid[b] = 0.0 if invariant[b] or th[b] <= tiny else rel[b]
-                iters[b] = total
-                exact[b] = bool(invariant[b])
-                # the vector now, before a restart can rotate the basis
-                _, S_b = np.linalg.eigh(T[b, : j + 1, : j + 1])
-                vecs[b] = S_b[:, -1] @ V[b, : j + 1].astype(np.float64)
+            stop = np.flatnonzero(conv_now | (~done & out_of_budget))
+            if stop.size:
+                theta[stop] = np.maximum(th[stop], 0.0)
+                resid[stop] = np.where(invariant[stop] | (th[stop] <= tiny), 0.0, rel[stop])
+                iters[stop] = total
+                exact[stop] = invariant[stop]
+                # the vectors now, before a restart can rotate the basis (one stacked eigh)
+                _, S_s = np.linalg.eigh(T[stop, : j + 1, : j + 1])
+                vecs[stop] = np.einsum("bj,bjm->bm", S_s[:, :, -1],
+                                       V[stop, : j + 1].astype(np.float64), optimize=False)
             done |= conv_now
             if done.all() or out_of_budget:
                 break

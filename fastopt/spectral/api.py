@@ -20,7 +20,7 @@ from .._validate import (
     check_real,
 )
 from . import _dense
-from ._common import Team, kernels, rescaled
+from ._common import Team, blas_single_thread, kernels, rescaled
 from ._golub_kahan import DEFAULT_MAXITER, checked_residual, default_start, lanczos_norm
 from ._krylov_schur import arnoldi_radius, bracket
 from ._lanczos_core import unit_rows
@@ -103,34 +103,36 @@ def spectral_norm(
     user_start = None if v0 is None else as_start_vectors(v0, "v0", B, m)
     kern = kernels(backend)
 
-    W3, ex = rescaled(W3)  # singular vectors do not change; values scale back below
-    dtype = W3.dtype
-    team = Team(W3.size)
-    start = default_start(B, m, dtype) if user_start is None else unit_rows(user_start, dtype)
-    theta, resid, iters, conv, vecs, exact = lanczos_norm(W3, kern, tol, maxiter, start, team)
-    if user_start is not None:
-        # An invariant Krylov space is exact only for the directions the start vector reaches:
-        # a start in the null space of W stops at once with sigma = 0. Such matrices run again
-        # from the default start (a start in another invariant subspace is not detected: the
-        # warm start from a converged v, the usual case, must stay one pass).
-        again = np.flatnonzero(exact & (theta <= np.finfo(np.float64).tiny))
-        if again.size:
-            Wa = np.ascontiguousarray(W3[again])
-            th2, re2, it2, cv2, ve2, _ = lanczos_norm(
-                Wa, kern, tol, maxiter, default_start(again.size, m, dtype), team)
-            better = th2 > theta[again]
-            sel = again[better]
-            theta[sel], resid[sel], conv[sel], vecs[sel] = (
-                th2[better], re2[better], cv2[better], ve2[better])
-            iters[again] += it2
-    # converged only if the returned vector's residual, computed in W's dtype, is within tol
-    # (or within the dtype's roundoff where tol asks for more than the dtype can show)
-    checked = checked_residual(W3, kern, vecs, team)
-    conv &= checked <= max(tol, CHECK_EPS_FACTOR * float(np.finfo(dtype).eps))
+    with blas_single_thread():  # the solver's LAPACK calls are tiny (see _common)
+        W3, ex = rescaled(W3)  # singular vectors do not change; values scale back below
+        dtype = W3.dtype
+        team = Team(W3.size)
+        start = default_start(B, m, dtype) if user_start is None else unit_rows(user_start, dtype)
+        theta, resid, iters, conv, vecs, exact = lanczos_norm(W3, kern, tol, maxiter, start, team)
+        if user_start is not None:
+            # An invariant Krylov space is exact only for the directions the start vector reaches:
+            # a start in the null space of W stops at once with sigma = 0. Such matrices run again
+            # from the default start (a start in another invariant subspace is not detected: the
+            # warm start from a converged v, the usual case, must stay one pass).
+            again = np.flatnonzero(exact & (theta <= np.finfo(np.float64).tiny))
+            if again.size:
+                Wa = np.ascontiguousarray(W3[again])
+                th2, re2, it2, cv2, ve2, _ = lanczos_norm(
+                    Wa, kern, tol, maxiter, default_start(again.size, m, dtype), team)
+                better = th2 > theta[again]
+                sel = again[better]
+                theta[sel], resid[sel], conv[sel], vecs[sel] = (
+                    th2[better], re2[better], cv2[better], ve2[better])
+                iters[again] += it2
+        # converged only if the returned vector's residual, computed in W's dtype, is within tol
+        # (or within the dtype's roundoff where tol asks for more than the dtype can show)
+        checked = checked_residual(W3, kern, vecs, team)
+        conv &= checked <= max(tol, CHECK_EPS_FACTOR * float(np.finfo(dtype).eps))
     value = np.ldexp(np.sqrt(theta), -ex)
     u = v = None
     if return_vectors:
-        u, v = singular_vectors(W3, kern, vecs, team)
+        with blas_single_thread():
+            u, v = singular_vectors(W3, kern, vecs, team)
         if not batched:
             u, v = u[0], v[0]
     if batched:
@@ -234,21 +236,24 @@ def spectral_radius(
     conv = np.zeros(B, dtype=bool)
     if n <= DENSE_RADIUS_N:
         Ws, ex = rescaled(W3)  # LAPACK's norms of 1e300-entries overflow too
-        value[:], lam[:], conv[:] = _dense.dense_radius(Ws, tol)
+        with blas_single_thread():
+            value[:], lam[:], conv[:] = _dense.dense_radius(Ws, tol)
         value[:] = np.ldexp(value, -ex)
         lam[:] = lam * np.ldexp(1.0, -ex)
     else:
         for b in range(B):
             W1, (ex,) = rescaled(W3[b : b + 1])
             team = Team(W1.size)
-            found = bracket(W1, kern, tol, team)
+            with blas_single_thread():
+                found = bracket(W1, kern, tol, team)
             if found is not None:
                 value[b], lam[b], iters[b], conv[b] = found[0], complex(np.nan, np.nan), (
                     found[1]
                 ), True
                 value[b] = np.ldexp(value[b], -ex)
                 continue
-            r, e, mv, ok = arnoldi_radius(W1, kern, tol, budget, team)
+            with blas_single_thread():
+                r, e, mv, ok = arnoldi_radius(W1, kern, tol, budget, team)
             # ok is a string where the Krylov estimate said "converged" on a strongly non-normal
             # matrix, where that estimate cannot be trusted: LAPACK with its condition-aware
             # verdict decides instead, or (explicit maxiter: no dense fallback) converged=False.
