@@ -317,6 +317,20 @@ def as_matrix_stack(
     return (arr if batched else arr[None]), batched
 
 
+def check_operator_output(w: object, name: str, n: int, iteration: int) -> np.ndarray:
+    """The result of a caller's operator (``matvec(v)``) as an ndarray of shape ``(n,)``, real
+    and finite; ``ValueError``/``TypeError`` naming the operator and the iteration otherwise."""
+    arr = np.asarray(w)
+    if arr.shape != (n,):
+        raise ValueError(f"{name}: returned shape {arr.shape}, expected ({n},)")
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: returned dtype {arr.dtype} at iteration {iteration}, expected "
+                        f"a real array")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: returned non-finite values at iteration {iteration}")
+    return arr
+
+
 def as_start_vectors(v0: object, name: str, rows: int, m: int) -> np.ndarray:
     """Validate a starting vector of length ``m`` (or ``rows`` of them, shape ``(rows, m)``):
     real, finite, nonzero. Returned as float64 of shape ``(rows, m)``; any finite nonzero scale

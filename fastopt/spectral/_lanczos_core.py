@@ -15,6 +15,8 @@ from types import ModuleType
 
 import numpy as np
 
+from .._validate import check_operator_output
+
 #: A Krylov space counts as invariant when the new coupling ``beta`` is at most this many units
 #: of roundoff of the working dtype times the running scale of the projected matrix
 #: (``max |alpha_i|, beta_i``). One threshold for every Lanczos/Arnoldi iteration of fastopt.
@@ -62,6 +64,8 @@ def tridiagonal_eigh(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, n
     Examples
     --------
     >>> import numpy as np
+
+from .._validate import check_operator_output
     >>> from fastopt.spectral.lanczos import tridiagonal_eigh
     >>> ev, _ = tridiagonal_eigh(np.array([2.0, 2.0]), np.array([1.0]))
     >>> np.round(ev, 12)
@@ -98,11 +102,8 @@ def operator_steps(matvec: Callable[[np.ndarray], np.ndarray], v0: np.ndarray, m
     scale = np.full(1, np.finfo(np.float64).tiny)
     active = np.zeros(1, dtype=np.int64)
     for j in range(m):
-        w = np.asarray(matvec(V[j]))
-        if w.shape != (n,):  # the caller's operator is user input: checked where it is called
-            raise ValueError(f"matvec: returned shape {w.shape}, expected ({n},)")
-        if not np.isfinite(w).all():
-            raise ValueError(f"matvec: returned non-finite values at iteration {j + 1}")
+        # the caller's operator is user input: its result is checked as it arrives
+        w = check_operator_output(matvec(V[j]), "matvec", n, j + 1)
         w = w.astype(dtype, copy=True)[None]
         invariant = bool(extend(ref, V3, j, w, h, bbuf, active, 1, scale)[0])
         alpha[j] = h[0, j]

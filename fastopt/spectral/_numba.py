@@ -303,7 +303,8 @@ def orth_step(V, j, w, h, beta, active, n_threads, n_workers=0):
     """
     if active.shape[0] == 0:
         return
-    _use_threads(_workers(n_threads, n_workers))
+    # one matrix per thread: more threads than active matrices would only wait at the barrier
+    _use_threads(min(_workers(n_threads, n_workers), active.shape[0]))
     _orth(V, j, w, h, beta, active)
 
 
@@ -312,7 +313,7 @@ def tridiag_top(alpha, beta, k, active, theta, s2, scratch, n_threads, n_workers
     (bisection on Sturm counts and ratio recurrences; see the Cython kernel)."""
     if active.shape[0] == 0 or k == 0:
         return
-    _use_threads(_workers(n_threads, n_workers))
+    _use_threads(min(_workers(n_threads, n_workers), active.shape[0]))
     _tridiag_top(alpha, beta, k, active, theta, s2, scratch)
 
 
