@@ -246,3 +246,14 @@ def test_keyboard_interrupt_leaves_the_state_before_or_after_the_call():
     finally:
         signal.signal(signal.SIGALRM, old)
     assert interrupted > 10  # the test did interrupt calls
+
+
+def test_converged_needs_the_residual_checked_in_the_working_dtype(monkeypatch):
+    # the recurrence's estimate alone does not make a result converged: the final pass does
+    from fastopt.spectral import api
+
+    W = np.random.default_rng(3).standard_normal((2, 40, 30)).astype(np.float32)
+    assert spectral_norm(W).converged.all()
+    monkeypatch.setattr(api, "checked_residual",
+                        lambda W3, kern, vecs, team: np.array([0.0, np.inf]))
+    assert spectral_norm(W).converged.tolist() == [True, False]
