@@ -32,11 +32,11 @@ def orth_step(V, j, w, h, beta, active, n_threads, n_workers=0):
     """Two classical Gram-Schmidt passes of ``w[b]`` against ``V[b, :j+1]`` (see ``_cython``)."""
     k = j + 1
     for b in np.asarray(active):
-        basis = V[b, :k]
-        c1 = basis.astype(np.float64) @ w[b].astype(np.float64)
-        w[b] -= (c1 @ basis.astype(np.float64)).astype(w.dtype)
-        c2 = basis.astype(np.float64) @ w[b].astype(np.float64)
-        w[b] -= (c2 @ basis.astype(np.float64)).astype(w.dtype)
+        basis = V[b, :k].astype(np.float64, copy=False)  # one conversion (none for float64)
+        c1 = basis @ w[b].astype(np.float64, copy=False)
+        w[b] -= (c1 @ basis).astype(w.dtype, copy=False)
+        c2 = basis @ w[b].astype(np.float64, copy=False)
+        w[b] -= (c2 @ basis).astype(w.dtype, copy=False)
         h[b, :k] = c1 + c2
         nrm = float(np.linalg.norm(w[b].astype(np.float64)))
         beta[b] = nrm
