@@ -109,3 +109,25 @@ def test_team_keeps_its_threads_on_a_quiet_machine(monkeypatch):
     for _ in range(20):
         team.timed(lambda n_threads, n_workers: None)
     assert team.workers == 2
+
+
+@pytest.mark.parametrize("backend", compiled_backends("spectral"))
+def test_solver_results_do_not_depend_on_the_workers(monkeypatch, backend):
+    # a Team that dropped to one worker (under load) must give the same bits as two workers
+    old = fastopt.get_num_threads()
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal((400, 400)).astype(np.float32)  # 160K entries: planned for 2
+    try:
+        fastopt.set_num_threads(2)
+        monkeypatch.setattr(_common, "STALL_RATIO", 1e9)  # never drop on timing noise
+        monkeypatch.setattr(_common, "_serial_until", [0.0])
+        a = fastopt.spectral_norm(W, backend=backend)
+        ra = fastopt.spectral_radius(W / 20, backend=backend)
+        monkeypatch.setattr(_common, "_serial_until", [float("inf")])
+        assert _common.Team(W.size).workers == 1
+        b = fastopt.spectral_norm(W, backend=backend)
+        rb = fastopt.spectral_radius(W / 20, backend=backend)
+    finally:
+        fastopt.set_num_threads(old)
+    assert a.value == b.value and a.iterations == b.iterations
+    assert ra.value == rb.value and ra.iterations == rb.iterations

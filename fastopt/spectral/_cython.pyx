@@ -6,7 +6,9 @@ Shapes: ``W`` is a C-contiguous stack ``(B, n, m)``; ``active`` lists the matric
 (int64 indices into the stack), so a batched solver can stop work on converged matrices.
 Reductions accumulate in float64. Work is split into a fixed number of chunks that depends only
 on ``n_threads`` and the shape, and partial sums are combined in chunk order: results are
-deterministic for a given thread count.
+deterministic for a given thread count (``n_threads`` fixes the split; ``n_workers``, 0 for
+``n_threads``, is how many OS threads execute it, which does not change the result).
+The C loops live in ``_spectral_kernels.h`` (run-time SIMD dispatch: ``simd_level()``).
 """
 
 cimport cython

@@ -243,9 +243,8 @@ def spectral_radius(
     else:
         for b in range(B):
             W1, (ex,) = rescaled(W3[b : b + 1])
-            team = Team(W1.size)
-            with blas_single_thread():
-                found = bracket(W1, kern, tol, team)
+            with blas_single_thread():  # a Team per method: each compares its own passes
+                found = bracket(W1, kern, tol, Team(W1.size))
             if found is not None:
                 value[b], lam[b], iters[b], conv[b] = found[0], complex(np.nan, np.nan), (
                     found[1]
@@ -253,7 +252,7 @@ def spectral_radius(
                 value[b] = np.ldexp(value[b], -ex)
                 continue
             with blas_single_thread():
-                r, e, mv, ok = arnoldi_radius(W1, kern, tol, budget, team)
+                r, e, mv, ok = arnoldi_radius(W1, kern, tol, budget, Team(W1.size))
             # ok is a string where the Krylov estimate said "converged" on a strongly non-normal
             # matrix, where that estimate cannot be trusted: LAPACK with its condition-aware
             # verdict decides instead, or (explicit maxiter: no dense fallback) converged=False.
