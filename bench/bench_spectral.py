@@ -16,6 +16,9 @@ Contenders: fastopt-cython / fastopt-numba (tol 1e-6), numpy (LAPACK: ``np.linal
 batched ``np.linalg.norm(W, 2, axis=(1, 2))``, ``np.linalg.eigvals``; for the fused pass two
 BLAS calls ``W.T @ (W @ x)``), scipy (``svds(k=1)``, ``eigs(k=6, ncv=40)``), torch
 (``torch.linalg.matrix_norm(ord=2)``) and floor (one parallel read of ``W``, same threads).
+
+Speed beside busy-loop neighbours (issue 16): ``bench/bench_under_load_spectral.py``; the C
+loops alone: ``make -f bench/c/spectral.mk run``.
 """
 
 from __future__ import annotations

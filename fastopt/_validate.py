@@ -222,3 +222,131 @@ def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name}: {value!r} is not one of {', '.join(map(repr, choices))}")
     return value  # type: ignore[return-value]
+
+
+# --- checks added for the spectra family (issue 16); generic, usable by every family -------
+
+
+def reject_masked(x: object, name: str) -> None:
+    """Raise ``TypeError`` for a masked array: ``np.asarray`` would drop its mask silently."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name}: masked arrays are not supported (the mask would be ignored); pass "
+            f"{name}.filled(value) or {name}.compressed() explicitly"
+        )
+
+
+def check_real(
+    value: object, name: str, *, positive: bool = False, nonnegative: bool = False
+) -> float:
+    """Return ``value`` as a finite float; ``TypeError`` unless it is a real number (strings,
+    bools, complex and arrays of more than one value are refused), ``ValueError`` unless finite
+    (and > 0 with ``positive``, >= 0 with ``nonnegative``)."""
+    ok_type = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok_type and isinstance(value, np.ndarray) and value.ndim == 0:
+        ok_type = value.dtype.kind in "iuf"
+    if not ok_type:
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
+    v = float(value)  # type: ignore[arg-type]
+    if not np.isfinite(v):
+        raise ValueError(f"{name}: must be finite, got {value!r}")
+    if positive and not v > 0:
+        raise ValueError(f"{name}: must be > 0, got {value!r}")
+    if nonnegative and not v >= 0:
+        raise ValueError(f"{name}: must be >= 0, got {value!r}")
+    return v
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Return ``value`` as a bool; ``TypeError`` unless it is a bool (or numpy bool)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_shape(value: object, name: str, *, min_ndim: int = 1) -> tuple[int, ...]:
+    """Return ``value`` as a tuple of ints >= 1 with at least ``min_ndim`` entries."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        hint = f" (for a square matrix write ({value}, {value}))" if isinstance(
+            value, numbers.Integral) and not isinstance(value, bool) else ""
+        raise TypeError(
+            f"{name}: expected a tuple of at least {min_ndim} positive integers, got "
+            f"{type(value).__name__} {value!r}{hint}"
+        )
+    dims = []
+    for d in value:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral):
+            raise TypeError(f"{name}: expected a tuple of integers, got {tuple(value)!r}")
+        if d < 1:
+            raise ValueError(f"{name}: every dimension must be >= 1, got {tuple(value)!r}")
+        dims.append(int(d))
+    if len(dims) < min_ndim:
+        raise ValueError(f"{name}: needs at least {min_ndim} dimensions, got {tuple(dims)!r}")
+    return tuple(dims)
+
+
+def check_dtype_arg(dtype: object, name: str = "dtype") -> np.dtype:
+    """:func:`check_float_dtype` with a clear ``TypeError`` for what numpy cannot read as a
+    dtype (and for ``None``, which numpy would read as float64)."""
+    if dtype is None:
+        raise TypeError(f"{name}: expected np.float32 or np.float64, got None")
+    try:
+        np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name}: expected np.float32 or np.float64, got {dtype!r}") from None
+    return check_float_dtype(dtype, name)
+
+
+def as_matrix_stack(
+    W: object, name: str = "W", *, square: bool = False
+) -> tuple[np.ndarray, bool]:
+    """Validate a matrix or a stack of matrices: return it as a C-contiguous float32/float64
+    ``(B, n, m)`` array (integers and bools in float64) and whether it was batched (3-D)."""
+    reject_masked(W, name)
+    arr = as_float_array(W, name, allow_int=True)
+    if arr.ndim not in (2, 3):
+        raise ValueError(
+            f"{name}: expected a 2-D matrix (n, m) or a 3-D batch (B, n, m), got shape {arr.shape}"
+        )
+    if arr.size == 0:
+        raise ValueError(f"{name}: is empty (shape {arr.shape})")
+    if square and arr.shape[-1] != arr.shape[-2]:
+        raise ValueError(f"{name}: must be square, got shape {arr.shape}")
+    check_all_finite(arr, name)
+    batched = arr.ndim == 3
+    return (arr if batched else arr[None]), batched
+
+
+def check_operator_output(w: object, name: str, n: int, iteration: int) -> np.ndarray:
+    """The result of a caller's operator (``matvec(v)``) as an ndarray of shape ``(n,)``, real
+    and finite; ``ValueError``/``TypeError`` naming the operator and the iteration otherwise."""
+    arr = np.asarray(w)
+    if arr.shape != (n,):
+        raise ValueError(f"{name}: returned shape {arr.shape}, expected ({n},)")
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: returned dtype {arr.dtype} at iteration {iteration}, expected "
+                        f"a real array")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: returned non-finite values at iteration {iteration}")
+    return arr
+
+
+def as_start_vectors(v0: object, name: str, rows: int, m: int) -> np.ndarray:
+    """Validate a starting vector of length ``m`` (or ``rows`` of them, shape ``(rows, m)``):
+    real, finite, nonzero. Returned as float64 of shape ``(rows, m)``; any finite nonzero scale
+    is accepted (normalize with :func:`fastopt.spectral._lanczos_core.unit_rows`)."""
+    reject_masked(v0, name)
+    arr = np.asarray(v0)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: dtype {arr.dtype} is not supported (expected a real array)")
+    arr = arr.astype(np.float64)
+    if arr.shape == (m,):
+        arr = np.broadcast_to(arr, (rows, m))
+    elif arr.shape != (rows, m):
+        want = f"({m},)" if rows == 1 else f"({m},) or ({rows}, {m})"
+        raise ValueError(f"{name}: expected shape {want}, got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: contains non-finite values")
+    if not np.any(arr != 0, axis=1).all():
+        raise ValueError(f"{name}: must be nonzero (for every matrix of the batch)")
+    return np.ascontiguousarray(arr)

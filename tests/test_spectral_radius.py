@@ -245,12 +245,12 @@ def test_companion_matrix():
 
 def test_nonnormal_without_dense_fallback_reports_not_converged(monkeypatch):
     # explicit maxiter: no dense fallback, so the untrusted Krylov answer is converged=False
-    import fastopt.spectral.api as api
+    import fastopt.spectral._dense as dense
 
     def no_dense(*args, **kwargs):
         raise AssertionError("dense fallback must not run with an explicit maxiter")
 
-    monkeypatch.setattr(api, "_dense_radius", no_dense)
+    monkeypatch.setattr(dense, "dense_radius", no_dense)
     J = 0.5 * np.eye(150) + np.eye(150, k=1)
     res = spectral_radius(J, maxiter=2000)
     assert res.converged is False
@@ -259,12 +259,12 @@ def test_nonnormal_without_dense_fallback_reports_not_converged(monkeypatch):
 @pytest.mark.parametrize("n, seed", [(150, 0), (200, 1), (600, 2)])
 def test_random_matrices_pass_the_screen_without_lapack(monkeypatch, n, seed):
     # speed: random N(0, 1/n) matrices must not be sent to LAPACK by the non-normality screen
-    import fastopt.spectral.api as api
+    import fastopt.spectral._dense as dense
 
     def no_dense(*args, **kwargs):
         raise AssertionError("random matrix routed to the dense fallback")
 
-    monkeypatch.setattr(api, "_dense_radius", no_dense)
+    monkeypatch.setattr(dense, "dense_radius", no_dense)
     for dtype in (np.float32, np.float64):
         W = ginibre(n, seed, dtype)
         res = spectral_radius(W)

@@ -1,7 +1,8 @@
 """Pure-numpy reference of the spectra family (backend ``"numpy"`` and the tests' oracle).
 
-The kernel functions have the same names and arguments as ``fastopt.spectral._cython`` and
-``fastopt.spectral._numba`` (so the solvers in ``fastopt.spectral.api`` run unchanged on them);
+The kernel functions have the same names and signatures as ``fastopt.spectral._cython`` and
+``fastopt.spectral._numba`` (so the solvers run unchanged on them; ``n_threads`` and
+``n_workers`` are accepted and ignored);
 ``dense_spectral_norm`` and ``dense_spectral_radius`` are the LAPACK answers used as oracles.
 """
 
@@ -12,7 +13,7 @@ import numpy as np
 from ..spectral._plan import n_chunks, work_shape  # noqa: F401  (kernel module API)
 
 
-def wtwv(W, x, t, y, active, work, n_threads):
+def wtwv(W, x, t, y, active, work, n_threads, n_workers=0):
     """``t[b] = W[b] @ x[b]``, ``y[b] = W[b].T @ t[b]`` for ``b`` in ``active`` (float64 sums)."""
     for b in np.asarray(active):
         Wb = W[b].astype(np.float64)
@@ -21,21 +22,21 @@ def wtwv(W, x, t, y, active, work, n_threads):
         y[b] = Wb.T @ tb
 
 
-def matvec(W, x, y, active, n_threads):
+def matvec(W, x, y, active, n_threads, n_workers=0):
     """``y[b] = W[b] @ x[b]`` for ``b`` in ``active`` (float64 sums)."""
     for b in np.asarray(active):
         y[b] = W[b].astype(np.float64) @ x[b].astype(np.float64)
 
 
-def orth_step(V, j, w, h, beta, active, n_threads):
+def orth_step(V, j, w, h, beta, active, n_threads, n_workers=0):
     """Two classical Gram-Schmidt passes of ``w[b]`` against ``V[b, :j+1]`` (see ``_cython``)."""
     k = j + 1
     for b in np.asarray(active):
-        basis = V[b, :k]
-        c1 = basis.astype(np.float64) @ w[b].astype(np.float64)
-        w[b] -= (c1 @ basis.astype(np.float64)).astype(w.dtype)
-        c2 = basis.astype(np.float64) @ w[b].astype(np.float64)
-        w[b] -= (c2 @ basis.astype(np.float64)).astype(w.dtype)
+        basis = V[b, :k].astype(np.float64, copy=False)  # one conversion (none for float64)
+        c1 = basis @ w[b].astype(np.float64, copy=False)
+        w[b] -= (c1 @ basis).astype(w.dtype, copy=False)
+        c2 = basis @ w[b].astype(np.float64, copy=False)
+        w[b] -= (c2 @ basis).astype(w.dtype, copy=False)
         h[b, :k] = c1 + c2
         nrm = float(np.linalg.norm(w[b].astype(np.float64)))
         beta[b] = nrm
@@ -43,7 +44,7 @@ def orth_step(V, j, w, h, beta, active, n_threads):
             V[b, k] = w[b] / nrm
 
 
-def tridiag_top(alpha, beta, k, active, theta, s2, scratch, n_threads):
+def tridiag_top(alpha, beta, k, active, theta, s2, scratch, n_threads, n_workers=0):
     """Largest eigenvalue and squared last eigenvector component of each tridiagonal (LAPACK)."""
     for b in np.asarray(active):
         T = np.diag(alpha[b, :k])
@@ -54,9 +55,14 @@ def tridiag_top(alpha, beta, k, active, theta, s2, scratch, n_threads):
         s2[b] = V[-1, -1] ** 2
 
 
-def read_floor(a, n_threads):
+def read_floor(a, n_threads, n_workers=0):
     """Sum of ``a`` (one read of every value)."""
     return float(np.sum(a, dtype=np.float64))
+
+
+def simd_level():
+    """0: numpy's own loops (the reference has no SIMD dispatch of its own)."""
+    return 0
 
 
 def dense_spectral_norm(W) -> np.ndarray | float:

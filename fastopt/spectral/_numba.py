@@ -122,7 +122,7 @@ def _wtwv_split(W, x, t, y, active, work, nch):  # pragma: no cover - compiled
         Wb = W[b]
         for c in nb.prange(nch):
             _wtwv_rows(Wb, x[b], t[b], work[c], (c * n) // nch, ((c + 1) * n) // nch)
-        for j in nb.prange(m):
+        for j in range(m):  # serial: a second parallel region (a barrier) costs more than this
             s = 0.0
             for k in range(nch):
                 s += work[k, j]
@@ -266,15 +266,18 @@ def _read_floor(a, nch):  # pragma: no cover - compiled
     return total
 
 
-def wtwv(W, x, t, y, active, work, n_threads):
+def wtwv(W, x, t, y, active, work, n_threads, n_workers=0):
     """Fused ``t[b] = W[b] @ x[b]`` and ``y[b] = W[b].T @ t[b]`` for ``b`` in ``active``.
 
     One row-wise pass over each ``W[b]`` (each row read once, used for both products). ``work`` is
-    float64 scratch of shape :func:`work_shape` ``(len(active), n, m, n_threads)``.
+    float64 scratch of shape :func:`work_shape` ``(len(active), n, m, n_threads)``. The work is
+    split for ``n_threads`` (the result depends on it only) and run by ``n_workers`` threads
+    (0: ``n_threads``).
     """
     if active.shape[0] == 0 or W.shape[1] == 0 or W.shape[2] == 0:
         return
-    n_threads = _use_threads(n_threads)
+    n_threads = max(1, min(int(n_threads), _pool_size()))
+    _use_threads(_workers(n_threads, n_workers))
     nch = n_chunks(W.shape[1], n_threads)
     if active.shape[0] >= n_threads or nch == 1:
         _wtwv_batch(W, x, t, y, active, work)
@@ -282,15 +285,16 @@ def wtwv(W, x, t, y, active, work, n_threads):
         _wtwv_split(W, x, t, y, active, work, nch)
 
 
-def matvec(W, x, y, active, n_threads):
+def matvec(W, x, y, active, n_threads, n_workers=0):
     """``y[b] = W[b] @ x[b]`` for ``b`` in ``active`` (rows in parallel; no cross-thread sums)."""
     if active.shape[0] == 0 or W.shape[1] == 0:
         return
-    n_threads = _use_threads(n_threads)
+    n_threads = max(1, min(int(n_threads), _pool_size()))
+    _use_threads(_workers(n_threads, n_workers))
     _matvec(W, x, y, active, n_chunks(W.shape[1], n_threads))
 
 
-def orth_step(V, j, w, h, beta, active, n_threads):
+def orth_step(V, j, w, h, beta, active, n_threads, n_workers=0):
     """Full reorthogonalization step of a Lanczos/Arnoldi basis, for ``b`` in ``active``.
 
     Two classical Gram-Schmidt passes of ``w[b]`` against ``V[b, :j+1]``; ``h[b, :j+1]`` receives
@@ -299,23 +303,49 @@ def orth_step(V, j, w, h, beta, active, n_threads):
     """
     if active.shape[0] == 0:
         return
-    _use_threads(n_threads)
+    # one matrix per thread: more threads than active matrices would only wait at the barrier
+    _use_threads(min(_workers(n_threads, n_workers), active.shape[0]))
     _orth(V, j, w, h, beta, active)
 
 
-def tridiag_top(alpha, beta, k, active, theta, s2, scratch, n_threads):
+def tridiag_top(alpha, beta, k, active, theta, s2, scratch, n_threads, n_workers=0):
     """Largest eigenvalue and its eigenvector's squared last component, per tridiagonal
     (bisection on Sturm counts and ratio recurrences; see the Cython kernel)."""
     if active.shape[0] == 0 or k == 0:
         return
-    _use_threads(n_threads)
+    _use_threads(min(_workers(n_threads, n_workers), active.shape[0]))
     _tridiag_top(alpha, beta, k, active, theta, s2, scratch)
 
 
-def read_floor(a, n_threads):
+def read_floor(a, n_threads, n_workers=0):
     """Sum of ``a`` read once in parallel: the read-bandwidth floor of a pass over ``W``."""
-    n_threads = _use_threads(n_threads)
-    return float(_read_floor(a, max(1, n_threads)))
+    n_threads = max(1, min(int(n_threads), _pool_size()))
+    _use_threads(_workers(n_threads, n_workers))
+    return float(_read_floor(a, n_threads))
+
+
+def simd_level():
+    """SIMD level LLVM compiles these kernels for (the host CPU): 4 (AVX-512), 3 (AVX2 + FMA)
+    or 0, in the numbering of the Cython module's ``simd_level``."""
+    import llvmlite.binding as llvm
+
+    feats = llvm.get_host_cpu_features()
+    if feats.get("avx512f") and feats.get("avx512bw") and feats.get("avx512vl"):
+        return 4
+    if feats.get("avx2") and feats.get("fma"):
+        return 3
+    return 0
+
+
+def _pool_size() -> int:
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def _workers(n_threads: int, n_workers: int) -> int:
+    n_threads = max(1, int(n_threads))
+    return n_threads if n_workers <= 0 or n_workers > n_threads else int(n_workers)
 
 
 def _use_threads(n_threads: int) -> int:

@@ -7,9 +7,11 @@ import numpy as np
 from .._validate import (
     as_float_array,
     as_generator,
-    check_float_dtype,
+    check_dtype_arg,
     check_int,
-    check_positive,
+    check_real,
+    check_shape,
+    reject_masked,
 )
 from .api import spectral_radius
 
@@ -50,11 +52,9 @@ def orthogonal(
     >>> orthogonal((2, 5), gain=2.0, rng=1).shape
     (2, 5)
     """
-    shape = tuple(check_int(s, "shape", minimum=1) for s in shape)
-    if len(shape) < 2:
-        raise ValueError(f"shape: needs at least 2 dimensions, got {shape}")
-    gain = check_positive(gain, "gain", allow_zero=True)
-    dtype = check_float_dtype(dtype)
+    shape = check_shape(shape, "shape", min_ndim=2)
+    gain = check_real(gain, "gain", nonnegative=True)
+    dtype = check_dtype_arg(dtype)
     rows, cols = shape[0], int(np.prod(shape[1:]))
     flat = as_generator(rng, "rng").standard_normal((rows, cols))
     if rows < cols:
@@ -82,7 +82,15 @@ def scale_to_spectral_radius(W: object, rho: float) -> np.ndarray:
     Raises
     ------
     ValueError
-        If ``W`` has spectral radius 0 (nilpotent: no scaling reaches ``rho > 0``).
+        If ``W`` has spectral radius 0 (nilpotent: no scaling reaches ``rho > 0``), or if the
+        scaled matrix is not representable in ``W``'s dtype (it would overflow, or its largest
+        entry would fall below the smallest normal number and lose its precision).
+    TypeError
+        ``W`` masked, complex or of an unsupported dtype; ``rho`` not a real number.
+
+    The factor ``rho / radius`` is applied as a mantissa and a power of two (``np.ldexp``), so
+    it neither under- nor overflows on its own: ``(np.eye(3) * 1e30).astype(np.float32)``
+    scales to ``1e-30`` exactly.
 
     Examples
     --------
@@ -93,16 +101,38 @@ def scale_to_spectral_radius(W: object, rho: float) -> np.ndarray:
     array([[ 0. ,  0.9],
            [-0.9,  0. ]])
     """
+    reject_masked(W, "W")
     arr = as_float_array(W, "W", allow_int=True)
-    if arr.ndim != 2:
+    if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
         raise ValueError(f"W: expected a square 2-D matrix, got shape {arr.shape}")
-    rho = check_positive(rho, "rho", allow_zero=True)
+    rho = check_real(rho, "rho", nonnegative=True)
     radius = spectral_radius(arr).value
     if radius == 0:
         if rho == 0:
             return arr.copy()
         raise ValueError("W: has spectral radius 0 (nilpotent); it cannot be scaled to rho > 0")
-    return arr * arr.dtype.type(rho / radius)
+    if rho == 0:
+        return np.zeros_like(arr)
+    # rho / radius as mantissa * 2**ex: the quotient itself may under- or overflow
+    m_rho, e_rho = np.frexp(rho)
+    m_rad, e_rad = np.frexp(radius)
+    with np.errstate(over="ignore", under="ignore"):
+        out = np.ldexp(arr.astype(np.float64) * (m_rho / m_rad), int(e_rho) - int(e_rad))
+        out = out.astype(arr.dtype)
+    info = np.finfo(arr.dtype)
+    amax = float(np.abs(out).max())
+    if not np.isfinite(amax):
+        raise ValueError(
+            f"rho: {rho:g} times W / {radius:.6g} (its spectral radius) overflows {arr.dtype}"
+            f" (largest finite {info.max:.3g}); compute in float64 or choose a smaller rho"
+        )
+    if amax < info.tiny:
+        raise ValueError(
+            f"rho: {rho:g} times W / {radius:.6g} (its spectral radius) underflows {arr.dtype}"
+            f" (its largest entry would be {amax:.3g} < {info.tiny:.3g}, the smallest normal "
+            f"number); compute in float64 or choose a larger rho"
+        )
+    return out
 
 
 def identity_recurrent(
@@ -118,8 +148,6 @@ def identity_recurrent(
            [0. , 0.5]])
     """
     n = check_int(n, "n", minimum=1)
-    scale = float(scale)
-    if not np.isfinite(scale):
-        raise ValueError(f"scale: must be finite, got {scale}")
-    dtype = check_float_dtype(dtype)
+    scale = check_real(scale, "scale")
+    dtype = check_dtype_arg(dtype)
     return (scale * np.eye(n)).astype(dtype)

@@ -1,86 +1,28 @@
 """Lanczos with full reorthogonalization for the extreme eigenvalues of a symmetric operator.
 
-Shared by the spectra family (``lanczos_extremes`` is public) and the curvature family
-(``hessian_extremes`` runs it on Hessian-vector products).
+Public front end (``lanczos_extremes`` is exported by ``fastopt``; ``lanczos_tridiagonal`` and
+``tridiagonal_eigh`` are used by the curvature family's stochastic Lanczos quadrature). The
+iteration itself is the shared core of :mod:`fastopt.spectral._lanczos_core`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
 
 import numpy as np
 
 from .._validate import (
-    as_float_array,
     as_generator,
+    as_start_vectors,
     check_choice,
-    check_float_dtype,
+    check_dtype_arg,
     check_int,
-    check_positive,
+    check_real,
 )
+from ._lanczos_core import operator_steps, tridiagonal_eigh, unit_rows
+from ._results import LanczosResult
 
-
-class LanczosResult(NamedTuple):
-    """Extreme eigenpairs found by :func:`lanczos_extremes`.
-
-    ``largest`` is sorted in descending order, ``smallest`` in ascending order; either is ``None``
-    when ``which`` did not ask for it, and so are the matching ``*_vectors`` (shape ``(n, k)``).
-    ``residual`` is the largest ``||A y - theta y||`` over the returned pairs (unit vectors y),
-    ``iterations`` the number of operator applications.
-    """
-
-    largest: np.ndarray | None
-    smallest: np.ndarray | None
-    largest_vectors: np.ndarray | None
-    smallest_vectors: np.ndarray | None
-    iterations: int
-    converged: bool
-    residual: float
-
-
-def tridiagonal_eigh(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal matrix with
-    diagonal ``alpha`` and off-diagonal ``beta`` (a Lanczos matrix)."""
-    j = alpha.size
-    T = np.diag(alpha)
-    if j > 1:
-        idx = np.arange(j - 1)
-        T[idx, idx + 1] = beta
-        T[idx + 1, idx] = beta
-    return np.linalg.eigh(T)
-
-
-def _lanczos_steps(matvec, v0: np.ndarray, m: int, dtype: np.dtype):
-    """Run up to ``m`` Lanczos steps from the unit vector ``v0``, with full reorthogonalization.
-
-    Yields ``(j, alpha, beta, V, invariant)`` after step j (0-based): ``alpha[:j+1]`` and
-    ``beta[:j+1]`` are filled (``beta[j]`` couples to the next vector), ``V[:j+1]`` holds the basis
-    as rows. Stops after yielding a step whose Krylov space is invariant (``beta[j]`` ~ 0).
-    """
-    n = v0.size
-    V = np.empty((m + 1, n), dtype=dtype)  # Lanczos vectors as rows (each contiguous)
-    V[0] = v0
-    alpha = np.zeros(m)
-    beta = np.zeros(m)
-    for j in range(m):
-        w = np.asarray(matvec(V[j]))
-        if w.shape != (n,):
-            raise ValueError(f"matvec: returned shape {w.shape}, expected ({n},)")
-        w = w.astype(dtype, copy=True)
-        if not np.isfinite(w).all():
-            raise ValueError(f"matvec: returned non-finite values at iteration {j + 1}")
-        alpha[j] = float(np.dot(w, V[j]))
-        basis = V[: j + 1]
-        for _ in range(2):  # "twice is enough" (Kahan/Parlett)
-            w -= basis.T @ (basis @ w)
-        beta[j] = float(np.linalg.norm(w))
-        scale = max(np.abs(alpha[: j + 1]).max(), beta[: j + 1].max(), np.finfo(float).tiny)
-        invariant = bool(beta[j] <= 64 * np.finfo(dtype).eps * scale)
-        yield j, alpha, beta, V, invariant
-        if invariant:
-            return
-        V[j + 1] = w / beta[j]
+__all__ = ["LanczosResult", "lanczos_extremes", "lanczos_tridiagonal", "tridiagonal_eigh"]
 
 
 def lanczos_tridiagonal(
@@ -111,27 +53,23 @@ def lanczos_tridiagonal(
     """
     if not callable(matvec):
         raise TypeError(f"matvec: must be callable, got {type(matvec).__name__}")
-    v0 = np.asarray(v0)
-    start = _unit_start(v0, v0.shape[0] if v0.ndim == 1 else -1, 0)
+    v0a = np.asarray(v0)
+    if v0a.ndim != 1 or v0a.size == 0:
+        raise ValueError(f"v0: expected a non-empty vector (n,), got shape {v0a.shape}")
+    start = _unit_start(v0, v0a.shape[0], 0)
     m = check_int(m, "m", minimum=1)
-    *_, (j, alpha, beta, _, _) = _lanczos_steps(matvec, start, m, np.float64)
+    *_, (j, alpha, beta, _, _) = operator_steps(matvec, start, m, np.dtype(np.float64))
     return alpha[: j + 1].copy(), beta[:j].copy()
 
 
 def _unit_start(v0: object, n: int, seed: object) -> np.ndarray:
-    """The float64 unit starting vector: ``v0`` (checked: shape ``(n,)``, finite, nonzero)
-    normalized, or a seeded standard normal vector when ``v0`` is None."""
+    """The float64 unit starting vector: ``v0`` (checked: shape ``(n,)``, finite, nonzero; any
+    scale) normalized safely, or a seeded standard normal vector when ``v0`` is None."""
     if v0 is None:
-        start = as_generator(seed, "seed").standard_normal(n)
+        start = as_generator(seed, "seed").standard_normal((1, n))
     else:
-        start = as_float_array(v0, "v0", allow_int=True).astype(np.float64)
-        if start.ndim != 1 or start.shape != (n,):
-            want = f"({n},)" if n >= 0 else "a vector (n,)"
-            raise ValueError(f"v0: expected shape {want}, got {np.shape(v0)}")
-    norm0 = np.linalg.norm(start)
-    if not np.isfinite(norm0) or norm0 == 0:
-        raise ValueError("v0: must be a finite, nonzero vector")
-    return start / norm0
+        start = as_start_vectors(v0, "v0", 1, n)
+    return unit_rows(start, np.dtype(np.float64))[0]
 
 
 def _selected(theta: np.ndarray, k: int, which: str) -> tuple[np.ndarray, np.ndarray]:
@@ -202,18 +140,18 @@ def lanczos_extremes(
     n = check_int(n, "n", minimum=1)
     k = check_int(k, "k", minimum=1)
     which = check_choice(which, "which", ("both", "largest", "smallest"))
-    tol = check_positive(tol, "tol")
-    dtype = check_float_dtype(dtype)
+    tol = check_real(tol, "tol", positive=True)
+    dtype = check_dtype_arg(dtype)
     m = min(n, 300) if maxiter is None else check_int(maxiter, "maxiter", minimum=1)
     m = min(m, n)
     if k > n:
         raise ValueError(f"k: {k} exceeds the operator dimension n={n}")
 
-    start = _unit_start(v0, n, seed)
+    start = _unit_start(v0, n, seed).astype(dtype)
     next_check = 1
     theta = S = None
     converged = False
-    for step in _lanczos_steps(matvec, start, m, dtype):
+    for step in operator_steps(matvec, start, m, dtype):
         j, alpha, beta, V, invariant = step
         last = j == m - 1
         if invariant or last or j + 1 >= next_check:

@@ -4,6 +4,7 @@ vanishing/exploding-gradient regime of a recurrent matrix (Pascanu et al., 2013)
 from __future__ import annotations
 
 import math
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -13,9 +14,11 @@ from .._validate import (
     as_generator,
     check_all_finite,
     check_choice,
-    check_float_dtype,
+    check_dtype_arg,
     check_int,
-    check_positive,
+    check_real,
+    check_shape,
+    reject_masked,
 )
 from .api import spectral_norm
 
@@ -37,6 +40,11 @@ class SpectralNormState:
     x / max(||x||, eps)``), updates ``u`` and ``v`` **in place** and returns ``u . (W v)``.
     Because the vectors persist, one iteration per training step is enough when ``W`` moves
     slowly (warm start); the estimate is a lower bound of sigma_1 that converges to it.
+
+    Updates are atomic: a :meth:`sigma` call computes into temporaries and commits ``u`` and
+    ``v`` together (one copy into the buffer both view, under a lock), so calls from several
+    threads are serialized whole and a ``KeyboardInterrupt`` leaves the state as it was before
+    the call or as after it, never half-updated.
 
     Parameters
     ----------
@@ -72,26 +80,56 @@ class SpectralNormState:
         eps: float = 1e-12,
         seed: object = None,
     ) -> None:
-        try:
-            shape = tuple(int(check_int(s, "shape", minimum=1)) for s in shape)
-        except TypeError as exc:
-            raise TypeError(f"shape: must be a tuple of positive integers ({exc})") from None
-        if len(shape) < 1:
-            raise ValueError("shape: must have at least one dimension")
-        dtype = check_float_dtype(dtype)
+        shape = check_shape(shape, "shape", min_ndim=1)
+        dtype = check_dtype_arg(dtype)
+        n_power_iterations = check_int(n_power_iterations, "n_power_iterations", minimum=1)
+        eps = check_real(eps, "eps", positive=True)
+        rng = as_generator(seed, "seed")
         self.shape = shape
         self.dtype = dtype
-        self.n_power_iterations = check_int(n_power_iterations, "n_power_iterations", minimum=1)
-        self.eps = check_positive(eps, "eps")
+        self.n_power_iterations = n_power_iterations
+        self.eps = eps
         rows = shape[0]
         cols = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        rng = as_generator(seed, "seed")
         u = rng.standard_normal(rows)
         v = rng.standard_normal(cols)
-        self.u = (u / max(np.linalg.norm(u), self.eps)).astype(dtype)
-        self.v = (v / max(np.linalg.norm(v), self.eps)).astype(dtype)
+        self._lock = threading.Lock()
+        # u and v are views of one buffer: a commit is one copy, which no signal can split
+        self._uv = np.empty(rows + cols, dtype=dtype)
+        self._u = self._uv[:rows]
+        self._v = self._uv[rows:]
+        self._u[...] = (u / max(np.linalg.norm(u), self.eps)).astype(dtype)
+        self._v[...] = (v / max(np.linalg.norm(v), self.eps)).astype(dtype)
+
+    @property
+    def u(self) -> np.ndarray:
+        """Left vector, shape ``(shape[0],)`` (updated in place by :meth:`sigma`)."""
+        return self._u
+
+    @u.setter
+    def u(self, value: object) -> None:
+        self._set("u", self._u, value)
+
+    @property
+    def v(self) -> np.ndarray:
+        """Right vector, shape ``(prod(shape[1:]),)`` (updated in place by :meth:`sigma`)."""
+        return self._v
+
+    @v.setter
+    def v(self, value: object) -> None:
+        self._set("v", self._v, value)
+
+    def _set(self, name: str, view: np.ndarray, value: object) -> None:
+        reject_masked(value, name)
+        arr = as_float_array(value, name, allow_int=True)
+        if arr.shape != view.shape:
+            raise ValueError(f"{name}: expected shape {view.shape}, got {arr.shape}")
+        check_all_finite(arr, name)
+        with self._lock:
+            view[...] = arr
 
     def _matrix(self, W: object) -> np.ndarray:
+        reject_masked(W, "W")
         arr = as_float_array(W, "W")
         if arr.shape != self.shape:
             raise ValueError(f"W: expected shape {self.shape}, got {arr.shape}")
@@ -114,17 +152,21 @@ class SpectralNormState:
             ``u . (W v)`` after the update.
         """
         Wm = self._matrix(W)
-        u, v = self.u, self.v
-        for _ in range(self.n_power_iterations):
-            nv = Wm.T @ u
-            v[...] = nv / max(float(np.linalg.norm(nv)), self.eps)
-            nu = Wm @ v
-            u[...] = nu / max(float(np.linalg.norm(nu)), self.eps)
-        return float(np.dot(u.astype(np.float64), (Wm @ v).astype(np.float64)))
+        with self._lock:
+            u = self._u.copy()
+            v = self._v.copy()
+            for _ in range(self.n_power_iterations):
+                nv = Wm.T @ u
+                v = (nv / max(float(np.linalg.norm(nv)), self.eps)).astype(self.dtype)
+                nu = Wm @ v
+                u = (nu / max(float(np.linalg.norm(nu)), self.eps)).astype(self.dtype)
+            sigma = float(np.dot(u.astype(np.float64), (Wm @ v).astype(np.float64)))
+            self._uv[...] = np.concatenate([u, v])  # the commit: one copy
+        return sigma
 
     def normalize(self, W: object) -> np.ndarray:
         """``W / sigma(W)`` (a new array; updates the state like :meth:`sigma`)."""
-        s = self.sigma(W)
+        s = self.sigma(W)  # validates W
         arr = np.asarray(W)
         return (arr / arr.dtype.type(s)) if s != 0 else arr.copy()
 
@@ -198,6 +240,7 @@ def gradient_flow(W: object, *, steps: int = 100, activation: str = "tanh") -> G
     >>> gradient_flow(4.5 * np.eye(8), activation="sigmoid").regime
     'exploding'
     """
+    reject_masked(W, "W")
     arr = as_float_array(W, "W", allow_int=True)
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
         raise ValueError(f"W: expected a square 2-D matrix, got shape {arr.shape}")
