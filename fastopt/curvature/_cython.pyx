@@ -22,7 +22,12 @@ the next product runs as one large GEMM. Every kernel releases the GIL and runs 
 """
 
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, fabs, fabsf, log, log1p, log1pf, tanh, tanhf
+from libc.math cimport exp, log
+
+from fastopt.curvature._formulas cimport (
+    ACT_GELU, ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_SOFTPLUS, ACT_TANH, LOSS_CROSS_ENTROPY,
+    LOSS_LOGISTIC, LOSS_MSE, act, logistic, real, tanh_real,
+)
 
 cdef extern from *:
     """
@@ -60,111 +65,10 @@ cdef extern from *:
                         Py_ssize_t C) noexcept nogil
 
 
-ctypedef fused real:
-    float
-    double
-
-cdef double SQRT_2_OVER_PI = 0.7978845608028654
-cdef double GELU_A = 0.044715
-
-# activation codes (mlp.ACTIVATIONS order)
-cdef enum:
-    IDENTITY = 0
-    TANH = 1
-    SIGMOID = 2
-    RELU = 3
-    SOFTPLUS = 4
-    GELU = 5
-
-
-cdef inline float _tanh_fast(float x) noexcept nogil:
-    """tanh in float32 without a libm call, so that loops over it vectorize: a 13/6 rational
-    approximation on [-7.905, 7.905] (outside, tanh rounds to +-1 in float32); max relative
-    error 3.5e-7 (about 3 ulp), checked against float64 tanh on a fine grid."""
-    cdef float x2, p, q, c = <float>7.90531110763549805
-    x = c if x > c else x
-    x = -c if x < -c else x
-    x2 = x * x
-    p = x2 * <float>-2.76076847742355e-16 + <float>2.00018790482477e-13
-    p = p * x2 + <float>-8.60467152213735e-11
-    p = p * x2 + <float>5.12229709037114e-08
-    p = p * x2 + <float>1.48572235717979e-05
-    p = p * x2 + <float>6.37261928875436e-04
-    p = p * x2 + <float>4.89352455891786e-03
-    p = p * x
-    q = x2 * <float>1.19825839466702e-06 + <float>1.18534705686654e-04
-    q = q * x2 + <float>2.26843463243900e-03
-    q = q * x2 + <float>4.89352518554385e-03
-    return p / q
-
-
-cdef inline real _tanh(real z) noexcept nogil:
-    if real is float:
-        return _tanh_fast(z)
-    else:
-        return tanh(z)
-
-
-cdef inline real _sigmoid(real z) noexcept nogil:
-    cdef real e
-    if real is float:
-        if z >= 0:
-            return 1.0 / (1.0 + expf(-z))
-        e = expf(z)
-        return e / (1.0 + e)
-    else:
-        if z >= 0:
-            return 1.0 / (1.0 + exp(-z))
-        e = exp(z)
-        return e / (1.0 + e)
-
-
-cdef inline real _softplus(real z) noexcept nogil:
-    cdef real m = z if z > 0 else 0
-    if real is float:
-        return m + log1pf(expf(-fabsf(z)))
-    else:
-        return m + log1p(exp(-fabs(z)))
-
-
-cdef inline void _act(int code, real z, real* s, real* d1, real* d2) noexcept nogil:
-    """Activation value and its first and second derivatives at z."""
-    cdef real t, u1, sg, z2
-    if code == TANH:
-        t = _tanh(z)
-        s[0] = t
-        d1[0] = 1 - t * t
-        d2[0] = -2 * t * d1[0]
-    elif code == SIGMOID:
-        sg = _sigmoid(z)
-        s[0] = sg
-        d1[0] = sg * (1 - sg)
-        d2[0] = d1[0] * (1 - 2 * sg)
-    elif code == RELU:
-        if z > 0:
-            s[0] = z
-            d1[0] = 1
-        else:
-            s[0] = 0
-            d1[0] = 0
-        d2[0] = 0
-    elif code == SOFTPLUS:
-        sg = _sigmoid(z)
-        s[0] = _softplus(z)
-        d1[0] = sg
-        d2[0] = sg * (1 - sg)
-    elif code == GELU:
-        z2 = z * z
-        t = _tanh(<real>SQRT_2_OVER_PI * (z + <real>GELU_A * z2 * z))
-        u1 = <real>SQRT_2_OVER_PI * (1 + 3 * <real>GELU_A * z2)
-        s[0] = <real>0.5 * z * (1 + t)
-        d1[0] = <real>0.5 * (1 + t) + <real>0.5 * z * (1 - t * t) * u1
-        d2[0] = (1 - t * t) * (u1 - z * t * u1 * u1
-                               + <real>0.5 * z * <real>(6 * SQRT_2_OVER_PI * GELU_A) * z)
-    else:  # identity
-        s[0] = z
-        d1[0] = 1
-        d2[0] = 0
+# activation/loss codes as fastopt._codes (tests/test_formulas.py checks them)
+ACTIVATION_CODES = {"IDENTITY": ACT_IDENTITY, "TANH": ACT_TANH, "SIGMOID": ACT_SIGMOID,
+                    "RELU": ACT_RELU, "SOFTPLUS": ACT_SOFTPLUS, "GELU": ACT_GELU}
+LOSS_CODES = {"CROSS_ENTROPY": LOSS_CROSS_ENTROPY, "MSE": LOSS_MSE, "LOGISTIC": LOSS_LOGISTIC}
 
 
 cdef inline void _tanh_row(const real* z, const real* b, real* a, real* d1, real* d2,
@@ -175,7 +79,7 @@ cdef inline void _tanh_row(const real* z, const real* b, real* a, real* d1, real
     # would be needed (a loop writing a, d1 and d2 ran 9x slower)
     if need >= 1:
         for o in range(n):
-            t = _tanh(z[o] + b[o])
+            t = tanh_real(z[o] + b[o])
             a[o] = t
             d1[o] = 1 - t * t
         if need == 2:
@@ -183,15 +87,15 @@ cdef inline void _tanh_row(const real* z, const real* b, real* a, real* d1, real
                 d2[o] = -2 * a[o] * d1[o]
     else:
         for o in range(n):
-            a[o] = _tanh(z[o] + b[o])
+            a[o] = tanh_real(z[o] + b[o])
 
 
-cdef inline void _act_row(int act, const real* z, const real* b, real* a, real* d1, real* d2,
+cdef inline void _act_row(int code, const real* z, const real* b, real* a, real* d1, real* d2,
                           Py_ssize_t n, int need) noexcept nogil:
     cdef Py_ssize_t o
     cdef real s, g1, g2
     for o in range(n):
-        _act(act, z[o] + b[o], &s, &g1, &g2)
+        act(code, z[o] + b[o], &s, &g1, &g2)
         a[o] = s
         if need >= 1:
             d1[o] = g1
@@ -236,7 +140,7 @@ def hidden_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, :
         for i in prange(N, num_threads=n_threads, schedule="static"):
             d1p = &D1[i, 0] if need >= 1 else NULL
             d2p = &D2[i, 0] if need == 2 else NULL
-            if act == TANH:
+            if act == ACT_TANH:
                 _tanh_row(&Z[i, 0, 0], &b[0], &A[i, 0, 0], d1p, d2p, n, need)
             else:
                 _act_row(act, &Z[i, 0, 0], &b[0], &A[i, 0, 0], d1p, d2p, n, need)
@@ -256,11 +160,11 @@ def output_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, :
     cdef Py_ssize_t N = Z.shape[0], kz = Z.shape[1], n = Z.shape[2]
     cdef Py_ssize_t k = AV.shape[1] if need == 2 else 0
     cdef Py_ssize_t i, o, j
-    cdef double m, ssum, lse, pr, f, rf, sg, inv_n = 1.0 / N
+    cdef double m, ssum, lse, pr, f, rf, dl, d2l, inv_n = 1.0 / N
     cdef real p
     with nogil:
         for i in prange(N, num_threads=n_threads, schedule="static"):
-            if loss == 0:
+            if loss == LOSS_CROSS_ENTROPY:
                 m = Z[i, 0, 0] + b[0]
                 for o in range(1, n):
                     f = Z[i, 0, o] + b[o]
@@ -295,7 +199,7 @@ def output_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, :
                             D[i, 0, o] = <real>((p - 1.0) * inv_n)
                         else:
                             D[i, 0, o] = <real>(p * inv_n)
-            elif loss == 1:
+            elif loss == LOSS_MSE:
                 ssum = 0
                 for o in range(n):
                     f = Z[i, 0, o] + b[o] - Y[i, o]
@@ -310,15 +214,16 @@ def output_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, :
                 losses[i] = 0.5 * ssum
             else:
                 f = Z[i, 0, 0] + b[0]
-                losses[i] = _softplus(f) - Y[i, 0] * f  # float64, as the other losses
-                sg = _sigmoid(f)
+                dl = 0  # assigned here, so private to each thread
+                d2l = 0
+                logistic(f, Y[i, 0], &losses[i], &dl, &d2l)  # float64, as the other losses
                 if need >= 1:
-                    D[i, 0, 0] = <real>((sg - Y[i, 0]) * inv_n)
+                    D[i, 0, 0] = <real>(dl * inv_n)
                 for j in range(k):
                     rf = AV[i, j, 0] + C[j, 0]
                     if kz > 1:
                         rf = rf + Z[i, 1 + j, 0]
-                    D[i, 1 + j, 0] = <real>(sg * (1 - sg) * rf * inv_n)
+                    D[i, 1 + j, 0] = <real>(d2l * rf * inv_n)
 
 
 cdef inline void _backward_row(const real* da0, const real* dar, const real* dv,
@@ -452,3 +357,29 @@ def batched_transpose(real[:, :, :] a, real[:, :, :] b, real[:, :, :] dst, int n
             else:
                 fo_transpose_d(&dst[i, 0, 0], ldd, &a[i, 0, 0], lda,
                                &b[i, 0, 0] if has_b else NULL, ldb, R, C)
+
+
+def _formula_activation(int code, z, s, d1, d2):
+    """Test-only: activation ``code`` with its derivatives on the 1-D array ``z`` into ``s``,
+    ``d1``, ``d2``, through the row loops of ``hidden_forward``."""
+    import numpy as np
+
+    n, dt = z.shape[0], z.dtype
+    hidden_forward(z.reshape(1, 1, n), np.zeros(n, dt), np.empty((1, 0, n), dt),
+                   np.empty((0, n), dt), code, 2, s.reshape(1, 1, n), d1.reshape(1, n),
+                   d2.reshape(1, n), np.empty((1, 0, n), dt), 1)
+
+
+def _formula_logistic(f, y, loss, grad, curv):
+    """Test-only: the logistic loss pieces at the float64 logits ``f`` and labels ``y``, one
+    ``output_forward`` call per entry (N = 1, so nothing is rescaled)."""
+    import numpy as np
+
+    D = np.empty((1, 2, 1))
+    one = np.ones((1, 1, 1))
+    for i in range(f.shape[0]):
+        output_forward(f[i : i + 1].reshape(1, 1, 1), np.zeros(1), one, np.zeros((1, 1)),
+                       LOSS_LOGISTIC, 2, np.empty(0, np.int64), y[i : i + 1].reshape(1, 1), D,
+                       loss[i : i + 1], 1)
+        grad[i] = D[0, 0, 0]
+        curv[i] = D[0, 1, 0]

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import _dispatch
+from .._codes import Activation, Loss
 from .._threads import get_num_threads
 from .._validate import (
     as_float_array,
@@ -33,8 +34,9 @@ from .._validate import (
 
 __all__ = ["MLP", "ACTIVATIONS", "LOSSES"]
 
-ACTIVATIONS = ("identity", "tanh", "sigmoid", "relu", "softplus", "gelu")
-LOSSES = ("cross_entropy", "mse", "logistic")
+# names in code order, from the one table of codes (fastopt._codes)
+ACTIVATIONS = Activation.names()
+LOSSES = Loss.names()
 INIT_SCHEMES = ("xavier", "he", "orthogonal")
 
 
@@ -129,8 +131,8 @@ class MLP:
                 f"loss: 'cross_entropy' needs at least 2 outputs (classes), got sizes[-1]={n_out};"
                 " use loss='logistic' for a binary problem with one logit"
             )
-        self._act_code = ACTIVATIONS.index(self.activation)
-        self._loss_code = LOSSES.index(self.loss_name)
+        self._act_code = int(Activation[self.activation.upper()])
+        self._loss_code = int(Loss[self.loss_name.upper()])
         self._offsets = []
         off = 0
         for n_in, n_o in zip(self.sizes[:-1], self.sizes[1:], strict=True):
