@@ -29,40 +29,21 @@ from fastopt.curvature._formulas cimport (
     LOSS_LOGISTIC, LOSS_MSE, act, logistic, real, tanh_real,
 )
 
-cdef extern from *:
-    """
-    /* dst[c * ldd + r] = a[r * lda + c] (+ b[r * ldb + c]) for r < R, c < C: a transpose
-       (and add), in 32 x 32 tiles so that the strided side touches 32 cache lines at a time
-       (numpy's copyto read a 128 x 1024 transpose down columns 4 KiB apart: L1 set
-       conflicts, ~2.8 ns per value). */
-    #define FO_TILE 32
-    #define FO_TRANSPOSE(NAME, T)                                                           \
-    static void NAME(T *restrict dst, Py_ssize_t ldd, const T *restrict a, Py_ssize_t lda,  \
-                     const T *restrict b, Py_ssize_t ldb, Py_ssize_t R, Py_ssize_t C) {     \
-        for (Py_ssize_t r0 = 0; r0 < R; r0 += FO_TILE) {                                    \
-            Py_ssize_t r1 = r0 + FO_TILE < R ? r0 + FO_TILE : R;                            \
-            for (Py_ssize_t c0 = 0; c0 < C; c0 += FO_TILE) {                                \
-                Py_ssize_t c1 = c0 + FO_TILE < C ? c0 + FO_TILE : C;                        \
-                if (b) {                                                                    \
-                    for (Py_ssize_t r = r0; r < r1; ++r)                                    \
-                        for (Py_ssize_t c = c0; c < c1; ++c)                                \
-                            dst[c * ldd + r] = a[r * lda + c] + b[r * ldb + c];             \
-                } else {                                                                    \
-                    for (Py_ssize_t r = r0; r < r1; ++r)                                    \
-                        for (Py_ssize_t c = c0; c < c1; ++c)                                \
-                            dst[c * ldd + r] = a[r * lda + c];                              \
-                }                                                                           \
-            }                                                                               \
-        }                                                                                   \
-    }
-    FO_TRANSPOSE(fo_transpose_f, float)
-    FO_TRANSPOSE(fo_transpose_d, double)
-    """
+cdef extern from "_transpose.h":
     void fo_transpose_f(float* dst, Py_ssize_t ldd, const float* a, Py_ssize_t lda,
                         const float* b, Py_ssize_t ldb, Py_ssize_t R, Py_ssize_t C) noexcept nogil
     void fo_transpose_d(double* dst, Py_ssize_t ldd, const double* a, Py_ssize_t lda,
                         const double* b, Py_ssize_t ldb, Py_ssize_t R,
                         Py_ssize_t C) noexcept nogil
+
+cdef extern from "_simd.h":
+    int fo_simd_level() noexcept nogil
+
+
+def simd_level() -> int:
+    """The clone of the FO_CLONES loops this CPU runs: 4 (x86-64-v4, AVX-512), 3 (x86-64-v3,
+    AVX2) or 0 (baseline, or a build without run-time dispatch)."""
+    return fo_simd_level()
 
 
 # activation/loss codes as fastopt._codes (tests/test_formulas.py checks them)
@@ -331,7 +312,7 @@ def batched_transpose(real[:, :, :] a, real[:, :, :] b, real[:, :, :] dst, int n
     """dst[i] = a[i].T (+ b[i].T when b is not empty): the layout changes of k directions.
 
     a, b : (B, R, C), dst : (B, C, R), each with contiguous rows and any other strides (mlp.py
-    passes permuted views of V and of the products). Tiled (see ``fo_transpose``); serial,
+    passes permuted views of V and of the products). Tiled (``_transpose.h``); serial,
     ``n_threads`` is accepted for a uniform kernel signature.
     """
     cdef Py_ssize_t B = a.shape[0], R = a.shape[1], C = a.shape[2], i
