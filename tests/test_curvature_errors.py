@@ -147,3 +147,46 @@ def test_nothing_written_to_out_on_error(ce):
     with pytest.raises(ValueError):
         net.hvp(theta, X, np.array([0, 1, 9, 0, 0, 0]), v, out=out)
     assert (out == 7.0).all()
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba", "numpy"])
+@pytest.mark.parametrize("kind", ["frozen", "memmap"])
+def test_read_only_inputs_work(ce, backend, kind, tmp_path):
+    """Read-only theta, X, y, v (a frozen array, np.memmap(mode="r")) give the results of
+    writable ones in every method (the Cython kernels take const memoryviews)."""
+    from fastopt import _dispatch
+
+    if not _dispatch.available("curvature", backend):
+        pytest.skip(f"{backend} unavailable")
+    net, theta, X, y, v = ce
+    V = np.stack([v, -2 * v], axis=1)
+
+    def read_only(a, name):
+        if kind == "frozen":
+            r = a.copy()
+            r.flags.writeable = False
+            return r
+        path = tmp_path / f"{name}.bin"
+        a.tofile(path)
+        return np.memmap(path, dtype=a.dtype, mode="r", shape=a.shape)
+
+    ro = [read_only(a, n) for a, n in ((theta, "theta"), (X, "X"), (y, "y"), (V, "V"),
+                                       (v, "v"))]
+    t, Xr, yr, Vr, vr = ro
+    assert not any(a.flags.writeable for a in ro)
+    assert net.loss(t, Xr, yr, backend=backend) == net.loss(theta, X, y, backend=backend)
+    L, g = net.loss_and_grad(t, Xr, yr, backend=backend)
+    L0, g0 = net.loss_and_grad(theta, X, y, backend=backend)
+    assert L == L0
+    np.testing.assert_array_equal(g, g0)
+    for method in (net.hvp, net.gnvp):
+        np.testing.assert_array_equal(method(t, Xr, yr, Vr, backend=backend),
+                                      method(theta, X, y, V, backend=backend))
+        np.testing.assert_array_equal(method(t, Xr, yr, vr, backend=backend),
+                                      method(theta, X, y, v, backend=backend))
+    mse = MLP([3, 2], loss="mse")
+    th = mse.init(0)
+    Y = np.random.default_rng(1).standard_normal((6, 2))
+    Yr, thr = read_only(Y, "Y"), read_only(th, "th")
+    np.testing.assert_array_equal(mse.hvp(thr, Xr, Yr, np.eye(mse.num_params), backend=backend),
+                                  mse.hvp(th, X, Y, np.eye(mse.num_params), backend=backend))

@@ -100,7 +100,8 @@ cdef inline void _rforward_row(const real* av, const real* c, const real* zr, co
             ra[o] = d1[o] * r
 
 
-def hidden_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, ::1] C,
+def hidden_forward(const real[:, :, ::1] Z, const real[::1] b, const real[:, :, ::1] AV,
+                   const real[:, ::1] C,
                    int act, int need, real[:, :, ::1] A, real[:, ::1] D1, real[:, ::1] D2,
                    real[:, :, ::1] RZ, int n_threads):
     """Fused bias + activation (+ derivatives, + R-forward) of one hidden layer.
@@ -130,8 +131,9 @@ def hidden_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, :
                               d1p, &RZ[i, j, 0], &A[i, 1 + j, 0], n, kz > 1)
 
 
-def output_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, ::1] C,
-                   int loss, int need, long long[::1] labels, real[:, ::1] Y,
+def output_forward(const real[:, :, ::1] Z, const real[::1] b, const real[:, :, ::1] AV,
+                   const real[:, ::1] C, int loss, int need, const long long[::1] labels,
+                   const real[:, ::1] Y,
                    real[:, :, ::1] D, double[::1] losses, int n_threads):
     """Output layer: bias, per-sample loss, gradient and loss-Hessian on the R-streams.
 
@@ -219,8 +221,8 @@ cdef inline void _backward_row(const real* da0, const real* dar, const real* dv,
             out[o] = (dar[o] + dv[o]) * d1[o] + da0[o] * d2[o] * rz[o]
 
 
-def hidden_backward(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, ::1] D1, real[:, ::1] D2,
-                    real[:, :, ::1] RZ, int gn, real[:, :, ::1] D, double[::1] S, int first,
+def hidden_backward(const real[:, :, ::1] DA, const real[:, :, ::1] DV, const real[:, ::1] D1,
+                    const real[:, ::1] D2, const real[:, :, ::1] RZ, int gn, real[:, :, ::1] D, double[::1] S, int first,
                     int n_threads):
     """delta and R(delta) of one hidden layer from DA = D_next @ W^T (N, 1 + k, n).
 
@@ -258,8 +260,9 @@ def hidden_backward(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, ::1] D1, rea
                 _colsum(&D[0, first, 0], kk * n, N, M, &S[0], n_threads)
 
 
-cdef inline void _backward_one(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, ::1] D1,
-                               real[:, ::1] D2, real[:, :, ::1] RZ, int gn,
+cdef inline void _backward_one(const real[:, :, ::1] DA, const real[:, :, ::1] DV,
+                               const real[:, ::1] D1, const real[:, ::1] D2,
+                               const real[:, :, ::1] RZ, int gn,
                                real[:, :, ::1] D, Py_ssize_t i) noexcept nogil:
     """Row i of ``hidden_backward``."""
     cdef Py_ssize_t kk = DA.shape[1], n = DA.shape[2], o, j
@@ -274,7 +277,7 @@ cdef inline void _backward_one(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, :
                       &D[i, 1 + j, 0], n, gn)
 
 
-def colsum(real[:, :] D, double[::1] out, int n_threads):
+def colsum(const real[:, :] D, double[::1] out, int n_threads):
     """out[m] = sum_i D[i, m], accumulated in float64 in row order (deterministic).
 
     D may have any row stride (a slice of the interleaved streams) but contiguous rows.
@@ -308,7 +311,8 @@ cdef void _colsum(const real* D, Py_ssize_t ld, Py_ssize_t N, Py_ssize_t M, doub
                 acc[m] = acc[m] + row[m]
 
 
-def batched_transpose(real[:, :, :] a, real[:, :, :] b, real[:, :, :] dst, int n_threads):
+def batched_transpose(const real[:, :, :] a, const real[:, :, :] b, real[:, :, :] dst,
+                      int n_threads):
     """dst[i] = a[i].T (+ b[i].T when b is not empty): the layout changes of k directions.
 
     a, b : (B, R, C), dst : (B, C, R), each with contiguous rows and any other strides (mlp.py
