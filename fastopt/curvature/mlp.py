@@ -39,6 +39,12 @@ ACTIVATIONS = Activation.names()
 LOSSES = Loss.names()
 INIT_SCHEMES = ("xavier", "he", "orthogonal")
 
+# The kernel interface every curvature backend module (``_cython``, ``_numba``, the numpy
+# reference) implements with the same signature, writing into caller-provided outputs; _run
+# calls only these (tests/test_curvature_mlp.py checks the signatures match).
+KERNELS = ("hidden_forward", "output_forward", "hidden_backward", "colsum", "batched_transpose",
+           "_formula_activation", "_formula_logistic")
+
 
 # Element-wise passes with fewer values than this run on one thread. BLAS already uses every
 # core for the matrix products in between, and a thread team left spinning after a parallel
