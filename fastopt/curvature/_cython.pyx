@@ -26,7 +26,7 @@ from libc.math cimport exp, log
 
 from fastopt.curvature._formulas cimport (
     ACT_GELU, ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_SOFTPLUS, ACT_TANH, LOSS_CROSS_ENTROPY,
-    LOSS_LOGISTIC, LOSS_MSE, act, logistic, real, tanh_real,
+    LOSS_LOGISTIC, LOSS_MSE, act, logistic, real,
 )
 
 cdef extern from "_transpose.h":
@@ -35,6 +35,24 @@ cdef extern from "_transpose.h":
     void fo_transpose_d(double* dst, Py_ssize_t ldd, const double* a, Py_ssize_t lda,
                         const double* b, Py_ssize_t ldb, Py_ssize_t R,
                         Py_ssize_t C) noexcept nogil
+
+cdef extern from "_rows.h":
+    void fo_tanh_row_f(const float* z, const float* b, float* a, float* d1, float* d2,
+                       Py_ssize_t n, int need) noexcept nogil
+    void fo_tanh_row_d(const double* z, const double* b, double* a, double* d1, double* d2,
+                       Py_ssize_t n, int need) noexcept nogil
+    void fo_rforward_row_f(const float* av, const float* c, const float* zr, const float* d1,
+                           float* rz, float* ra, Py_ssize_t n) noexcept nogil
+    void fo_rforward_row_d(const double* av, const double* c, const double* zr,
+                           const double* d1, double* rz, double* ra, Py_ssize_t n) noexcept nogil
+    void fo_backward_row_f(const float* da0, const float* dar, const float* dv, const float* d1,
+                           const float* d2, const float* rz, float* out, Py_ssize_t n,
+                           int gn) noexcept nogil
+    void fo_backward_row_d(const double* da0, const double* dar, const double* dv,
+                           const double* d1, const double* d2, const double* rz, double* out,
+                           Py_ssize_t n, int gn) noexcept nogil
+    void fo_add_row_f(double* acc, const float* row, Py_ssize_t n) noexcept nogil
+    void fo_add_row_d(double* acc, const double* row, Py_ssize_t n) noexcept nogil
 
 cdef extern from "_simd.h":
     int fo_simd_level() noexcept nogil
@@ -54,21 +72,10 @@ LOSS_CODES = {"CROSS_ENTROPY": LOSS_CROSS_ENTROPY, "MSE": LOSS_MSE, "LOGISTIC": 
 
 cdef inline void _tanh_row(const real* z, const real* b, real* a, real* d1, real* d2,
                            Py_ssize_t n, int need) noexcept nogil:
-    cdef Py_ssize_t o
-    cdef real t
-    # few pointers per loop: gcc gives up vectorizing when too many runtime alias checks
-    # would be needed (a loop writing a, d1 and d2 ran 9x slower)
-    if need >= 1:
-        for o in range(n):
-            t = tanh_real(z[o] + b[o])
-            a[o] = t
-            d1[o] = 1 - t * t
-        if need == 2:
-            for o in range(n):
-                d2[o] = -2 * a[o] * d1[o]
+    if real is float:
+        fo_tanh_row_f(z, b, a, d1, d2, n, need)
     else:
-        for o in range(n):
-            a[o] = tanh_real(z[o] + b[o])
+        fo_tanh_row_d(z, b, a, d1, d2, n, need)
 
 
 cdef inline void _act_row(int code, const real* z, const real* b, real* a, real* d1, real* d2,
@@ -86,18 +93,10 @@ cdef inline void _act_row(int code, const real* z, const real* b, real* a, real*
 
 cdef inline void _rforward_row(const real* av, const real* c, const real* zr, const real* d1,
                                real* rz, real* ra, Py_ssize_t n, bint has_zr) noexcept nogil:
-    cdef Py_ssize_t o
-    cdef real r
-    if has_zr:
-        for o in range(n):
-            r = av[o] + c[o] + zr[o]
-            rz[o] = r
-            ra[o] = d1[o] * r
+    if real is float:
+        fo_rforward_row_f(av, c, zr if has_zr else NULL, d1, rz, ra, n)
     else:
-        for o in range(n):
-            r = av[o] + c[o]
-            rz[o] = r
-            ra[o] = d1[o] * r
+        fo_rforward_row_d(av, c, zr if has_zr else NULL, d1, rz, ra, n)
 
 
 def hidden_forward(const real[:, :, ::1] Z, const real[::1] b, const real[:, :, ::1] AV,
@@ -212,13 +211,17 @@ def output_forward(const real[:, :, ::1] Z, const real[::1] b, const real[:, :, 
 cdef inline void _backward_row(const real* da0, const real* dar, const real* dv,
                                const real* d1, const real* d2, const real* rz, real* out,
                                Py_ssize_t n, bint gn) noexcept nogil:
-    cdef Py_ssize_t o
-    if gn:
-        for o in range(n):
-            out[o] = dar[o] * d1[o]
+    if real is float:
+        fo_backward_row_f(da0, dar, dv, d1, d2, rz, out, n, gn)
     else:
-        for o in range(n):
-            out[o] = (dar[o] + dv[o]) * d1[o] + da0[o] * d2[o] * rz[o]
+        fo_backward_row_d(da0, dar, dv, d1, d2, rz, out, n, gn)
+
+
+cdef inline void _add_row(double* acc, const real* row, Py_ssize_t n) noexcept nogil:
+    if real is float:
+        fo_add_row_f(acc, row, n)
+    else:
+        fo_add_row_d(acc, row, n)
 
 
 def hidden_backward(const real[:, :, ::1] DA, const real[:, :, ::1] DV, const real[:, ::1] D1,
@@ -237,7 +240,6 @@ def hidden_backward(const real[:, :, ::1] DA, const real[:, :, ::1] DV, const re
     cdef Py_ssize_t M = (kk - first) * n
     cdef bint sums = S.shape[0] != 0
     cdef Py_ssize_t i, o
-    cdef const real* row
     cdef double* acc
     if sums and (first < 0 or first > kk):
         raise ValueError(f"hidden_backward: first must lie in [0, {kk}], got {first}")
@@ -250,9 +252,7 @@ def hidden_backward(const real[:, :, ::1] DA, const real[:, :, ::1] DV, const re
                 acc[o] = 0
             for i in range(N):
                 _backward_one(DA, DV, D1, D2, RZ, gn, D, i)
-                row = &D[i, first, 0]
-                for o in range(M):
-                    acc[o] = acc[o] + row[o]
+                _add_row(acc, &D[i, first, 0], M)
         else:
             for i in prange(N, num_threads=n_threads, schedule="static"):
                 _backward_one(DA, DV, D1, D2, RZ, gn, D, i)
@@ -265,16 +265,20 @@ cdef inline void _backward_one(const real[:, :, ::1] DA, const real[:, :, ::1] D
                                const real[:, :, ::1] RZ, int gn,
                                real[:, :, ::1] D, Py_ssize_t i) noexcept nogil:
     """Row i of ``hidden_backward``."""
-    cdef Py_ssize_t kk = DA.shape[1], n = DA.shape[2], o, j
+    cdef Py_ssize_t kk = DA.shape[1], n = DA.shape[2], j
     cdef const real* da0 = &DA[i, 0, 0]
     cdef const real* d1 = &D1[i, 0]
-    cdef real* out = &D[i, 0, 0]
-    for o in range(n):
-        out[o] = da0[o] * d1[o]
+    cdef const real* d2 = NULL  # Gauss-Newton: no second-order terms
+    cdef const real* dv = NULL
+    cdef const real* rz = NULL
+    _backward_row(da0, da0, NULL, d1, NULL, NULL, &D[i, 0, 0], n, 1)  # delta = da * act'
+    if not gn and kk > 1:
+        d2 = &D2[i, 0]
     for j in range(kk - 1):
-        _backward_row(da0, &DA[i, 1 + j, 0], NULL if gn else &DV[i, j, 0], d1,
-                      NULL if gn else &D2[i, 0], NULL if gn else &RZ[i, j, 0],
-                      &D[i, 1 + j, 0], n, gn)
+        if not gn:
+            dv = &DV[i, j, 0]
+            rz = &RZ[i, j, 0]
+        _backward_row(da0, &DA[i, 1 + j, 0], dv, d1, d2, rz, &D[i, 1 + j, 0], n, gn)
 
 
 def colsum(const real[:, :] D, double[::1] out, int n_threads):
@@ -296,19 +300,14 @@ cdef void _colsum(const real* D, Py_ssize_t ld, Py_ssize_t N, Py_ssize_t M, doub
                   int n_threads) noexcept nogil:
     """Column sums of the N x M matrix at D (row stride ld) in blocks of 256 columns."""
     cdef Py_ssize_t blk, nb, i, m, m0, w, B = 256
-    cdef const real* row
-    cdef double* acc
     nb = (M + B - 1) // B
     for m in range(M):
         out[m] = 0
     for blk in prange(nb, num_threads=n_threads, schedule="static"):
         m0 = blk * B
         w = M - m0 if M - m0 < B else B
-        acc = &out[m0]
         for i in range(N):
-            row = &D[i * ld + m0]
-            for m in range(w):
-                acc[m] = acc[m] + row[m]
+            _add_row(&out[m0], &D[i * ld + m0], w)
 
 
 def batched_transpose(const real[:, :, :] a, const real[:, :, :] b, real[:, :, :] dst,
