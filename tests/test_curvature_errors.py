@@ -337,3 +337,11 @@ def test_blas_follows_the_call_thread_count(ce, monkeypatch):
     finally:
         fastopt.set_num_threads(old)
     assert blas_threads() == before
+
+
+def test_pack_needs_pairs():
+    net = MLP([3, 2], loss="mse")
+    with pytest.raises(TypeError, match="layers: must be a sequence of"):
+        net.pack(5)
+    with pytest.raises(TypeError, match=r"layers\[0\]: must be a \(W, b\) pair"):
+        net.pack([np.zeros((3, 2))])

@@ -27,6 +27,7 @@ from .._threads import get_num_threads, threads_for_call
 from .._validate import (
     as_float_array,
     as_generator,
+    as_model_array,
     check_all_finite,
     check_choice,
     check_float_dtype,
@@ -251,6 +252,9 @@ class MLP:
         >>> bool(np.array_equal(net.pack(net.unpack(theta)), theta))
         True
         """
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+            raise TypeError(f"layers: must be a sequence of (W, b) pairs, got "
+                            f"{type(layers).__name__}")
         if len(layers) != self.num_layers:
             raise ValueError(f"layers: expected {self.num_layers} (W, b) pairs, got {len(layers)}")
         theta = np.empty(self.num_params, dtype=self.dtype)
@@ -258,6 +262,8 @@ class MLP:
             zip(layers, zip(self.sizes[:-1], self.sizes[1:], strict=True), self._offsets,
                 strict=True)
         ):
+            if not isinstance(pair, Sequence) or isinstance(pair, str) or len(pair) != 2:
+                raise TypeError(f"layers[{l}]: must be a (W, b) pair, got {type(pair).__name__}")
             W, b = pair
             W = as_float_array(W, f"layers[{l}][0]", allow_int=True)
             b = as_float_array(b, f"layers[{l}][1]", allow_int=True)
@@ -305,15 +311,7 @@ class MLP:
 
     # ------------------------------------------------------------------ validation
     def _as_model_array(self, x: object, name: str, *, contiguous: bool = True) -> np.ndarray:
-        """``x`` as a float array of the model's dtype (masked arrays and np.matrix refused)."""
-        reject_unsupported_subclass(x, name)
-        arr = as_float_array(x, name, contiguous=contiguous)
-        if arr.dtype != self.dtype:
-            raise ValueError(
-                f"{name}: dtype {arr.dtype} does not match the model's dtype {self.dtype} "
-                f"({self!r}); convert with {name}.astype(np.{self.dtype})"
-            )
-        return arr
+        return as_model_array(x, name, self.dtype, self, contiguous=contiguous)
 
     def _check_theta(self, theta: object, *, contiguous: bool = True) -> np.ndarray:
         theta = self._as_model_array(theta, "theta", contiguous=contiguous)
