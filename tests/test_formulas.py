@@ -181,3 +181,32 @@ def test_gelu_with_huge_parameters_is_finite_on_every_backend(dtype):
             assert np.isfinite(hv).all(), backend
             np.testing.assert_allclose(hv, ref, rtol=TOL[np.dtype(dtype)] * 10,
                                        atol=1e-6 * np.abs(ref).max())
+
+
+def test_numba_scalar_act_matches_reference():
+    """``_numba._act(code, z) -> (value, d1, d2)``, the compiled formula other curvature models
+    call from their own kernels, in float64 on the grid, every code."""
+    if not _dispatch.available("curvature", "numba"):
+        pytest.skip("numba unavailable")
+    from numba import njit
+
+    from fastopt.curvature import _numba
+
+    @njit
+    def table(codes, z, out):
+        for c in range(codes.shape[0]):
+            for i in range(z.shape[0]):
+                s, d1, d2 = _numba._act(codes[c], z[i])
+                out[c, 0, i] = s
+                out[c, 1, i] = d1
+                out[c, 2, i] = d2
+
+    codes = np.array([int(c) for c in Activation], np.int64)
+    out = np.empty((codes.size, 3, GRID.size))
+    table(codes, GRID, out)
+    for c, code in enumerate(Activation):
+        with np.errstate(all="ignore"):
+            want = reference.activation(code, GRID)
+        for j in range(3):
+            ok = _same(out[c, j], want[j], TOL[np.dtype(np.float64)])
+            assert ok.all(), (code.name, j, GRID[~ok], out[c, j][~ok], want[j][~ok])
