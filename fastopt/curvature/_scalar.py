@@ -10,6 +10,9 @@ all three to the same values on a grid of extreme inputs.
 
 Activation and loss codes are ``fastopt._codes``'s; they are module constants here so that the
 compiled code compares against compile-time integers.
+
+Numba's on-disk cache (``cache=True``) keys each kernel on its own file: after editing a formula
+here, touch ``_numba.py`` (or delete its ``__pycache__``) so the kernels that inline it recompile.
 """
 
 from __future__ import annotations
