@@ -210,3 +210,11 @@ def test_numba_scalar_act_matches_reference():
         for j in range(3):
             ok = _same(out[c, j], want[j], TOL[np.dtype(np.float64)])
             assert ok.all(), (code.name, j, GRID[~ok], out[c, j][~ok], want[j][~ok])
+
+
+def test_simd_level_names_the_clone():
+    if not _dispatch.available("curvature", "cython"):
+        pytest.skip("cython unavailable")
+    from fastopt.curvature import _cython
+
+    assert _cython.simd_level() in ("avx512", "avx2", "baseline")

@@ -58,10 +58,11 @@ cdef extern from "_simd.h":
     int fo_simd_level() noexcept nogil
 
 
-def simd_level() -> int:
-    """The clone of the FO_CLONES loops this CPU runs: 4 (x86-64-v4, AVX-512), 3 (x86-64-v3,
-    AVX2) or 0 (baseline, or a build without run-time dispatch)."""
-    return fo_simd_level()
+def simd_level() -> str:
+    """The clone of the FO_CLONES loops this CPU runs, named as batch norm's: ``"avx512"``
+    (``fo_simd_level()`` 4, x86-64-v4), ``"avx2"`` (3, x86-64-v3) or ``"baseline"`` (0, also a
+    build without run-time dispatch)."""
+    return {4: "avx512", 3: "avx2"}.get(fo_simd_level(), "baseline")
 
 
 # activation/loss codes as fastopt._codes (tests/test_formulas.py checks them)
