@@ -218,3 +218,49 @@ def test_simd_level_names_the_clone():
     from fastopt.curvature import _cython
 
     assert _cython.simd_level() in ("avx512", "avx2", "baseline")
+
+
+_CUDA_SCRIPT = """
+import numpy as np
+from numba import cuda
+from fastopt.curvature import _scalar
+from fastopt.reference import curvature as reference
+dev = _scalar.compiled(cuda.jit(device=True))
+
+@cuda.jit
+def table(code, z, out):
+    i = cuda.grid(1)
+    if i < z.shape[0]:
+        s, d1, d2 = dev.act(code, z[i])
+        out[0, i] = s
+        out[1, i] = d1
+        out[2, i] = d2
+
+z = np.frombuffer(bytes.fromhex({grid!r}), np.float64).copy()
+for code in range({n_codes}):
+    out = np.empty((3, z.size))
+    table[1, z.size](code, z, out)
+    with np.errstate(all="ignore"):
+        want = np.stack(reference.activation(code, z))
+    ok = np.isclose(out, want, rtol=2e-13, atol=2e-13, equal_nan=True) | (out == want)
+    assert ok.all(), (code, z[~ok.all(axis=0)])
+print("ok")
+"""
+
+
+def test_formulas_compile_for_cuda_device_functions():
+    """``_scalar.compiled(cuda.jit(device=True))`` gives device functions that agree with the
+    reference (in the CUDA simulator, in a fresh process: it must be enabled before import)."""
+    pytest.importorskip("numba.cuda")
+    import os
+    import subprocess
+    import sys
+
+    root = Path(mlp.__file__).parents[2]
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    grid = np.concatenate([SPECIAL, GRID[len(SPECIAL)::24]]).tobytes().hex()  # NaN, inf too
+    code = _CUDA_SCRIPT.format(grid=grid, n_codes=len(Activation))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
