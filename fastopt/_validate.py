@@ -350,3 +350,30 @@ def as_start_vectors(v0: object, name: str, rows: int, m: int) -> np.ndarray:
     if not np.any(arr != 0, axis=1).all():
         raise ValueError(f"{name}: must be nonzero (for every matrix of the batch)")
     return np.ascontiguousarray(arr)
+
+
+def reject_unsupported_subclass(value: object, name: str) -> None:
+    """Refuse array subclasses whose meaning the kernels would drop: masked arrays (the mask
+    would be ignored) and ``np.matrix`` (always 2-D, so it cannot take the kernels' views).
+    ``np.memmap`` and other plain subclasses pass."""
+    reject_masked(value, name)
+    if isinstance(value, np.matrix):
+        raise TypeError(f"{name}: np.matrix is not supported; pass np.asarray({name})")
+
+
+def as_model_array(x: object, name: str, dtype: np.dtype, owner: object, *,
+                   contiguous: bool = True) -> np.ndarray:
+    """``x`` as a float array of a model's ``dtype`` (the curvature models' inputs).
+
+    Masked arrays and ``np.matrix`` are refused (:func:`reject_unsupported_subclass`); another
+    float dtype raises ``ValueError`` naming the argument, the model (``repr(owner)``) and the
+    conversion. Non-contiguous input is copied once unless ``contiguous=False``.
+    """
+    reject_unsupported_subclass(x, name)
+    arr = as_float_array(x, name, contiguous=contiguous)
+    if arr.dtype != dtype:
+        raise ValueError(
+            f"{name}: dtype {arr.dtype} does not match the model's dtype {np.dtype(dtype)} "
+            f"({owner!r}); convert with {name}.astype(np.{np.dtype(dtype)})"
+        )
+    return arr

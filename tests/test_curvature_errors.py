@@ -147,3 +147,201 @@ def test_nothing_written_to_out_on_error(ce):
     with pytest.raises(ValueError):
         net.hvp(theta, X, np.array([0, 1, 9, 0, 0, 0]), v, out=out)
     assert (out == 7.0).all()
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba", "numpy"])
+@pytest.mark.parametrize("kind", ["frozen", "memmap"])
+def test_read_only_inputs_work(ce, backend, kind, tmp_path):
+    """Read-only theta, X, y, v (a frozen array, np.memmap(mode="r")) give the results of
+    writable ones in every method (the Cython kernels take const memoryviews)."""
+    from fastopt import _dispatch
+
+    if not _dispatch.available("curvature", backend):
+        pytest.skip(f"{backend} unavailable")
+    net, theta, X, y, v = ce
+    V = np.stack([v, -2 * v], axis=1)
+
+    def read_only(a, name):
+        if kind == "frozen":
+            r = a.copy()
+            r.flags.writeable = False
+            return r
+        path = tmp_path / f"{name}.bin"
+        a.tofile(path)
+        return np.memmap(path, dtype=a.dtype, mode="r", shape=a.shape)
+
+    ro = [read_only(a, n) for a, n in ((theta, "theta"), (X, "X"), (y, "y"), (V, "V"),
+                                       (v, "v"))]
+    t, Xr, yr, Vr, vr = ro
+    assert not any(a.flags.writeable for a in ro)
+    assert net.loss(t, Xr, yr, backend=backend) == net.loss(theta, X, y, backend=backend)
+    L, g = net.loss_and_grad(t, Xr, yr, backend=backend)
+    L0, g0 = net.loss_and_grad(theta, X, y, backend=backend)
+    assert L == L0
+    np.testing.assert_array_equal(g, g0)
+    for method in (net.hvp, net.gnvp):
+        np.testing.assert_array_equal(method(t, Xr, yr, Vr, backend=backend),
+                                      method(theta, X, y, V, backend=backend))
+        np.testing.assert_array_equal(method(t, Xr, yr, vr, backend=backend),
+                                      method(theta, X, y, v, backend=backend))
+    mse = MLP([3, 2], loss="mse")
+    th = mse.init(0)
+    Y = np.random.default_rng(1).standard_normal((6, 2))
+    Yr, thr = read_only(Y, "Y"), read_only(th, "th")
+    np.testing.assert_array_equal(mse.hvp(thr, Xr, Yr, np.eye(mse.num_params), backend=backend),
+                                  mse.hvp(th, X, Y, np.eye(mse.num_params), backend=backend))
+
+
+def test_array_subclasses_refused_or_honoured(ce):
+    """np.matrix and masked arrays (whose mask would be dropped silently) get a TypeError naming
+    the argument, as inputs and as out=."""
+    net, theta, X, y, v = ce
+    V = np.stack([v, -v], axis=1)
+    with pytest.raises(TypeError, match="out: np.matrix"):
+        net.hvp(theta, X, y, V, out=np.asmatrix(np.empty_like(V)))
+    with pytest.raises(TypeError, match="out: np.matrix"):
+        net.loss_and_grad(theta, X, y, out=np.asmatrix(np.empty(net.num_params)))
+    masked = {"theta": np.ma.masked_array(theta, mask=theta > 0),
+              "X": np.ma.masked_array(X, mask=X > 1), "y": np.ma.masked_array(y, mask=y == 2),
+              "v": np.ma.masked_array(v, mask=v > 0)}
+    args = {"theta": theta, "X": X, "y": y, "v": v}
+    for name, m in masked.items():
+        with pytest.raises(TypeError, match=f"{name}: masked arrays are not supported"):
+            net.hvp(**{**args, name: m})
+    with pytest.raises(TypeError, match="out: masked arrays"):
+        net.hvp(theta, X, y, v, out=np.ma.masked_array(np.empty_like(v)))
+    with pytest.raises(TypeError, match=r"X: np.matrix is not supported; pass np.asarray"):
+        net.hvp(theta, np.asmatrix(X), y, V)
+
+
+def test_dtype_mismatch_names_argument_and_model_dtype():
+    net = MLP([3, 2], loss="mse", dtype=np.float32)
+    theta = net.init(0)
+    X = np.ones((4, 3), np.float32)
+    Y = np.zeros((4, 2), np.float32)
+    for name, bad in (("theta", theta.astype(np.float64)), ("X", X.astype(np.float64)),
+                      ("y", Y.astype(np.float64))):
+        args = {"theta": theta, "X": X, "y": Y, **{name: bad}}
+        with pytest.raises(ValueError, match=rf"{name}: dtype float64 does not match the "
+                                             r"model's dtype float32 .*astype\(np.float32\)"):
+            net.loss(**args)
+    with pytest.raises(ValueError, match=r"v: dtype float64 does not match the model's"):
+        net.hvp(theta, X, Y, np.ones(net.num_params))
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba", "numpy"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_interrupted_call_leaves_out_untouched(ce, backend, k, monkeypatch):
+    """A KeyboardInterrupt in the middle of the backward pass (after the output layer's rows
+    are computed) leaves out= as it was, and the next call on the same workspace is right."""
+    from fastopt import _dispatch
+
+    if not _dispatch.available("curvature", backend):
+        pytest.skip(f"{backend} unavailable")
+    net, theta, X, y, v = ce
+    V = v if k == 1 else np.random.default_rng(5).standard_normal((net.num_params, k))
+    ref = net.hvp(theta, X, y, V, backend=backend)
+    gref = net.loss_and_grad(theta, X, y, backend=backend)[1]
+    mod = _dispatch.load("curvature", backend)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    out = np.full_like(V, 7.0)
+    gout = np.full(net.num_params, 7.0)
+    with monkeypatch.context() as mp:
+        mp.setattr(mod, "hidden_backward", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            net.hvp(theta, X, y, V, backend=backend, out=out)
+        with pytest.raises(KeyboardInterrupt):
+            net.loss_and_grad(theta, X, y, backend=backend, out=gout)
+    assert (out == 7.0).all() and (gout == 7.0).all()
+    np.testing.assert_array_equal(net.hvp(theta, X, y, V, backend=backend, out=out), ref)
+    np.testing.assert_array_equal(net.loss_and_grad(theta, X, y, backend=backend)[1], gref)
+
+
+def test_one_model_shared_by_threads():
+    """8 threads calling one MLP (per-thread workspaces) get the sequential results bit for
+    bit, each into its own out= and all into one shared out= (whole results only)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(0)
+    net = MLP([5, 16, 16, 3], activation="gelu")
+    theta = net.init(rng)
+    X = rng.standard_normal((40, 5))
+    y = rng.integers(0, 3, 40)
+    Vs = [rng.standard_normal((net.num_params, 2)) for _ in range(8)]
+    want = [net.hvp(theta, X, y, V) for V in Vs]
+    shared = np.empty((net.num_params, 2))
+
+    def work(i):
+        got = [net.hvp(theta, X, y, Vs[i], out=np.empty_like(Vs[i])) for _ in range(5)]
+        net.hvp(theta, X, y, Vs[0], out=shared)
+        return got
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8)))
+    for i, got in enumerate(results):
+        for g in got:
+            np.testing.assert_array_equal(g, want[i])
+    np.testing.assert_array_equal(shared, want[0])
+
+
+def test_blas_follows_the_call_thread_count(ce, monkeypatch):
+    """With set_num_threads(1) the products run on one BLAS thread (threadpoolctl), and BLAS
+    gets its own count back after the call, also after an error in the middle."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import fastopt
+    from fastopt import _dispatch
+    from fastopt.curvature import mlp
+
+    # numpy's BLAS, loaded with numpy, is among the libraries the cached controller knows
+    # (scipy's, which Numba may load later, is not used by np.matmul)
+    known = {lib.filepath for lib in mlp._blas_controller().lib_controllers}
+    assert any("numpy" in path or "scipy_openblas64" in path for path in known)
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["filepath"] in known]
+
+    before = blas_threads()
+    if not before or max(before) < 2:
+        pytest.skip("BLAS runs one thread here")
+    net, theta, X, y, v = ce
+    mod = _dispatch.load("curvature", "numpy")
+    seen = []
+    real = mod.hidden_backward
+
+    def spy(*args):
+        seen.append(blas_threads())
+        return real(*args)
+
+    monkeypatch.setattr(mod, "hidden_backward", spy)
+    old = fastopt.get_num_threads()
+    try:
+        fastopt.set_num_threads(1)
+        net.hvp(theta, X, y, v, backend="numpy")
+    finally:
+        fastopt.set_num_threads(old)
+    assert seen and all(max(s) == 1 for s in seen)
+    assert blas_threads() == before
+
+    def failing(*args):
+        raise RuntimeError("in the middle")
+
+    monkeypatch.setattr(mod, "hidden_backward", failing)
+    try:
+        fastopt.set_num_threads(1)
+        with pytest.raises(RuntimeError, match="in the middle"):
+            net.hvp(theta, X, y, v, backend="numpy")
+    finally:
+        fastopt.set_num_threads(old)
+    assert blas_threads() == before
+
+
+def test_pack_needs_pairs():
+    net = MLP([3, 2], loss="mse")
+    with pytest.raises(TypeError, match="layers: must be a sequence of"):
+        net.pack(5)
+    with pytest.raises(TypeError, match=r"layers\[0\]: must be a \(W, b\) pair"):
+        net.pack([np.zeros((3, 2))])

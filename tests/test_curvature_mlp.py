@@ -466,3 +466,28 @@ def test_hidden_backward_sums_equal_colsum(backend, dtype, n_threads, first):
     if backend != "numpy":  # the compiled kernels write through raw pointers: sizes checked
         with pytest.raises(ValueError, match="S must have"):
             mod.hidden_backward(DA, DV, D1, D2, RZ, 0, D, np.empty(5), first, n_threads)
+
+
+# ------------------------------------------------------------------------------ interface
+def test_backends_expose_one_kernel_interface():
+    """Every backend module has each kernel of mlp.KERNELS with the same parameters, no other
+    public kernel, and mlp.py never branches on the backend's name."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    from fastopt.curvature import mlp
+
+    names = [b for b in ("cython", "numba", "numpy") if _dispatch.available("curvature", b)]
+    assert "numpy" in names and len(names) >= 2
+    mods = {b: _dispatch.load("curvature", b) for b in names}
+    for kernel in mlp.KERNELS:
+        sigs = {b: list(inspect.signature(getattr(m, kernel)).parameters) for b, m in mods.items()}
+        assert len({tuple(s) for s in sigs.values()}) == 1, (kernel, sigs)
+    for b, m in mods.items():
+        public = {n for n, f in vars(m).items()
+                  if callable(f) and not n.startswith("_") and getattr(f, "__module__", None)
+                  == m.__name__}
+        assert public <= set(mlp.KERNELS) | {"simd_level", "activation", "logistic"}, (b, public)
+    src = Path(mlp.__file__).read_text()
+    assert not re.search(r"(backend|\bname) (==|!=|in) ", src)

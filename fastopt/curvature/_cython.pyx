@@ -22,176 +22,69 @@ the next product runs as one large GEMM. Every kernel releases the GIL and runs 
 """
 
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, fabs, fabsf, log, log1p, log1pf, tanh, tanhf
+from libc.math cimport exp, log
 
-cdef extern from *:
-    """
-    /* dst[c * ldd + r] = a[r * lda + c] (+ b[r * ldb + c]) for r < R, c < C: a transpose
-       (and add), in 32 x 32 tiles so that the strided side touches 32 cache lines at a time
-       (numpy's copyto read a 128 x 1024 transpose down columns 4 KiB apart: L1 set
-       conflicts, ~2.8 ns per value). */
-    #define FO_TILE 32
-    #define FO_TRANSPOSE(NAME, T)                                                           \
-    static void NAME(T *restrict dst, Py_ssize_t ldd, const T *restrict a, Py_ssize_t lda,  \
-                     const T *restrict b, Py_ssize_t ldb, Py_ssize_t R, Py_ssize_t C) {     \
-        for (Py_ssize_t r0 = 0; r0 < R; r0 += FO_TILE) {                                    \
-            Py_ssize_t r1 = r0 + FO_TILE < R ? r0 + FO_TILE : R;                            \
-            for (Py_ssize_t c0 = 0; c0 < C; c0 += FO_TILE) {                                \
-                Py_ssize_t c1 = c0 + FO_TILE < C ? c0 + FO_TILE : C;                        \
-                if (b) {                                                                    \
-                    for (Py_ssize_t r = r0; r < r1; ++r)                                    \
-                        for (Py_ssize_t c = c0; c < c1; ++c)                                \
-                            dst[c * ldd + r] = a[r * lda + c] + b[r * ldb + c];             \
-                } else {                                                                    \
-                    for (Py_ssize_t r = r0; r < r1; ++r)                                    \
-                        for (Py_ssize_t c = c0; c < c1; ++c)                                \
-                            dst[c * ldd + r] = a[r * lda + c];                              \
-                }                                                                           \
-            }                                                                               \
-        }                                                                                   \
-    }
-    FO_TRANSPOSE(fo_transpose_f, float)
-    FO_TRANSPOSE(fo_transpose_d, double)
-    """
+from fastopt.curvature._formulas cimport (
+    ACT_GELU, ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_SOFTPLUS, ACT_TANH, LOSS_CROSS_ENTROPY,
+    LOSS_LOGISTIC, LOSS_MSE, act, logistic, real,
+)
+
+cdef extern from "_transpose.h":
     void fo_transpose_f(float* dst, Py_ssize_t ldd, const float* a, Py_ssize_t lda,
                         const float* b, Py_ssize_t ldb, Py_ssize_t R, Py_ssize_t C) noexcept nogil
     void fo_transpose_d(double* dst, Py_ssize_t ldd, const double* a, Py_ssize_t lda,
                         const double* b, Py_ssize_t ldb, Py_ssize_t R,
                         Py_ssize_t C) noexcept nogil
 
+cdef extern from "_rows.h":
+    void fo_tanh_row_f(const float* z, const float* b, float* a, float* d1, float* d2,
+                       Py_ssize_t n, int need) noexcept nogil
+    void fo_tanh_row_d(const double* z, const double* b, double* a, double* d1, double* d2,
+                       Py_ssize_t n, int need) noexcept nogil
+    void fo_rforward_row_f(const float* av, const float* c, const float* zr, const float* d1,
+                           float* rz, float* ra, Py_ssize_t n) noexcept nogil
+    void fo_rforward_row_d(const double* av, const double* c, const double* zr,
+                           const double* d1, double* rz, double* ra, Py_ssize_t n) noexcept nogil
+    void fo_backward_row_f(const float* da0, const float* dar, const float* dv, const float* d1,
+                           const float* d2, const float* rz, float* out, Py_ssize_t n,
+                           int gn) noexcept nogil
+    void fo_backward_row_d(const double* da0, const double* dar, const double* dv,
+                           const double* d1, const double* d2, const double* rz, double* out,
+                           Py_ssize_t n, int gn) noexcept nogil
+    void fo_add_row_f(double* acc, const float* row, Py_ssize_t n) noexcept nogil
+    void fo_add_row_d(double* acc, const double* row, Py_ssize_t n) noexcept nogil
 
-ctypedef fused real:
-    float
-    double
-
-cdef double SQRT_2_OVER_PI = 0.7978845608028654
-cdef double GELU_A = 0.044715
-
-# activation codes (mlp.ACTIVATIONS order)
-cdef enum:
-    IDENTITY = 0
-    TANH = 1
-    SIGMOID = 2
-    RELU = 3
-    SOFTPLUS = 4
-    GELU = 5
-
-
-cdef inline float _tanh_fast(float x) noexcept nogil:
-    """tanh in float32 without a libm call, so that loops over it vectorize: a 13/6 rational
-    approximation on [-7.905, 7.905] (outside, tanh rounds to +-1 in float32); max relative
-    error 3.5e-7 (about 3 ulp), checked against float64 tanh on a fine grid."""
-    cdef float x2, p, q, c = <float>7.90531110763549805
-    x = c if x > c else x
-    x = -c if x < -c else x
-    x2 = x * x
-    p = x2 * <float>-2.76076847742355e-16 + <float>2.00018790482477e-13
-    p = p * x2 + <float>-8.60467152213735e-11
-    p = p * x2 + <float>5.12229709037114e-08
-    p = p * x2 + <float>1.48572235717979e-05
-    p = p * x2 + <float>6.37261928875436e-04
-    p = p * x2 + <float>4.89352455891786e-03
-    p = p * x
-    q = x2 * <float>1.19825839466702e-06 + <float>1.18534705686654e-04
-    q = q * x2 + <float>2.26843463243900e-03
-    q = q * x2 + <float>4.89352518554385e-03
-    return p / q
+cdef extern from "_simd.h":
+    int fo_simd_level() noexcept nogil
 
 
-cdef inline real _tanh(real z) noexcept nogil:
-    if real is float:
-        return _tanh_fast(z)
-    else:
-        return tanh(z)
+def simd_level() -> str:
+    """The clone of the FO_CLONES loops this CPU runs, named as batch norm's: ``"avx512"``
+    (``fo_simd_level()`` 4, x86-64-v4), ``"avx2"`` (3, x86-64-v3) or ``"baseline"`` (0, also a
+    build without run-time dispatch)."""
+    return {4: "avx512", 3: "avx2"}.get(fo_simd_level(), "baseline")
 
 
-cdef inline real _sigmoid(real z) noexcept nogil:
-    cdef real e
-    if real is float:
-        if z >= 0:
-            return 1.0 / (1.0 + expf(-z))
-        e = expf(z)
-        return e / (1.0 + e)
-    else:
-        if z >= 0:
-            return 1.0 / (1.0 + exp(-z))
-        e = exp(z)
-        return e / (1.0 + e)
-
-
-cdef inline real _softplus(real z) noexcept nogil:
-    cdef real m = z if z > 0 else 0
-    if real is float:
-        return m + log1pf(expf(-fabsf(z)))
-    else:
-        return m + log1p(exp(-fabs(z)))
-
-
-cdef inline void _act(int code, real z, real* s, real* d1, real* d2) noexcept nogil:
-    """Activation value and its first and second derivatives at z."""
-    cdef real t, u1, sg, z2
-    if code == TANH:
-        t = _tanh(z)
-        s[0] = t
-        d1[0] = 1 - t * t
-        d2[0] = -2 * t * d1[0]
-    elif code == SIGMOID:
-        sg = _sigmoid(z)
-        s[0] = sg
-        d1[0] = sg * (1 - sg)
-        d2[0] = d1[0] * (1 - 2 * sg)
-    elif code == RELU:
-        if z > 0:
-            s[0] = z
-            d1[0] = 1
-        else:
-            s[0] = 0
-            d1[0] = 0
-        d2[0] = 0
-    elif code == SOFTPLUS:
-        sg = _sigmoid(z)
-        s[0] = _softplus(z)
-        d1[0] = sg
-        d2[0] = sg * (1 - sg)
-    elif code == GELU:
-        z2 = z * z
-        t = _tanh(<real>SQRT_2_OVER_PI * (z + <real>GELU_A * z2 * z))
-        u1 = <real>SQRT_2_OVER_PI * (1 + 3 * <real>GELU_A * z2)
-        s[0] = <real>0.5 * z * (1 + t)
-        d1[0] = <real>0.5 * (1 + t) + <real>0.5 * z * (1 - t * t) * u1
-        d2[0] = (1 - t * t) * (u1 - z * t * u1 * u1
-                               + <real>0.5 * z * <real>(6 * SQRT_2_OVER_PI * GELU_A) * z)
-    else:  # identity
-        s[0] = z
-        d1[0] = 1
-        d2[0] = 0
+# activation/loss codes as fastopt._codes (tests/test_formulas.py checks them)
+ACTIVATION_CODES = {"IDENTITY": ACT_IDENTITY, "TANH": ACT_TANH, "SIGMOID": ACT_SIGMOID,
+                    "RELU": ACT_RELU, "SOFTPLUS": ACT_SOFTPLUS, "GELU": ACT_GELU}
+LOSS_CODES = {"CROSS_ENTROPY": LOSS_CROSS_ENTROPY, "MSE": LOSS_MSE, "LOGISTIC": LOSS_LOGISTIC}
 
 
 cdef inline void _tanh_row(const real* z, const real* b, real* a, real* d1, real* d2,
                            Py_ssize_t n, int need) noexcept nogil:
-    cdef Py_ssize_t o
-    cdef real t
-    # few pointers per loop: gcc gives up vectorizing when too many runtime alias checks
-    # would be needed (a loop writing a, d1 and d2 ran 9x slower)
-    if need >= 1:
-        for o in range(n):
-            t = _tanh(z[o] + b[o])
-            a[o] = t
-            d1[o] = 1 - t * t
-        if need == 2:
-            for o in range(n):
-                d2[o] = -2 * a[o] * d1[o]
+    if real is float:
+        fo_tanh_row_f(z, b, a, d1, d2, n, need)
     else:
-        for o in range(n):
-            a[o] = _tanh(z[o] + b[o])
+        fo_tanh_row_d(z, b, a, d1, d2, n, need)
 
 
-cdef inline void _act_row(int act, const real* z, const real* b, real* a, real* d1, real* d2,
+cdef inline void _act_row(int code, const real* z, const real* b, real* a, real* d1, real* d2,
                           Py_ssize_t n, int need) noexcept nogil:
     cdef Py_ssize_t o
     cdef real s, g1, g2
     for o in range(n):
-        _act(act, z[o] + b[o], &s, &g1, &g2)
+        act(code, z[o] + b[o], &s, &g1, &g2)
         a[o] = s
         if need >= 1:
             d1[o] = g1
@@ -201,21 +94,14 @@ cdef inline void _act_row(int act, const real* z, const real* b, real* a, real* 
 
 cdef inline void _rforward_row(const real* av, const real* c, const real* zr, const real* d1,
                                real* rz, real* ra, Py_ssize_t n, bint has_zr) noexcept nogil:
-    cdef Py_ssize_t o
-    cdef real r
-    if has_zr:
-        for o in range(n):
-            r = av[o] + c[o] + zr[o]
-            rz[o] = r
-            ra[o] = d1[o] * r
+    if real is float:
+        fo_rforward_row_f(av, c, zr if has_zr else NULL, d1, rz, ra, n)
     else:
-        for o in range(n):
-            r = av[o] + c[o]
-            rz[o] = r
-            ra[o] = d1[o] * r
+        fo_rforward_row_d(av, c, zr if has_zr else NULL, d1, rz, ra, n)
 
 
-def hidden_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, ::1] C,
+def hidden_forward(const real[:, :, ::1] Z, const real[::1] b, const real[:, :, ::1] AV,
+                   const real[:, ::1] C,
                    int act, int need, real[:, :, ::1] A, real[:, ::1] D1, real[:, ::1] D2,
                    real[:, :, ::1] RZ, int n_threads):
     """Fused bias + activation (+ derivatives, + R-forward) of one hidden layer.
@@ -236,7 +122,7 @@ def hidden_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, :
         for i in prange(N, num_threads=n_threads, schedule="static"):
             d1p = &D1[i, 0] if need >= 1 else NULL
             d2p = &D2[i, 0] if need == 2 else NULL
-            if act == TANH:
+            if act == ACT_TANH:
                 _tanh_row(&Z[i, 0, 0], &b[0], &A[i, 0, 0], d1p, d2p, n, need)
             else:
                 _act_row(act, &Z[i, 0, 0], &b[0], &A[i, 0, 0], d1p, d2p, n, need)
@@ -245,8 +131,9 @@ def hidden_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, :
                               d1p, &RZ[i, j, 0], &A[i, 1 + j, 0], n, kz > 1)
 
 
-def output_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, ::1] C,
-                   int loss, int need, long long[::1] labels, real[:, ::1] Y,
+def output_forward(const real[:, :, ::1] Z, const real[::1] b, const real[:, :, ::1] AV,
+                   const real[:, ::1] C, int loss, int need, const long long[::1] labels,
+                   const real[:, ::1] Y,
                    real[:, :, ::1] D, double[::1] losses, int n_threads):
     """Output layer: bias, per-sample loss, gradient and loss-Hessian on the R-streams.
 
@@ -256,11 +143,11 @@ def output_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, :
     cdef Py_ssize_t N = Z.shape[0], kz = Z.shape[1], n = Z.shape[2]
     cdef Py_ssize_t k = AV.shape[1] if need == 2 else 0
     cdef Py_ssize_t i, o, j
-    cdef double m, ssum, lse, pr, f, rf, sg, inv_n = 1.0 / N
+    cdef double m, ssum, lse, pr, f, rf, dl, d2l, inv_n = 1.0 / N
     cdef real p
     with nogil:
         for i in prange(N, num_threads=n_threads, schedule="static"):
-            if loss == 0:
+            if loss == LOSS_CROSS_ENTROPY:
                 m = Z[i, 0, 0] + b[0]
                 for o in range(1, n):
                     f = Z[i, 0, o] + b[o]
@@ -295,7 +182,7 @@ def output_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, :
                             D[i, 0, o] = <real>((p - 1.0) * inv_n)
                         else:
                             D[i, 0, o] = <real>(p * inv_n)
-            elif loss == 1:
+            elif loss == LOSS_MSE:
                 ssum = 0
                 for o in range(n):
                     f = Z[i, 0, o] + b[o] - Y[i, o]
@@ -310,31 +197,36 @@ def output_forward(real[:, :, ::1] Z, real[::1] b, real[:, :, ::1] AV, real[:, :
                 losses[i] = 0.5 * ssum
             else:
                 f = Z[i, 0, 0] + b[0]
-                losses[i] = _softplus(f) - Y[i, 0] * f  # float64, as the other losses
-                sg = _sigmoid(f)
+                dl = 0  # assigned here, so private to each thread
+                d2l = 0
+                logistic(f, Y[i, 0], &losses[i], &dl, &d2l)  # float64, as the other losses
                 if need >= 1:
-                    D[i, 0, 0] = <real>((sg - Y[i, 0]) * inv_n)
+                    D[i, 0, 0] = <real>(dl * inv_n)
                 for j in range(k):
                     rf = AV[i, j, 0] + C[j, 0]
                     if kz > 1:
                         rf = rf + Z[i, 1 + j, 0]
-                    D[i, 1 + j, 0] = <real>(sg * (1 - sg) * rf * inv_n)
+                    D[i, 1 + j, 0] = <real>(d2l * rf * inv_n)
 
 
 cdef inline void _backward_row(const real* da0, const real* dar, const real* dv,
                                const real* d1, const real* d2, const real* rz, real* out,
                                Py_ssize_t n, bint gn) noexcept nogil:
-    cdef Py_ssize_t o
-    if gn:
-        for o in range(n):
-            out[o] = dar[o] * d1[o]
+    if real is float:
+        fo_backward_row_f(da0, dar, dv, d1, d2, rz, out, n, gn)
     else:
-        for o in range(n):
-            out[o] = (dar[o] + dv[o]) * d1[o] + da0[o] * d2[o] * rz[o]
+        fo_backward_row_d(da0, dar, dv, d1, d2, rz, out, n, gn)
 
 
-def hidden_backward(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, ::1] D1, real[:, ::1] D2,
-                    real[:, :, ::1] RZ, int gn, real[:, :, ::1] D, double[::1] S, int first,
+cdef inline void _add_row(double* acc, const real* row, Py_ssize_t n) noexcept nogil:
+    if real is float:
+        fo_add_row_f(acc, row, n)
+    else:
+        fo_add_row_d(acc, row, n)
+
+
+def hidden_backward(const real[:, :, ::1] DA, const real[:, :, ::1] DV, const real[:, ::1] D1,
+                    const real[:, ::1] D2, const real[:, :, ::1] RZ, int gn, real[:, :, ::1] D, double[::1] S, int first,
                     int n_threads):
     """delta and R(delta) of one hidden layer from DA = D_next @ W^T (N, 1 + k, n).
 
@@ -349,7 +241,6 @@ def hidden_backward(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, ::1] D1, rea
     cdef Py_ssize_t M = (kk - first) * n
     cdef bint sums = S.shape[0] != 0
     cdef Py_ssize_t i, o
-    cdef const real* row
     cdef double* acc
     if sums and (first < 0 or first > kk):
         raise ValueError(f"hidden_backward: first must lie in [0, {kk}], got {first}")
@@ -362,9 +253,7 @@ def hidden_backward(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, ::1] D1, rea
                 acc[o] = 0
             for i in range(N):
                 _backward_one(DA, DV, D1, D2, RZ, gn, D, i)
-                row = &D[i, first, 0]
-                for o in range(M):
-                    acc[o] = acc[o] + row[o]
+                _add_row(acc, &D[i, first, 0], M)
         else:
             for i in prange(N, num_threads=n_threads, schedule="static"):
                 _backward_one(DA, DV, D1, D2, RZ, gn, D, i)
@@ -372,23 +261,28 @@ def hidden_backward(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, ::1] D1, rea
                 _colsum(&D[0, first, 0], kk * n, N, M, &S[0], n_threads)
 
 
-cdef inline void _backward_one(real[:, :, ::1] DA, real[:, :, ::1] DV, real[:, ::1] D1,
-                               real[:, ::1] D2, real[:, :, ::1] RZ, int gn,
+cdef inline void _backward_one(const real[:, :, ::1] DA, const real[:, :, ::1] DV,
+                               const real[:, ::1] D1, const real[:, ::1] D2,
+                               const real[:, :, ::1] RZ, int gn,
                                real[:, :, ::1] D, Py_ssize_t i) noexcept nogil:
     """Row i of ``hidden_backward``."""
-    cdef Py_ssize_t kk = DA.shape[1], n = DA.shape[2], o, j
+    cdef Py_ssize_t kk = DA.shape[1], n = DA.shape[2], j
     cdef const real* da0 = &DA[i, 0, 0]
     cdef const real* d1 = &D1[i, 0]
-    cdef real* out = &D[i, 0, 0]
-    for o in range(n):
-        out[o] = da0[o] * d1[o]
+    cdef const real* d2 = NULL  # Gauss-Newton: no second-order terms
+    cdef const real* dv = NULL
+    cdef const real* rz = NULL
+    _backward_row(da0, da0, NULL, d1, NULL, NULL, &D[i, 0, 0], n, 1)  # delta = da * act'
+    if not gn and kk > 1:
+        d2 = &D2[i, 0]
     for j in range(kk - 1):
-        _backward_row(da0, &DA[i, 1 + j, 0], NULL if gn else &DV[i, j, 0], d1,
-                      NULL if gn else &D2[i, 0], NULL if gn else &RZ[i, j, 0],
-                      &D[i, 1 + j, 0], n, gn)
+        if not gn:
+            dv = &DV[i, j, 0]
+            rz = &RZ[i, j, 0]
+        _backward_row(da0, &DA[i, 1 + j, 0], dv, d1, d2, rz, &D[i, 1 + j, 0], n, gn)
 
 
-def colsum(real[:, :] D, double[::1] out, int n_threads):
+def colsum(const real[:, :] D, double[::1] out, int n_threads):
     """out[m] = sum_i D[i, m], accumulated in float64 in row order (deterministic).
 
     D may have any row stride (a slice of the interleaved streams) but contiguous rows.
@@ -407,26 +301,22 @@ cdef void _colsum(const real* D, Py_ssize_t ld, Py_ssize_t N, Py_ssize_t M, doub
                   int n_threads) noexcept nogil:
     """Column sums of the N x M matrix at D (row stride ld) in blocks of 256 columns."""
     cdef Py_ssize_t blk, nb, i, m, m0, w, B = 256
-    cdef const real* row
-    cdef double* acc
     nb = (M + B - 1) // B
     for m in range(M):
         out[m] = 0
     for blk in prange(nb, num_threads=n_threads, schedule="static"):
         m0 = blk * B
         w = M - m0 if M - m0 < B else B
-        acc = &out[m0]
         for i in range(N):
-            row = &D[i * ld + m0]
-            for m in range(w):
-                acc[m] = acc[m] + row[m]
+            _add_row(&out[m0], &D[i * ld + m0], w)
 
 
-def batched_transpose(real[:, :, :] a, real[:, :, :] b, real[:, :, :] dst, int n_threads):
+def batched_transpose(const real[:, :, :] a, const real[:, :, :] b, real[:, :, :] dst,
+                      int n_threads):
     """dst[i] = a[i].T (+ b[i].T when b is not empty): the layout changes of k directions.
 
     a, b : (B, R, C), dst : (B, C, R), each with contiguous rows and any other strides (mlp.py
-    passes permuted views of V and of the products). Tiled (see ``fo_transpose``); serial,
+    passes permuted views of V and of the products). Tiled (``_transpose.h``); serial,
     ``n_threads`` is accepted for a uniform kernel signature.
     """
     cdef Py_ssize_t B = a.shape[0], R = a.shape[1], C = a.shape[2], i
@@ -452,3 +342,29 @@ def batched_transpose(real[:, :, :] a, real[:, :, :] b, real[:, :, :] dst, int n
             else:
                 fo_transpose_d(&dst[i, 0, 0], ldd, &a[i, 0, 0], lda,
                                &b[i, 0, 0] if has_b else NULL, ldb, R, C)
+
+
+def _formula_activation(int code, z, s, d1, d2):
+    """Test-only: activation ``code`` with its derivatives on the 1-D array ``z`` into ``s``,
+    ``d1``, ``d2``, through the row loops of ``hidden_forward``."""
+    import numpy as np
+
+    n, dt = z.shape[0], z.dtype
+    hidden_forward(z.reshape(1, 1, n), np.zeros(n, dt), np.empty((1, 0, n), dt),
+                   np.empty((0, n), dt), code, 2, s.reshape(1, 1, n), d1.reshape(1, n),
+                   d2.reshape(1, n), np.empty((1, 0, n), dt), 1)
+
+
+def _formula_logistic(f, y, loss, grad, curv):
+    """Test-only: the logistic loss pieces at the float64 logits ``f`` and labels ``y``, one
+    ``output_forward`` call per entry (N = 1, so nothing is rescaled)."""
+    import numpy as np
+
+    D = np.empty((1, 2, 1))
+    one = np.ones((1, 1, 1))
+    for i in range(f.shape[0]):
+        output_forward(f[i : i + 1].reshape(1, 1, 1), np.zeros(1), one, np.zeros((1, 1)),
+                       LOSS_LOGISTIC, 2, np.empty(0, np.int64), y[i : i + 1].reshape(1, 1), D,
+                       loss[i : i + 1], 1)
+        grad[i] = D[0, 0, 0]
+        curv[i] = D[0, 1, 0]

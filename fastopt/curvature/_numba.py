@@ -14,69 +14,21 @@ import numpy as np
 from numba import njit, prange
 
 from .._threads import apply_numba_threads, get_num_threads
+from . import _scalar
 
-_SQRT_2_OVER_PI = 0.7978845608028654
-_GELU_A = 0.044715
+# The scalar formulas (``_scalar.py``), compiled for the CPU and inlined into the loops: the
+# names below are what the kernels (and other curvature models' Numba kernels) call.
+_formulas = _scalar.compiled(njit(cache=True, inline="always", error_model="numpy", nogil=True))
+_sigmoid = _formulas.sigmoid
+_softplus = _formulas.softplus
+_tanh_fast = _formulas.tanh_fast  # float32 tanh that vectorizes
+_act = _formulas.act  # (code, z) -> (value, d1, d2)
+_logistic = _formulas.logistic  # (f, y) -> (loss, dloss, d2loss)
 
-
-@njit(cache=True, inline="always", error_model="numpy", nogil=True)
-def _sigmoid(z):
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
-
-
-_F32 = np.float32
+_TANH = _scalar.TANH
+_CROSS_ENTROPY = _scalar.CROSS_ENTROPY
+_MSE = _scalar.MSE
 _COLSUM_BLOCK = 256  # columns per block of the float64 column sums
-
-
-@njit(cache=True, inline="always", error_model="numpy", nogil=True)
-def _tanh_fast(x):
-    """float32 tanh without a libm call (vectorizes); see ``_cython._tanh_fast``."""
-    c = _F32(7.90531110763549805)
-    x = min(max(x, -c), c)
-    x2 = x * x
-    p = x2 * _F32(-2.76076847742355e-16) + _F32(2.00018790482477e-13)
-    p = p * x2 + _F32(-8.60467152213735e-11)
-    p = p * x2 + _F32(5.12229709037114e-08)
-    p = p * x2 + _F32(1.48572235717979e-05)
-    p = p * x2 + _F32(6.37261928875436e-04)
-    p = p * x2 + _F32(4.89352455891786e-03)
-    p = p * x
-    q = x2 * _F32(1.19825839466702e-06) + _F32(1.18534705686654e-04)
-    q = q * x2 + _F32(2.26843463243900e-03)
-    q = q * x2 + _F32(4.89352518554385e-03)
-    return p / q
-
-
-@njit(cache=True, inline="always", error_model="numpy", nogil=True)
-def _act(code, z):
-    """(value, first derivative, second derivative) of activation ``code`` at z."""
-    if code == 1:  # tanh
-        t = math.tanh(z)
-        d1 = 1.0 - t * t
-        return t, d1, -2.0 * t * d1
-    if code == 2:  # sigmoid
-        s = _sigmoid(z)
-        d1 = s * (1.0 - s)
-        return s, d1, d1 * (1.0 - 2.0 * s)
-    if code == 3:  # relu
-        if z > 0:
-            return z, 1.0, 0.0
-        return 0.0 * z, 0.0, 0.0
-    if code == 4:  # softplus
-        s = _sigmoid(z)
-        return max(z, 0.0) + math.log1p(math.exp(-abs(z))), s, s * (1.0 - s)
-    if code == 5:  # gelu, tanh form
-        z2 = z * z
-        t = math.tanh(_SQRT_2_OVER_PI * (z + _GELU_A * z2 * z))
-        u1 = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_A * z2)
-        s = 0.5 * z * (1.0 + t)
-        d1 = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * u1
-        d2 = (1.0 - t * t) * (u1 - z * t * u1 * u1 + 0.5 * z * 6.0 * _SQRT_2_OVER_PI * _GELU_A * z)
-        return s, d1, d2
-    return z, 1.0, 0.0
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -86,7 +38,7 @@ def _hidden_forward_rows(Z, b, AV, C, act, need, A, D1, D2, RZ, fast, i0, i1):
     one = Z.dtype.type(1)  # keeps float32 arithmetic in float32 (an int literal promotes)
     two = Z.dtype.type(2)
     for i in range(i0, i1):
-        if act == 1:  # tanh: branch-free loops over the feature axis (they vectorize)
+        if act == _TANH:  # branch-free loops over the feature axis (they vectorize)
             if fast:
                 for o in range(n):
                     A[i, 0, o] = _tanh_fast(Z[i, 0, o] + b[o])
@@ -126,7 +78,7 @@ def _output_forward_rows(Z, b, AV, C, loss, need, labels, Y, D, losses, i0, i1):
     k = AV.shape[1] if need == 2 else 0
     inv_n = 1.0 / N
     for i in range(i0, i1):
-        if loss == 0:
+        if loss == _CROSS_ENTROPY:
             m = np.float64(Z[i, 0, 0] + b[0])
             for o in range(1, n):
                 f = np.float64(Z[i, 0, o] + b[o])
@@ -162,7 +114,7 @@ def _output_forward_rows(Z, b, AV, C, loss, need, labels, Y, D, losses, i0, i1):
                         D[i, 0, o] = (p - 1.0) * inv_n
                     else:
                         D[i, 0, o] = p * inv_n
-        elif loss == 1:
+        elif loss == _MSE:
             ssum = 0.0
             for o in range(n):
                 f = np.float64(Z[i, 0, o] + b[o]) - Y[i, o]
@@ -177,19 +129,15 @@ def _output_forward_rows(Z, b, AV, C, loss, need, labels, Y, D, losses, i0, i1):
             losses[i] = 0.5 * ssum
         else:
             f = np.float64(Z[i, 0, 0] + b[0])
-            yv = np.float64(Y[i, 0])
-            if f > 0:
-                losses[i] = f + math.log1p(math.exp(-f)) - yv * f
-            else:
-                losses[i] = math.log1p(math.exp(f)) - yv * f
-            sg = _sigmoid(f)
+            lv, dl, d2l = _logistic(f, np.float64(Y[i, 0]))
+            losses[i] = lv
             if need >= 1:
-                D[i, 0, 0] = (sg - yv) * inv_n
+                D[i, 0, 0] = dl * inv_n
             for j in range(k):
                 rf = AV[i, j, 0] + C[j, 0]
                 if kz > 1:
                     rf = rf + Z[i, 1 + j, 0]
-                D[i, 1 + j, 0] = sg * (1.0 - sg) * rf * inv_n
+                D[i, 1 + j, 0] = d2l * rf * inv_n
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -362,3 +310,25 @@ def colsum(D, out, n_threads):
 def batched_transpose(a, b, dst, n_threads):
     """See ``fastopt.curvature._cython.batched_transpose`` (tiled, serial)."""
     _batched_transpose(a, b, dst, b.shape[0] != 0)
+
+
+def _formula_activation(code, z, s, d1, d2):
+    """Test-only: activation ``code`` with its derivatives on the 1-D array ``z`` into ``s``,
+    ``d1``, ``d2``, through the row loops of ``hidden_forward``."""
+    n, dt = z.shape[0], z.dtype
+    hidden_forward(z.reshape(1, 1, n), np.zeros(n, dt), np.empty((1, 0, n), dt),
+                   np.empty((0, n), dt), code, 2, s.reshape(1, 1, n), d1.reshape(1, n),
+                   d2.reshape(1, n), np.empty((1, 0, n), dt), 1)
+
+
+def _formula_logistic(f, y, loss, grad, curv):
+    """Test-only: the logistic loss pieces at the float64 logits ``f`` and labels ``y``, one
+    ``output_forward`` call per entry (N = 1, so nothing is rescaled)."""
+    D = np.empty((1, 2, 1))
+    one = np.ones((1, 1, 1))
+    for i in range(f.shape[0]):
+        output_forward(f[i : i + 1].reshape(1, 1, 1), np.zeros(1), one, np.zeros((1, 1)),
+                       _scalar.LOGISTIC, 2, np.empty(0, np.int64), y[i : i + 1].reshape(1, 1),
+                       D, loss[i : i + 1], 1)
+        grad[i] = D[0, 0, 0]
+        curv[i] = D[0, 1, 0]

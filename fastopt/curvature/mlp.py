@@ -14,28 +14,40 @@ the HVP runs six GEMMs whatever k is.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from .. import _dispatch
-from .._threads import get_num_threads
+from .._codes import Activation, Loss
+from .._threads import get_num_threads, threads_for_call
 from .._validate import (
     as_float_array,
     as_generator,
+    as_model_array,
     check_all_finite,
     check_choice,
     check_float_dtype,
     check_int,
     check_out,
+    reject_unsupported_subclass,
 )
 
 __all__ = ["MLP", "ACTIVATIONS", "LOSSES"]
 
-ACTIVATIONS = ("identity", "tanh", "sigmoid", "relu", "softplus", "gelu")
-LOSSES = ("cross_entropy", "mse", "logistic")
+# names in code order, from the one table of codes (fastopt._codes)
+ACTIVATIONS = Activation.names()
+LOSSES = Loss.names()
 INIT_SCHEMES = ("xavier", "he", "orthogonal")
+
+# The kernel interface every curvature backend module (``_cython``, ``_numba``, the numpy
+# reference) implements with the same signature, writing into caller-provided outputs; _run
+# calls only these (tests/test_curvature_mlp.py checks the signatures match).
+KERNELS = ("hidden_forward", "output_forward", "hidden_backward", "colsum", "batched_transpose",
+           "_formula_activation", "_formula_logistic")
 
 
 # Element-wise passes with fewer values than this run on one thread. BLAS already uses every
@@ -46,6 +58,51 @@ INIT_SCHEMES = ("xavier", "he", "orthogonal")
 # threaded passes cost about 1 ns per value, a few percent of the products' time; only passes
 # big enough to amortize a contended hand-over (2^24 values, ~16 ms) are threaded.
 PARALLEL_MIN_VALUES = 1 << 24
+
+# Results reach a caller's out= in one copy under this lock, so a call fills out= whole or not
+# at all: an interrupt (KeyboardInterrupt) or a concurrent call cannot leave it half-written.
+_OUT_LOCK = threading.Lock()
+
+
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's controller of the loaded BLAS libraries, or None without threadpoolctl."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController().select(user_api="blas")
+
+
+_blas_lock = threading.Lock()
+_blas_state: dict = {"calls": 0, "limiter": None}
+
+
+@contextlib.contextmanager
+def _blas_threads(n: int) -> Iterator[None]:
+    """Run the block with BLAS on at most ``n`` threads (then restore its count).
+
+    The products of a call follow fastopt's thread count for the call (``threads_for_call``):
+    under load it drops to the CPUs other processes leave free, where an OpenBLAS team waiting
+    at its barriers for descheduled threads makes each product many times slower. BLAS's count
+    is process-wide: the first of concurrent calls sets it, the last one out restores it.
+    """
+    ctl = _blas_controller()
+    if ctl is None:
+        yield
+        return
+    with _blas_lock:
+        if _blas_state["calls"] == 0 and any(lib.num_threads > n for lib in ctl.lib_controllers):
+            _blas_state["limiter"] = ctl.limit(limits=n)
+        _blas_state["calls"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_state["calls"] -= 1
+            if _blas_state["calls"] == 0 and _blas_state["limiter"] is not None:
+                _blas_state["limiter"].restore_original_limits()
+                _blas_state["limiter"] = None
 
 
 class MLP:
@@ -129,8 +186,8 @@ class MLP:
                 f"loss: 'cross_entropy' needs at least 2 outputs (classes), got sizes[-1]={n_out};"
                 " use loss='logistic' for a binary problem with one logit"
             )
-        self._act_code = ACTIVATIONS.index(self.activation)
-        self._loss_code = LOSSES.index(self.loss_name)
+        self._act_code = int(Activation[self.activation.upper()])
+        self._loss_code = int(Loss[self.loss_name.upper()])
         self._offsets = []
         off = 0
         for n_in, n_o in zip(self.sizes[:-1], self.sizes[1:], strict=True):
@@ -195,6 +252,9 @@ class MLP:
         >>> bool(np.array_equal(net.pack(net.unpack(theta)), theta))
         True
         """
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+            raise TypeError(f"layers: must be a sequence of (W, b) pairs, got "
+                            f"{type(layers).__name__}")
         if len(layers) != self.num_layers:
             raise ValueError(f"layers: expected {self.num_layers} (W, b) pairs, got {len(layers)}")
         theta = np.empty(self.num_params, dtype=self.dtype)
@@ -202,6 +262,8 @@ class MLP:
             zip(layers, zip(self.sizes[:-1], self.sizes[1:], strict=True), self._offsets,
                 strict=True)
         ):
+            if not isinstance(pair, Sequence) or isinstance(pair, str) or len(pair) != 2:
+                raise TypeError(f"layers[{l}]: must be a (W, b) pair, got {type(pair).__name__}")
             W, b = pair
             W = as_float_array(W, f"layers[{l}][0]", allow_int=True)
             b = as_float_array(b, f"layers[{l}][1]", allow_int=True)
@@ -248,8 +310,11 @@ class MLP:
         return self.pack(layers)
 
     # ------------------------------------------------------------------ validation
+    def _as_model_array(self, x: object, name: str, *, contiguous: bool = True) -> np.ndarray:
+        return as_model_array(x, name, self.dtype, self, contiguous=contiguous)
+
     def _check_theta(self, theta: object, *, contiguous: bool = True) -> np.ndarray:
-        theta = as_float_array(theta, "theta", dtype=self.dtype, contiguous=contiguous)
+        theta = self._as_model_array(theta, "theta", contiguous=contiguous)
         if theta.shape != (self.num_params,):
             raise ValueError(
                 f"theta: expected shape ({self.num_params},) for {self!r}, got {theta.shape}"
@@ -257,7 +322,7 @@ class MLP:
         return theta
 
     def _check_X(self, X: object) -> np.ndarray:
-        X = as_float_array(X, "X", dtype=self.dtype)
+        X = self._as_model_array(X, "X")
         if X.ndim != 2:
             raise ValueError(f"X: expected a 2-D array (N, {self.sizes[0]}), got shape {X.shape}")
         if X.shape[1] != self.sizes[0]:
@@ -271,6 +336,7 @@ class MLP:
 
     def _check_y(self, y: object, N: int) -> tuple[np.ndarray, np.ndarray]:
         """(labels int64 (N,) or empty, targets (N, n_out) of dtype or empty)."""
+        reject_unsupported_subclass(y, "y")
         y = np.asarray(y)
         n_out = self.sizes[-1]
         empty_l = np.empty(0, dtype=np.int64)
@@ -290,7 +356,7 @@ class MLP:
             return np.ascontiguousarray(y, dtype=np.int64), empty_y
         if y.dtype.kind in "biu":
             y = y.astype(self.dtype)
-        y = as_float_array(y, "y", dtype=self.dtype)
+        y = self._as_model_array(y, "y")
         if self.loss_name == "mse":
             if y.shape == (N,) and n_out == 1:
                 y = y.reshape(N, 1)
@@ -310,7 +376,7 @@ class MLP:
         return empty_l, y
 
     def _check_v(self, v: object) -> tuple[np.ndarray, bool]:
-        v = as_float_array(v, "v", dtype=self.dtype)
+        v = self._as_model_array(v, "v")
         P = self.num_params
         if v.ndim == 1 and v.shape[0] == P:
             return v.reshape(P, 1), True
@@ -345,15 +411,28 @@ class MLP:
         """
         self._tls.buffers = {}
 
-    def _run(self, theta, X, labels, Y, V, mode, backend, dest=None):
-        """Forward (+ backward (+ R passes)). mode: "loss", "grad", "hvp", "gnvp". ``dest``: a
-        validated ``out=`` for the gradient or the products, written in place when it shares
-        no memory with the inputs (the backward still reads V after writing a layer's rows)."""
+    def _run(self, theta, X, labels, Y, V, mode, backend, out=None):
+        """Forward (+ backward (+ R passes)) on validated inputs. mode: "loss", "grad", "hvp",
+        "gnvp". Returns (loss, gradient or None, products or None); with a validated ``out=``
+        the gradient or products go there, in one copy at the end (see ``_OUT_LOCK``)."""
         # "auto": Cython first. bench/bench_curvature.py: the two compiled backends are within
         # noise on the benchmark shapes (the GEMMs dominate) and Cython has no JIT latency.
         name = _dispatch.resolve("curvature", backend)
         mod = _dispatch.load("curvature", name)
-        nt_all = get_num_threads()
+        n_call = threads_for_call(get_num_threads())
+        with _blas_threads(n_call):
+            loss, grad, prod = self._passes(mod, n_call, theta, X, labels, Y, V, mode,
+                                            out is not None)
+        result = grad if grad is not None else prod
+        if out is not None and result is not None:
+            with _OUT_LOCK:
+                np.copyto(out, result.reshape(out.shape))
+            result = out
+        return (loss, None, result) if prod is not None else (loss, result, None)
+
+    def _passes(self, mod, nt_all, theta, X, labels, Y, V, mode, scratch_result):
+        """The passes of ``_run`` with kernel module ``mod``; the result is a new array, or a
+        workspace buffer when ``scratch_result`` (it is copied to ``out=`` right after)."""
 
         def nt(values: int) -> int:
             return nt_all if values >= PARALLEL_MIN_VALUES else 1
@@ -450,10 +529,10 @@ class MLP:
         # (slot 0) for mode "grad", the R-streams (slots 1..k) for "hvp"/"gnvp" -- the HVP does
         # not pay for the gradient's a^T delta.
         first = 1 if k else 0
-        if dest is not None and any(np.may_share_memory(dest, a) for a in (theta, X, V, Y)):
-            dest = None
-        result = np.empty((self.num_params, k) if k else self.num_params, dt) if dest is None \
-            else dest
+        shape = (self.num_params, k) if k else (self.num_params,)
+        # a workspace result is never a caller's array, so the backward, which reads V after
+        # writing a layer's rows, cannot see its own output even when out= aliases v
+        result = buf("result", shape) if scratch_result else np.empty(shape, dt)
         out = result.reshape(self.num_params, -1)
         m = kk - first
         gn = 1 if mode == "gnvp" else 0
@@ -563,11 +642,9 @@ class MLP:
         (1.25, [2.5, 1.5])
         """
         theta, X, labels, Y = self._prepare(theta, X, y)
+        reject_unsupported_subclass(out, "out")
         out = check_out(out, (self.num_params,), self.dtype)
         loss, grad, _ = self._run(theta, X, labels, Y, None, "grad", backend, out)
-        if out is not None and grad is not out:  # out shared memory with an input
-            out[...] = grad
-            grad = out
         return loss, grad
 
     def _product(self, theta, X, y, v, mode, backend, out):
@@ -575,11 +652,10 @@ class MLP:
         V, single = self._check_v(v)
         check_all_finite(V, "v")
         shape = (self.num_params,) if single else V.shape
+        reject_unsupported_subclass(out, "out")
         out = check_out(out, shape, self.dtype)
         _, _, hv = self._run(theta, X, labels, Y, V, mode, backend, out)
         if out is not None:
-            if hv is not out:  # out shared memory with an input
-                out[...] = hv.reshape(out.shape)
             return out
         return hv[:, 0] if single else hv
 

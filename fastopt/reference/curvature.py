@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._codes import Activation, Loss
+
 _SQRT_2_OVER_PI = 0.7978845608028654
 _GELU_A = 0.044715
+_GELU_SATURATION = 10.0  # GELU takes its limits beyond |z| = 10 (see curvature/_scalar.py)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -18,32 +21,53 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
+def _softplus(z: np.ndarray) -> np.ndarray:
+    return np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))
+
+
 def activation(code: int, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Activation ``code`` (identity, tanh, sigmoid, relu, softplus, gelu) and its derivatives."""
-    one = np.ones_like(z)
-    if code == 1:
+    """Activation ``code`` (a ``fastopt._codes.Activation``) at z and its first and second
+    derivatives, in z's dtype.
+
+    ReLU's second derivative is 0 everywhere, ReLU of NaN is NaN (derivatives 0); GELU takes
+    its limits (z or 0, 1 or 0, 0) beyond |z| = 10, where its tanh is 1 to rounding.
+    """
+    code = Activation(code)
+    zero = np.zeros_like(z)
+    if code is Activation.TANH:
         t = np.tanh(z)
         d1 = 1 - t * t
         return t, d1, -2 * t * d1
-    if code == 2:
+    if code is Activation.SIGMOID:
         s = _sigmoid(z)
         d1 = s * (1 - s)
         return s, d1, d1 * (1 - 2 * s)
-    if code == 3:
+    if code is Activation.RELU:
         pos = z > 0
-        return np.where(pos, z, 0 * z), pos.astype(z.dtype), 0 * z
-    if code == 4:
+        return np.where(pos | np.isnan(z), z, zero), pos.astype(z.dtype), zero
+    if code is Activation.SOFTPLUS:
         s = _sigmoid(z)
-        return np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z))), s, s * (1 - s)
-    if code == 5:
+        return _softplus(z), s, s * (1 - s)
+    if code is Activation.GELU:
         c, a = _SQRT_2_OVER_PI, _GELU_A
-        t = np.tanh(c * (z + a * z**3))
-        u1 = c * (1 + 3 * a * z * z)
-        s = 0.5 * z * (1 + t)
-        d1 = 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * u1
-        d2 = (1 - t * t) * (u1 - z * t * u1 * u1 + 0.5 * z * 6 * c * a * z)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge |z|: replaced below
+            t = np.tanh(c * (z + a * z**3))
+            u1 = c * (1 + 3 * a * z * z)
+            s = 0.5 * z * (1 + t)
+            d1 = 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * u1
+            d2 = (1 - t * t) * (u1 - z * t * u1 * u1 + 0.5 * z * 6 * c * a * z)
+        hi, lo = z >= _GELU_SATURATION, z <= -_GELU_SATURATION
+        s = np.where(hi, z, np.where(lo, zero, s))
+        d1 = np.where(hi, 1, np.where(lo, zero, d1)).astype(z.dtype, copy=False)
+        d2 = np.where(hi | lo, zero, d2)
         return s, d1, d2
-    return z.copy(), one, 0 * z
+    return z.copy(), np.ones_like(z), zero
+
+
+def logistic(f: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Binary cross-entropy on the logits f with labels y: (loss, dloss/df, d2loss/df2)."""
+    s = _sigmoid(f)
+    return _softplus(f) - y * f, s - y, s * (1 - s)
 
 
 def hidden_forward(Z, b, AV, C, act, need, A, D1, D2, RZ, n_threads):
@@ -72,7 +96,8 @@ def output_forward(Z, b, AV, C, loss, need, labels, Y, D, losses, n_threads):
         rf = AV.astype(np.float64) + C[None, :, :]
         if Z.shape[1] > 1:
             rf = rf + Z[:, 1:, :]
-    if loss == 0:
+    loss = Loss(loss)
+    if loss is Loss.CROSS_ENTROPY:
         m = f.max(axis=1, keepdims=True)
         lse = m[:, 0] + np.log(np.exp(f - m).sum(axis=1))
         losses[...] = lse - f[np.arange(N), labels]
@@ -82,20 +107,18 @@ def output_forward(Z, b, AV, C, loss, need, labels, Y, D, losses, n_threads):
         if k:
             pr = np.einsum("io,ijo->ij", p, rf)
             D[:, 1:, :] = p[:, None, :] * (rf - pr[:, :, None]) / N
-    elif loss == 1:
+    elif loss is Loss.MSE:
         r = f - Y
         losses[...] = 0.5 * (r * r).sum(axis=1)
         grad = r
         if k:
             D[:, 1:, :] = rf / N
     else:
-        yv = Y[:, 0].astype(np.float64)
-        f0 = f[:, 0]
-        losses[...] = np.maximum(f0, 0) + np.log1p(np.exp(-np.abs(f0))) - yv * f0
-        s = _sigmoid(f0)
-        grad = (s - yv)[:, None]
+        lv, dl, d2l = logistic(f[:, 0], Y[:, 0].astype(np.float64))
+        losses[...] = lv
+        grad = dl[:, None]
         if k:
-            D[:, 1:, :] = (s * (1 - s))[:, None, None] * rf / N
+            D[:, 1:, :] = d2l[:, None, None] * rf / N
     if need >= 1:
         D[:, 0, :] = grad / N
 
@@ -126,3 +149,17 @@ def batched_transpose(a, b, dst, n_threads):
         np.add(t, b.transpose(0, 2, 1), out=dst)
     else:
         dst[...] = t
+
+
+def _formula_activation(code, z, s, d1, d2):
+    """Test-only: activation ``code`` with its derivatives on the 1-D array ``z`` into ``s``,
+    ``d1``, ``d2``, through ``hidden_forward`` (as the compiled backends' wrappers)."""
+    n, dt = z.shape[0], z.dtype
+    hidden_forward(z.reshape(1, 1, n), np.zeros(n, dt), np.empty((1, 0, n), dt),
+                   np.empty((0, n), dt), code, 2, s.reshape(1, 1, n), d1.reshape(1, n),
+                   d2.reshape(1, n), np.empty((1, 0, n), dt), 1)
+
+
+def _formula_logistic(f, y, loss, grad, curv):
+    """Test-only: the logistic loss pieces at the float64 logits ``f`` and labels ``y``."""
+    loss[...], grad[...], curv[...] = logistic(f, y)
