@@ -57,7 +57,9 @@ def _as_layout(t: Tensor, axis: int) -> Tensor:
 
 
 def _np(t: Tensor | None):
-    return None if t is None else t.detach().numpy()
+    if t is None:
+        return None
+    return t.detach().numpy() if t.requires_grad else t.numpy()
 
 
 def _check_tensor(t: Tensor, name: str) -> None:
@@ -78,8 +80,21 @@ def _empty_stats(x: Tensor) -> Tensor:
     return x.new_empty((0,))
 
 
-@torch.library.custom_op("fastopt::batch_norm", mutates_args=(), device_types="cpu")
-def batch_norm_op(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+# Registered with torch.library's low-level Library (define/impl) rather than the
+# torch.library.custom_op decorator: the dispatcher then calls the CPU kernel directly, without
+# custom_op's per-call Python wrappers (return-alias checks, a dynamo-disable frame), which
+# cost about as much as fastopt's own validation on a small input.
+_LIB = torch.library.Library("fastopt", "DEF")
+_LIB.define("batch_norm(Tensor x, Tensor? weight, Tensor? bias, Tensor? running_mean, "
+            "Tensor? running_var, bool training, float momentum, float eps, "
+            "str backend='auto') -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+            tags=(torch.Tag.pt2_compliant_tag,))
+_LIB.define("batch_norm_backward(Tensor grad_out, Tensor x, Tensor? weight, Tensor mean, "
+            "Tensor invstd, bool training, str backend='auto') -> (Tensor, Tensor, Tensor)",
+            tags=(torch.Tag.pt2_compliant_tag,))
+
+
+def _batch_norm_cpu(x: Tensor, weight: Tensor | None, bias: Tensor | None,
                   running_mean: Tensor | None, running_var: Tensor | None, training: bool,
                   momentum: float, eps: float, backend: str = "auto"
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -107,8 +122,8 @@ def batch_norm_op(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     return y, torch.from_numpy(mean), torch.from_numpy(invstd), new_rm, new_rv
 
 
-@batch_norm_op.register_fake
-def _(x, weight, bias, running_mean, running_var, training, momentum, eps, backend="auto"):
+def _batch_norm_fake(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                     backend="auto"):
     c = x.shape[1]
     track = training and running_mean is not None
     new_rm = torch.empty_like(running_mean) if track else _empty_stats(x)
@@ -117,8 +132,7 @@ def _(x, weight, bias, running_mean, running_var, training, momentum, eps, backe
     return torch.empty_like(x), x.new_empty((c,)), x.new_empty((c,)), new_rm, new_rv
 
 
-@torch.library.custom_op("fastopt::batch_norm_backward", mutates_args=(), device_types="cpu")
-def batch_norm_backward_op(grad_out: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor,
+def _batch_norm_backward_cpu(grad_out: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor,
                            invstd: Tensor, training: bool, backend: str = "auto"
                            ) -> tuple[Tensor, Tensor, Tensor]:
     """fastopt's fused batch-norm backward: (grad_x, grad_weight, grad_bias)."""
@@ -139,8 +153,7 @@ def batch_norm_backward_op(grad_out: Tensor, x: Tensor, weight: Tensor | None, m
     return dx, torch.from_numpy(dw), torch.from_numpy(db)
 
 
-@batch_norm_backward_op.register_fake
-def _(grad_out, x, weight, mean, invstd, training, backend="auto"):
+def _batch_norm_backward_fake(grad_out, x, weight, mean, invstd, training, backend="auto"):
     c = x.shape[1]
     return torch.empty_like(x), x.new_empty((c,)), x.new_empty((c,))
 
@@ -245,5 +258,13 @@ def _backward_backward(ctx, a, beta, gamma):
             None, None)
 
 
-batch_norm_op.register_autograd(_forward_backward, setup_context=_forward_setup)
-batch_norm_backward_op.register_autograd(_backward_backward, setup_context=_backward_setup)
+_LIB.impl("batch_norm", _batch_norm_cpu, "CPU")
+_LIB.impl("batch_norm_backward", _batch_norm_backward_cpu, "CPU")
+torch.library.register_fake("fastopt::batch_norm", _batch_norm_fake, lib=_LIB)
+torch.library.register_fake("fastopt::batch_norm_backward", _batch_norm_backward_fake, lib=_LIB)
+torch.library.register_autograd("fastopt::batch_norm", _forward_backward,
+                                setup_context=_forward_setup, lib=_LIB)
+torch.library.register_autograd("fastopt::batch_norm_backward", _backward_backward,
+                                setup_context=_backward_setup, lib=_LIB)
+batch_norm_op = torch.ops.fastopt.batch_norm.default
+batch_norm_backward_op = torch.ops.fastopt.batch_norm_backward.default
