@@ -95,9 +95,9 @@ _LIB.define("batch_norm_backward(Tensor grad_out, Tensor x, Tensor? weight, Tens
 
 
 def _batch_norm_cpu(x: Tensor, weight: Tensor | None, bias: Tensor | None,
-                  running_mean: Tensor | None, running_var: Tensor | None, training: bool,
-                  momentum: float, eps: float, backend: str = "auto"
-                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                    running_mean: Tensor | None, running_var: Tensor | None, training: bool,
+                    momentum: float, eps: float, backend: str = "auto"
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Batch-norm forward with fastopt's fused kernels (see the module docstring)."""
     _check_tensor(x, "x")
     y = torch.empty_like(x)
@@ -132,9 +132,9 @@ def _batch_norm_fake(x, weight, bias, running_mean, running_var, training, momen
     return torch.empty_like(x), x.new_empty((c,)), x.new_empty((c,)), new_rm, new_rv
 
 
-def _batch_norm_backward_cpu(grad_out: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor,
-                           invstd: Tensor, training: bool, backend: str = "auto"
-                           ) -> tuple[Tensor, Tensor, Tensor]:
+def _batch_norm_backward_cpu(grad_out: Tensor, x: Tensor, weight: Tensor | None,
+                             mean: Tensor, invstd: Tensor, training: bool, backend: str = "auto"
+                             ) -> tuple[Tensor, Tensor, Tensor]:
     """fastopt's fused batch-norm backward: (grad_x, grad_weight, grad_bias)."""
     _check_tensor(x, "x")
     dx = torch.empty_like(x)
