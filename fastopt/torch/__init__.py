@@ -24,7 +24,7 @@ torch.Size([4])
 
 from __future__ import annotations
 
-from . import _ops
+from . import _ops  # noqa: F401  (registers torch.ops.fastopt.*)
 from .convert import convert, revert
 from .curvature import SUPPORTED_LAYERS, from_theta, mlp_hvp, to_mlp
 from .modules import (
@@ -50,5 +50,3 @@ __all__ = [
     "revert",
     "to_mlp",
 ]
-
-del _ops  # imported for its registrations (torch.ops.fastopt.*)
