@@ -87,3 +87,13 @@ def test_graphs_call_fastopts_ops(compiled):
     assert "fastopt.batch_norm.default" in forward
     assert "fastopt.batch_norm_backward.default" in backward
     assert not any("aten.native_batch_norm" in t for g in graphs for t in g)
+
+
+def test_compiled_double_backward_is_an_error_not_a_wrong_value():
+    # Eager double backward is exact (test_torch_ops); AOTAutograd refuses it outright.
+    torch._dynamo.reset()
+    model = torch.compile(ft.BatchNorm1d(3), backend="aot_eager", fullgraph=True)
+    x = torch.randn(5, 3, requires_grad=True)
+    (g,) = torch.autograd.grad((torch.tanh(model(x)) ** 3).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(g.sum(), x)
