@@ -1,4 +1,4 @@
-"""fastopt.torch: autograd Function and Module against torch's own batch norm."""
+"""fastopt.torch: the deprecated FastBatchNorm factory and the functional batch_norm."""
 
 import numpy as np
 import pytest
@@ -12,7 +12,8 @@ from fastopt.torch import FastBatchNorm, batch_norm  # noqa: E402
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_module_matches_torch_batchnorm2d(channels_last, momentum):
     torch.manual_seed(0)
-    ours = FastBatchNorm(4, momentum=momentum, dtype=torch.float64)
+    with pytest.deprecated_call():
+        ours = FastBatchNorm(4, momentum=momentum, dtype=torch.float64)
     ref = torch.nn.BatchNorm2d(4, momentum=momentum, dtype=torch.float64)
     with torch.no_grad():
         for m in (ours, ref):
@@ -45,3 +46,15 @@ def test_functional_without_affine_and_gradcheck():
     assert torch.autograd.gradcheck(lambda t: batch_norm(t, training=True), (x,))
     y = batch_norm(x)
     np.testing.assert_allclose(y.detach().numpy().mean(axis=(0, 2)), 0, atol=1e-12)
+
+
+def test_functional_updates_running_stats_and_falls_back():
+    rm, rv = torch.zeros(3), torch.ones(3)
+    rm_t, rv_t = rm.clone(), rv.clone()
+    x = torch.randn(8, 3) * 2 + 1
+    torch.testing.assert_close(batch_norm(x, running_mean=rm, running_var=rv),
+                               torch.nn.functional.batch_norm(x, rm_t, rv_t, training=True))
+    torch.testing.assert_close((rm, rv), (rm_t, rv_t))
+    with pytest.warns(UserWarning, match="float16"):
+        y = batch_norm(x.half())
+    assert y.dtype == torch.float16

@@ -1,0 +1,189 @@
+"""fastopt's torch.library ops: opcheck, gradcheck/gradgradcheck, layouts without copies."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fastopt.torch  # noqa: E402, F401  (registers torch.ops.fastopt.*)
+from fastopt.torch import _ops  # noqa: E402
+
+OPS = torch.ops.fastopt
+
+# (shape, memory format): ranks 2-5, contiguous and channels-last
+LAYOUTS = [
+    ((7, 3), None),
+    ((4, 5, 6), None),
+    ((4, 5, 6), "transposed"),
+    ((3, 4, 5, 2), None),
+    ((3, 4, 5, 2), torch.channels_last),
+    ((2, 3, 2, 3, 2), torch.channels_last_3d),
+]
+
+
+def make_x(shape, fmt, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=dtype) * 2 + 0.5
+    if fmt == "transposed":  # (N, C, L) with (N, L, C) memory
+        return x.transpose(1, 2).contiguous().transpose(1, 2)
+    return x if fmt is None else x.to(memory_format=fmt)
+
+
+def params(c, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand(c, generator=g, dtype=dtype) + 0.5
+    b = torch.randn(c, generator=g, dtype=dtype)
+    rm = torch.randn(c, generator=g, dtype=dtype)
+    rv = torch.rand(c, generator=g, dtype=dtype) + 0.5
+    return w, b, rm, rv
+
+
+def ids(layout):
+    shape, fmt = layout
+    return f"{'x'.join(map(str, shape))}-{fmt if isinstance(fmt, str) else fmt or 'contig'}"
+
+
+# Each layout once, the dtypes alternating (opcheck compiles: keep the matrix small).
+OPCHECK = [(layout, torch.float32 if i % 2 == 0 else torch.float64)
+           for i, layout in enumerate(LAYOUTS)] + [(LAYOUTS[4], torch.float64)]
+
+
+@pytest.mark.parametrize(("layout", "dtype"), OPCHECK,
+                         ids=[f"{ids(lay)}-{dt}" for lay, dt in OPCHECK])
+def test_opcheck_forward_and_backward(layout, dtype):
+    shape, fmt = layout
+    x = make_x(shape, fmt, dtype).requires_grad_()
+    w, b, rm, rv = params(shape[1], dtype)
+    w.requires_grad_()
+    b.requires_grad_()
+    for training in (True, False):
+        torch.library.opcheck(OPS.batch_norm.default, (x, w, b, rm, rv, training, 0.1, 1e-5))
+    if len(shape) == 3:
+        torch.library.opcheck(OPS.batch_norm.default,
+                              (x, None, None, None, None, True, 0.1, 1e-5))
+    _, mean, invstd, _, _ = OPS.batch_norm(x, w, b, None, None, True, 0.1, 1e-5)
+    dy = make_x(shape, fmt, dtype, seed=5)
+    torch.library.opcheck(OPS.batch_norm_backward.default,
+                          (dy, x.detach(), w.detach(), mean, invstd, True))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS[1:], ids=ids)
+@pytest.mark.parametrize("training", [True, False])
+def test_matches_torch_and_keeps_layout(layout, training):
+    shape, fmt = layout
+    x = make_x(shape, fmt, torch.float64)
+    w, b, rm, rv = params(shape[1], torch.float64)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    wa, wb = w.clone().requires_grad_(), w.clone().requires_grad_()
+    rm_t, rv_t = rm.clone(), rv.clone()
+    y, _, _, new_rm, new_rv = OPS.batch_norm(xa, wa, b, rm, rv, training, 0.1, 1e-5)
+    y_t = torch.nn.functional.batch_norm(xb, rm_t, rv_t, wb, b, training, 0.1, 1e-5)
+    assert y.stride() == x.stride()  # output in the input's memory layout
+    torch.testing.assert_close(y, y_t, rtol=1e-12, atol=1e-12)
+    if training:
+        torch.testing.assert_close(new_rm, rm_t, rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(new_rv, rv_t, rtol=1e-14, atol=1e-14)
+    else:
+        assert new_rm.numel() == 0 and new_rv.numel() == 0
+    dy = make_x(shape, fmt, torch.float64, seed=9)
+    y.backward(dy)
+    y_t.backward(dy)
+    assert xa.grad.stride() == x.stride()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(wa.grad, wb.grad, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("fmt", [None, torch.channels_last])
+def test_contiguous_and_channels_last_reach_the_kernel_without_copies(monkeypatch, fmt):
+    seen = {}
+    real_fwd, real_bwd = _ops._np_forward, _ops._np_backward
+
+    def fwd(x, *args, **kwargs):
+        seen["fwd"] = (x, kwargs["axis"], kwargs["out"])
+        return real_fwd(x, *args, **kwargs)
+
+    def bwd(dy, x, *args, **kwargs):
+        seen["bwd"] = (dy, x, kwargs["axis"], kwargs["out"])
+        return real_bwd(dy, x, *args, **kwargs)
+
+    monkeypatch.setattr(_ops, "_np_forward", fwd)
+    monkeypatch.setattr(_ops, "_np_backward", bwd)
+    x = make_x((4, 3, 5, 6), fmt, torch.float32).requires_grad_()
+    dy = make_x((4, 3, 5, 6), fmt, torch.float32, seed=3)
+    y = fastopt.torch.batch_norm(x)
+    y.backward(dy)
+    xn, axis, yn = seen["fwd"]
+    want_axis = 1 if fmt is None else -1
+    assert axis == want_axis
+    assert xn.ctypes.data == x.data_ptr() and xn.flags.c_contiguous
+    assert yn.ctypes.data == y.data_ptr()
+    gn, xn2, axis2, dxn = seen["bwd"]
+    assert axis2 == want_axis and xn2.ctypes.data == x.data_ptr()
+    assert gn.ctypes.data == dy.data_ptr() and dxn.ctypes.data == x.grad.data_ptr()
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("fmt", [None, torch.channels_last])
+def test_gradcheck_and_exact_double_backward(training, fmt):
+    x = make_x((4, 3, 3, 2), fmt, torch.float64).requires_grad_()
+    w, b, rm, rv = params(3, torch.float64)
+    w.requires_grad_()
+    b.requires_grad_()
+
+    def f(x, w, b):
+        y, mean, invstd, _, _ = OPS.batch_norm(x, w, b, rm, rv, training, 0.1, 1e-5)
+        return (y, mean, invstd) if training else y
+
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+def test_backward_op_gradcheck_in_every_input():
+    # The backward op on its own: (grad_out, x, weight, mean, invstd) all independent inputs.
+    x = make_x((5, 3, 4), None, torch.float64)
+    w, _, _, _ = params(3, torch.float64)
+    dy = make_x((5, 3, 4), None, torch.float64, seed=2)
+    mean = torch.randn(3, dtype=torch.float64)
+    invstd = torch.rand(3, dtype=torch.float64) + 0.5
+    inputs = [t.clone().requires_grad_() for t in (dy, x, w, mean, invstd)]
+    for training in (True, False):
+        def f(*a, training=training):
+            return OPS.batch_norm_backward(*a, training)
+        assert torch.autograd.gradcheck(f, inputs)
+        assert torch.autograd.gradgradcheck(f, inputs)
+
+
+def test_second_derivative_matches_a_composite_reference():
+    # A loss whose Hessian-vector product goes through batch norm's statistics.
+    x = make_x((6, 3, 4), None, torch.float64).requires_grad_()
+    w, b, _, _ = params(3, torch.float64)
+    v = torch.randn_like(x)
+
+    def ref_bn(x):
+        mean = x.mean(dim=(0, 2), keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=(0, 2), keepdim=True)
+        return (x - mean) / torch.sqrt(var + 1e-5) * w.view(1, 3, 1) + b.view(1, 3, 1)
+
+    def hvp(fn):
+        loss = (torch.tanh(fn(x)) ** 3).sum()
+        (g,) = torch.autograd.grad(loss, x, create_graph=True)
+        (hv,) = torch.autograd.grad(g, x, v)
+        return g.detach(), hv
+
+    g, hv = hvp(lambda t: fastopt.torch.batch_norm(t, w, b))
+    g_ref, hv_ref = hvp(ref_bn)
+    torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(hv, hv_ref, rtol=1e-9, atol=1e-11)
+
+
+def test_bad_inputs_to_the_op():
+    with pytest.raises(TypeError, match="float16"):
+        OPS.batch_norm(torch.randn(4, 3).half(), None, None, None, None, True, 0.1, 1e-5)
+    with pytest.raises(ValueError, match="running_mean"):
+        OPS.batch_norm(torch.randn(4, 3), None, None, None, None, False, 0.1, 1e-5)
+    with pytest.raises(ValueError, match="more than 1 value"):
+        OPS.batch_norm(torch.randn(1, 3), None, None, None, None, True, 0.1, 1e-5)
+    rm = torch.zeros(3)
+    with pytest.raises(ValueError):
+        OPS.batch_norm(torch.randn(4, 3), None, None, rm, torch.ones(3), True, 1.5, 1e-5)
+    assert np.array_equal(rm.numpy(), np.zeros(3))  # a rejected call changes nothing
