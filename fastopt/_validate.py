@@ -24,14 +24,12 @@ def _conversion_hint(name: str, dtype: np.dtype) -> str:
     return f"convert with {name}.astype(np.float32) or {name}.astype(np.float64)"
 
 
-def refuse_masked(x: object, name: str) -> None:
-    """Raise for a masked array with masked values: no fastopt kernel honours a mask, and
-    converting it would silently compute with the hidden values."""
-    if isinstance(x, np.ma.MaskedArray) and np.ma.getmaskarray(x).any():
+def reject_masked(x: object, name: str) -> None:
+    """Raise ``TypeError`` for a masked array: ``np.asarray`` would drop its mask silently."""
+    if isinstance(x, np.ma.MaskedArray):
         raise TypeError(
             f"{name}: masked arrays are not supported (the mask would be ignored); pass "
-            f"{name}.filled(value) to choose the masked entries, or drop them with "
-            f"{name}.compressed()"
+            f"{name}.filled(value) or {name}.compressed() explicitly"
         )
 
 
@@ -58,7 +56,7 @@ def as_float_array(
     contiguous : bool
         Copy non-contiguous input into a C-contiguous array (documented single copy).
     """
-    refuse_masked(x, name)
+    reject_masked(x, name)
     arr = np.asarray(x)
     if arr.dtype.kind in "biu" and allow_int:
         arr = arr.astype(np.float64)
@@ -101,7 +99,7 @@ def as_param(
     """
     if x is None:
         return None
-    refuse_masked(x, name)
+    reject_masked(x, name)
     if writable:
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{name}: must be a numpy array to be updated in place, got "
@@ -238,15 +236,6 @@ def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
 
 
 # --- checks added for the spectra family (issue 16); generic, usable by every family -------
-
-
-def reject_masked(x: object, name: str) -> None:
-    """Raise ``TypeError`` for a masked array: ``np.asarray`` would drop its mask silently."""
-    if isinstance(x, np.ma.MaskedArray):
-        raise TypeError(
-            f"{name}: masked arrays are not supported (the mask would be ignored); pass "
-            f"{name}.filled(value) or {name}.compressed() explicitly"
-        )
 
 
 def check_real(
