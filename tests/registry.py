@@ -104,6 +104,37 @@ def _net_inputs_k(rng, dtype):
     return arrays
 
 
+_BN_NET = {np.dtype(dt): fastopt.Network(
+    [fastopt.nn.Dense(4, 5), fastopt.nn.BatchNorm(5), fastopt.nn.Tanh(), fastopt.nn.Dense(5, 3)],
+    dtype=dt) for dt in (np.float64, np.float32)}
+_RNN = {np.dtype(dt): fastopt.ElmanRNN(2, 4, 3, dtype=dt) for dt in (np.float64, np.float32)}
+
+
+def _bn_net_inputs(rng, dtype):
+    net = _BN_NET[np.dtype(dtype)]
+    return {"theta": (net.init(rng) + 0.1).astype(dtype),
+            "X": rng.standard_normal((6, 4)).astype(dtype),
+            "y": rng.integers(0, 3, 6),
+            "v": rng.standard_normal(net.num_params).astype(dtype)}
+
+
+def _rnn_inputs(rng, dtype):
+    net = _RNN[np.dtype(dtype)]
+    return {"theta": net.init(rng).astype(dtype),
+            "X": rng.standard_normal((5, 3, 2)).astype(dtype),
+            "y": rng.integers(0, 3, 5),
+            "v": rng.standard_normal(net.num_params).astype(dtype)}
+
+
+def _model_call(models, method):
+    def call(backend, theta, X, y, v):
+        net = models[np.dtype(theta.dtype.newbyteorder("="))]
+        if method in ("loss", "loss_and_grad"):
+            return getattr(net, method)(theta, X, y, backend=backend)
+        return getattr(net, method)(theta, X, y, v, backend=backend)
+    return call
+
+
 def _mlp_call(method):
     def call(backend, theta, X, y, v):
         net = _NET[np.dtype(theta.dtype.newbyteorder("="))]
@@ -156,6 +187,17 @@ REGISTRY: tuple[Entry, ...] = (
     Entry("MLP.hvp", _net_inputs, _mlp_call("hvp"), zero_args=("X",)),
     Entry("MLP.hvp(k=3)", _net_inputs_k, _mlp_call("hvp"), zero_args=("X", "v")),
     Entry("MLP.gnvp", _net_inputs, _mlp_call("gnvp"), zero_args=("X",)),
+    Entry("Network.loss_and_grad", _bn_net_inputs, _model_call(_BN_NET, "loss_and_grad"),
+          zero_args=("X",)),
+    Entry("Network.hvp", _bn_net_inputs, _model_call(_BN_NET, "hvp"), zero_args=("X",)),
+    Entry("Network.gnvp", _bn_net_inputs, _model_call(_BN_NET, "gnvp"), zero_args=("X",)),
+    Entry("ElmanRNN.loss_and_grad", _rnn_inputs, _model_call(_RNN, "loss_and_grad"),
+          zero_args=("X",)),
+    Entry("ElmanRNN.hvp", _rnn_inputs, _model_call(_RNN, "hvp"), zero_args=("X",)),
+    Entry("ElmanRNN.gnvp", _rnn_inputs, _model_call(_RNN, "gnvp"), zero_args=("X",)),
+    Entry("symmetry.canonicalize", _net_inputs,
+          lambda backend, theta, X, y, v: fastopt.symmetry.canonicalize(
+              _NET[np.dtype(theta.dtype.newbyteorder("="))], theta), backends=("none",)),
     Entry("curvature_along_gradient", _net_inputs,
           _diag_call(fastopt.curvature_along_gradient), zero_args=("X",)),
     Entry("hessian_extremes", _net_inputs,
