@@ -4,11 +4,19 @@ Cython kernels receive the count as an argument (``prange(..., num_threads=n)``)
 under ``numba.set_num_threads`` applied by :func:`apply_numba_threads` right before each call.
 Results are deterministic for a given thread count: reductions split the work into a fixed number
 of chunks that does not depend on scheduling, and combine the partial sums in chunk order.
+
+Under load (other processes keeping the CPUs busy) a parallel region waits at its barriers for
+threads the OS has descheduled, many times per call: :func:`threads_for_call` lowers a call's
+thread count to the CPUs the other processes leave free. The work split, and so the result,
+still follows the configured count (:func:`get_num_threads`); only how many threads run it
+changes. ``FASTOPT_LOAD_AWARE=0`` turns this off.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from functools import cache
 
 _num_threads: int | None = None
@@ -73,3 +81,69 @@ def apply_numba_threads(n: int | None = None) -> int:
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)
     return n
+
+
+_LOAD_INTERVAL = 0.1  # seconds between two looks at the system's run queue
+_load_lock = threading.Lock()
+_load_state = {"at": -1.0, "free": None}
+
+
+def _running_tasks(path: str) -> int:
+    """Runnable tasks: the 4th field of /proc/loadavg ("running/total")."""
+    with open(path) as fh:
+        return int(fh.read().split()[3].split("/")[0])
+
+
+def _own_running_tasks() -> int:
+    """Threads of this process that are running or runnable now (state R)."""
+    count = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as fh:
+                stat = fh.read()
+        except OSError:  # the thread ended
+            continue
+        if stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] == "R":
+            count += 1
+    return count
+
+
+def free_cpus() -> int | None:
+    """CPUs of this process's affinity set that other processes' runnable tasks leave free, or
+    None where that cannot be read (not Linux). Looked up at most every 0.1 s."""
+    now = time.monotonic()
+    if now - _load_state["at"] < _LOAD_INTERVAL:
+        return _load_state["free"]
+    with _load_lock:
+        if now - _load_state["at"] >= _LOAD_INTERVAL:
+            try:
+                others = max(0, _running_tasks("/proc/loadavg") - _own_running_tasks())
+                free = max(1, _default_cpus() - others)
+            except (OSError, ValueError, IndexError):
+                free = None
+            _load_state["free"] = free
+            _load_state["at"] = now
+    return _load_state["free"]
+
+
+@cache
+def _default_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@cache
+def _load_aware() -> bool:
+    return os.environ.get("FASTOPT_LOAD_AWARE", "1") != "0"
+
+
+def threads_for_call(n: int) -> int:
+    """Threads to run a call planned for ``n``: ``n``, lowered (never below 1) to the CPUs that
+    other processes leave free (:func:`free_cpus`), so that no thread of the call waits for a
+    descheduled one. Used by the Cython and Numba backends alike."""
+    if n <= 1 or not _load_aware():
+        return n
+    free = free_cpus()
+    return n if free is None else max(1, min(n, free))

@@ -222,3 +222,16 @@ def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name}: {value!r} is not one of {', '.join(map(repr, choices))}")
     return value  # type: ignore[return-value]
+
+
+def reject_unsupported_subclass(value: object, name: str) -> None:
+    """Refuse array subclasses whose meaning the kernels would drop: masked arrays (the mask
+    would be ignored) and ``np.matrix`` (always 2-D, so it cannot take the kernels' views).
+    ``np.memmap`` and other plain subclasses pass."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name}: masked arrays are not supported (the mask would be ignored); pass "
+            f"{name}.filled(value) or np.asarray({name}) to use the data as it is"
+        )
+    if isinstance(value, np.matrix):
+        raise TypeError(f"{name}: np.matrix is not supported; pass np.asarray({name})")
