@@ -14,7 +14,6 @@
 #include <stddef.h>
 
 #include "_simd.h"
-#include "_scalar.h"
 
 #if FO_X86_GNU
 #include <immintrin.h>
@@ -50,6 +49,9 @@ static inline void fo_stream_fence(void)
 #pragma GCC push_options
 #pragma GCC optimize("no-associative-math", "no-loop-unroll-and-jam")
 #endif
+
+/* the formulas too: evaluated as written, in the order of their Numba and numpy twins */
+#include "_scalar.h"
 
 #if FO_HAVE_VARIANTS
 #pragma GCC push_options
