@@ -38,6 +38,27 @@ def test_constant_channels_normalize_to_the_bias(backend, value, eps, shape, axi
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape, axis", [((64, 40), 1), ((6, 5, 5, 40), -1), ((9, 40, 33), 1)])
+def test_one_constant_channel_among_ordinary_ones(backend, shape, axis):
+    """The row sweeps fold the mean into the constant unless a channel needs the subtraction:
+    a call with one such channel must still get every channel right."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(np.float32)
+    index = [slice(None)] * len(shape)
+    index[axis] = 3
+    x[tuple(index)] = 1e30
+    bias = np.linspace(-1, 1, 40).astype(np.float32)
+    got = batch_norm_forward(x, None, bias, axis=axis, backend=backend)
+    ref = batch_norm_forward(x, None, bias, axis=axis, backend="numpy")
+    assert (np.moveaxis(got.y, axis, 0)[3] == bias[3]).all()
+    np.testing.assert_allclose(got.y, ref.y, rtol=1e-5, atol=1e-5)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    g = batch_norm_backward(dy, x, got.mean, got.invstd, axis=axis, backend=backend)
+    gref = batch_norm_backward(dy, x, ref.mean, ref.invstd, axis=axis, backend="numpy")
+    np.testing.assert_allclose(g.dx, gref.dx, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_huge_offset_channel_matches_torch(backend):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)

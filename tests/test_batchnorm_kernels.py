@@ -157,8 +157,9 @@ def test_sweeps_agree_for_any_address_stream_and_thread_count(backend, dtype, ou
         dy[...] = dy0
         mean, var, inv, dw, db = (np.empty(C) for _ in range(5))
         ye = at_offset(x0.shape, dtype, offset)
-        zero = np.zeros(C)
-        kernels.forward_eval(x, zero, w64, b64, ye, _plan.Plan(per_channel, 3, n_threads, stream))
+        zero, one = np.zeros(C), np.ones(C)
+        kernels.forward_eval(x, zero, one, w64, b64, ye,
+                             _plan.Plan(per_channel, 3, n_threads, stream))
         dx = dy if in_place else at_offset(x0.shape, dtype, offset)
         y = x if in_place else at_offset(x0.shape, dtype, offset)
         plan = _plan.Plan(per_channel, 3, n_threads, stream, row_block)

@@ -44,10 +44,17 @@ static void forward(const shape_t *s, const float *x, float *y, double *part, do
                         &invstd[c]);
         scale[c] = invstd[c] * w[c];
     }
+    /* as fastopt/batchnorm/_cython.pyx: rows fold the mean into the constant (ordinary data) */
+    const double *centre = mean, *offset = b;
+    if (s->inner == 1) {
+        for (fo_ssize c = 0; c < C; ++c) shift[c] = b[c] - mean[c] * scale[c];
+        centre = NULL;
+        offset = shift;
+    }
 #pragma omp parallel for schedule(static) num_threads(s->threads)
     for (fo_ssize k = 0; k < s->chunks; ++k)
-        fo_chunk_normalize_f32(x, y, lo_of(k, s), lo_of(k + 1, s), C, s->inner, mean, scale, b,
-                               s->stream);
+        fo_chunk_normalize_f32(x, y, lo_of(k, s), lo_of(k + 1, s), C, s->inner, centre, scale,
+                               offset, s->stream);
 }
 
 static void backward(const shape_t *s, const float *g, const float *x, float *dx, double *part,
@@ -68,11 +75,12 @@ static void backward(const shape_t *s, const float *g, const float *x, float *dx
         }
         fo_grad_coefficients(sg, d, invstd[c], w[c], (double)(s->outer * s->inner), 1, &ca[c],
                              &cb[c], &cc[c]);
+        if (s->inner == 1) cc[c] -= mean[c] * cb[c];
     }
 #pragma omp parallel for schedule(static) num_threads(s->threads)
     for (fo_ssize k = 0; k < s->chunks; ++k)
-        fo_chunk_grad_input_f32(g, x, dx, lo_of(k, s), lo_of(k + 1, s), C, s->inner, mean, ca,
-                                cb, cc, s->stream);
+        fo_chunk_grad_input_f32(g, x, dx, lo_of(k, s), lo_of(k + 1, s), C, s->inner,
+                                s->inner == 1 ? NULL : mean, ca, cb, cc, s->stream);
 }
 
 static double floor_forward(const float *x, float *y, fo_ssize n, int threads)
@@ -125,7 +133,7 @@ int main(int argc, char **argv)
     double *part = malloc(sizeof(double) * 2 * s.chunks * C), *v = malloc(sizeof(double) * 9 * C);
     double *shift = v, *mean = v + C, *var = v + 2 * C, *invstd = v + 3 * C, *scale = v + 4 * C;
     double *w = v + 5 * C, *ca = v + 6 * C, *cb = v + 7 * C, *cc = v + 8 * C;
-    double *b = malloc(sizeof(double) * C), *t = malloc(sizeof(double) * reps);
+    double *b = malloc(sizeof(double) * C), *t = calloc(reps > 0 ? reps : 1, sizeof(double));
     srand(1);
     for (fo_ssize i = 0; i < n; ++i) {
         x[i] = (float)rand() / RAND_MAX * 4 - 2;

@@ -231,9 +231,11 @@ def forward_train(x, weight, bias, eps, y, mean, var, invstd, plan):
     dinvstd.copy_to_host(invstd)
 
 
-def forward_eval(x, mean, scale, bias, y, plan):
-    """Normalize device arrays with host float64 statistics: y = (x - mean) * scale + bias."""
+def forward_eval(x, mean, invstd, weight, bias, y, plan):
+    """Normalize device arrays with host float64 statistics:
+    y = (x - mean) * invstd * weight + bias."""
     del plan
+    scale = invstd * weight
     tpb = THREADS_PER_BLOCK
     k = _kernels(tpb)
     _, _, _, elementwise = _grids(*x.shape, tpb)

@@ -30,6 +30,7 @@ cdef extern from "_kernels.h" nogil:
                          double *var, double *invstd)
     void fo_grad_coefficients(double s, double d, double invstd, double weight, double n,
                               int training, double *a, double *b, double *c)
+    int fo_needs_centring(double mean, double invstd)
     void fo_chunk_sums_f32(const float *x, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t C,
                            Py_ssize_t inner, const double *shift, double *s1, double *s2,
                            int row_block)
@@ -143,14 +144,40 @@ cdef inline Py_ssize_t chunk_lo(Py_ssize_t k, Py_ssize_t outer, Py_ssize_t n_chu
 
 # ---------------------------------------------------------------- whole calls (nogil)
 
+cdef bint any_centring(Py_ssize_t C, const double* mean, const double* invstd) noexcept nogil:
+    """Whether a channel of the call needs the subtraction (_scalar.h: FO_CENTRE_LIMIT)."""
+    cdef Py_ssize_t c
+    for c in range(C):
+        if fo_needs_centring(mean[c], invstd[c]):
+            return True
+    return False
+
+
 cdef int run_forward_eval(const floating* xp, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                          const double* mean, const double* scale, const double* bias,
-                          floating* yp, Py_ssize_t n_chunks, int n_threads,
+                          const double* mean, const double* invstd, const double* weight,
+                          const double* bias, floating* yp, Py_ssize_t n_chunks, int n_threads,
                           bint stream) noexcept nogil:
-    cdef Py_ssize_t k
+    """y = (x - mean) * invstd * weight + bias; the row sweeps fold the mean into the constant
+    when no channel needs the subtraction (one coefficient array fewer per value)."""
+    cdef Py_ssize_t k, c
+    cdef double* scale = <double*>calloc(2 * C, sizeof(double))
+    cdef double* shift
+    cdef const double* centre = mean
+    cdef const double* offset = bias
+    if scale == NULL:
+        return -1
+    shift = scale + C
+    for c in range(C):
+        scale[c] = invstd[c] * weight[c]
+    if inner == 1 and not any_centring(C, mean, invstd):
+        for c in range(C):
+            shift[c] = bias[c] - mean[c] * scale[c]
+        centre = NULL
+        offset = shift
     for k in prange(n_chunks, schedule="static", num_threads=n_threads):
         chunk_normalize(xp, yp, chunk_lo(k, outer, n_chunks), chunk_lo(k + 1, outer, n_chunks),
-                        C, inner, mean, scale, bias, stream)
+                        C, inner, centre, scale, offset, stream)
+    free(scale)
     return 0
 
 
@@ -163,17 +190,16 @@ cdef int run_forward_train(const floating* xp, Py_ssize_t outer, Py_ssize_t C, P
     cdef double n = <double>(outer * inner), s1, s2
     cdef double* part
     cdef double* shifts
-    cdef double* scales
+    cdef int status
     if per_channel:
         for c in prange(C, schedule="static", num_threads=n_threads):
             channel_forward(xp + c * inner, yp + c * inner, outer, inner, stride, weight[c],
                             bias[c], eps, &mean[c], &var[c], &invstd[c], stream)
         return 0
-    part = <double*>calloc(2 * n_chunks * C + 2 * C, sizeof(double))
+    part = <double*>calloc(2 * n_chunks * C + C, sizeof(double))
     if part == NULL:
         return -1
     shifts = part + 2 * n_chunks * C
-    scales = shifts + C
     for c in range(C):
         shifts[c] = fo_channel_shift(<double>xp[c * inner])
     for k in prange(n_chunks, schedule="static", num_threads=n_threads):
@@ -186,10 +212,9 @@ cdef int run_forward_train(const floating* xp, Py_ssize_t outer, Py_ssize_t C, P
             s1 += part[2 * k * C + c]
             s2 += part[(2 * k + 1) * C + c]
         fo_finish_stats(s1, s2, shifts[c], n, eps, &mean[c], &var[c], &invstd[c])
-        scales[c] = invstd[c] * weight[c]
-    run_forward_eval(xp, outer, C, inner, mean, scales, bias, yp, n_chunks, n_threads, stream)
     free(part)
-    return 0
+    return run_forward_eval(xp, outer, C, inner, mean, invstd, weight, bias, yp, n_chunks,
+                            n_threads, stream)
 
 
 cdef int run_backward(const floating* gp, const floating* xp, Py_ssize_t outer, Py_ssize_t C,
@@ -203,6 +228,7 @@ cdef int run_backward(const floating* gp, const floating* xp, Py_ssize_t outer, 
     cdef double* ca
     cdef double* cb
     cdef double* cc
+    cdef const double* centre
     if per_channel:
         for c in prange(C, schedule="static", num_threads=n_threads):
             channel_backward(gp + c * inner, xp + c * inner, dxp + c * inner, outer, inner,
@@ -227,9 +253,14 @@ cdef int run_backward(const floating* gp, const floating* xp, Py_ssize_t outer, 
         dbias[c] = s
         dweight[c] = d * invstd[c]
         fo_grad_coefficients(s, d, invstd[c], weight[c], n, training, &ca[c], &cb[c], &cc[c])
+    centre = mean
+    if inner == 1 and not any_centring(C, mean, invstd):  # fold the mean, as the forward does
+        for c in range(C):
+            cc[c] = cc[c] - mean[c] * cb[c]
+        centre = NULL
     for k in prange(n_chunks, schedule="static", num_threads=n_threads):
         chunk_grad_input(gp, xp, dxp, chunk_lo(k, outer, n_chunks),
-                         chunk_lo(k + 1, outer, n_chunks), C, inner, mean, ca, cb, cc, stream)
+                         chunk_lo(k + 1, outer, n_chunks), C, inner, centre, ca, cb, cc, stream)
     free(part)
     return 0
 
@@ -293,16 +324,19 @@ def forward_train(const floating[:, :, ::1] x, const double[::1] weight,
         raise MemoryError("batch norm: no memory for the partial sums")
 
 
-def forward_eval(const floating[:, :, ::1] x, const double[::1] mean, const double[::1] scale,
-                 const double[::1] bias, floating[:, :, ::1] y, plan):
-    """Normalize with given statistics: OUT ``y = (x - mean) * scale + bias`` per channel
-    (``scale = invstd * weight``; float64 math); y may be x itself."""
+def forward_eval(const floating[:, :, ::1] x, const double[::1] mean, const double[::1] invstd,
+                 const double[::1] weight, const double[::1] bias, floating[:, :, ::1] y, plan):
+    """Normalize with given statistics: OUT ``y = (x - mean) * invstd * weight + bias`` per
+    channel (float64 math); y may be x itself."""
     cdef bint stream = plan.stream
     cdef Py_ssize_t n_chunks = plan.n_chunks
-    cdef int n_threads = plan.n_threads
+    cdef int n_threads = plan.n_threads, status
     with nogil:
-        run_forward_eval(&x[0, 0, 0], x.shape[0], x.shape[1], x.shape[2], &mean[0], &scale[0],
-                         &bias[0], &y[0, 0, 0], n_chunks, n_threads, stream)
+        status = run_forward_eval(&x[0, 0, 0], x.shape[0], x.shape[1], x.shape[2], &mean[0],
+                                  &invstd[0], &weight[0], &bias[0], &y[0, 0, 0], n_chunks,
+                                  n_threads, stream)
+    if status:
+        raise MemoryError("batch norm: no memory for the coefficients")
 
 
 def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const double[::1] mean,

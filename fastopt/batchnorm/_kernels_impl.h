@@ -58,6 +58,10 @@
 #define E_NORM(i) FO_NORMALIZE(VFMA, VWIDEN(x + (i)), COEF(mean, i), COEF(scale, i), COEF(bias, i))
 #define E_GRAD(i) FO_GRAD_INPUT(VFMA, VWIDEN(g + (i)), VWIDEN(x + (i)), COEF(mean, i),          \
                                 COEF(a, i), COEF(b, i), COEF(c, i))
+#define E_NORM_F(i) FO_NORMALIZE_FOLDED(VFMA, VWIDEN(x + (i)), VLOADD(scale + (i)),               \
+                                        VLOADD(bias + (i)))
+#define E_GRAD_F(i) FO_GRAD_INPUT_FOLDED(VFMA, VWIDEN(g + (i)), VWIDEN(x + (i)), VLOADD(a + (i)), \
+                                         VLOADD(b + (i)), VLOADD(c + (i)))
 #else
 #define FO_STREAMS 0
 #endif
@@ -66,6 +70,9 @@
 #define NORM1(i) ((T)fo_normalize((double)x[i], mean[(i) * cs], scale[(i) * cs], bias[(i) * cs]))
 #define GRAD1(i) ((T)fo_grad_input((double)g[i], (double)x[i], mean[(i) * cs], a[(i) * cs],     \
                                    b[(i) * cs], c[(i) * cs]))
+/* the folded forms (mean == NULL: per-channel coefficients, the mean already folded in) */
+#define NORM1_F(i) ((T)FO_NORMALIZE_FOLDED(fma, (double)x[i], scale[i], bias[i]))
+#define GRAD1_F(i) ((T)FO_GRAD_INPUT_FOLDED(fma, (double)g[i], (double)x[i], a[i], b[i], c[i]))
 
 /* ---------------------------------------------------------------- sums */
 
@@ -194,11 +201,18 @@ static void FN(rows_grad_sums)(const T *g, const T *x, fo_ssize lo, fo_ssize hi,
 
 /* ---------------------------------------------------------------- element-wise passes */
 
-/* y[0:n] = (x - mean) * scale + bias; plain stores, vectorized from x's first 64-byte line */
+/* y[0:n] = (x - mean) * scale + bias; plain stores, vectorized from x's first 64-byte line.
+   mean == NULL (rows only): bias holds the folded shift bias - mean * scale. */
 static inline void FN(normalize_plain)(const T *x, T *y, fo_ssize n, const double *mean,
                                        const double *scale, const double *bias, int cs)
 {
     fo_ssize p = fo_peel(x, sizeof(T), n);
+    if (mean == NULL) {
+        for (fo_ssize i = 0; i < p; ++i) y[i] = NORM1_F(i);
+#pragma omp simd
+        for (fo_ssize i = p; i < n; ++i) y[i] = NORM1_F(i);
+        return;
+    }
     for (fo_ssize i = 0; i < p; ++i) y[i] = NORM1(i);
 #pragma omp simd
     for (fo_ssize i = p; i < n; ++i) y[i] = NORM1(i);
@@ -209,6 +223,12 @@ static inline void FN(grad_input_plain)(const T *g, const T *x, T *dx, fo_ssize 
                                         const double *c, int cs)
 {
     fo_ssize p = fo_peel(x, sizeof(T), n);
+    if (mean == NULL) {
+        for (fo_ssize i = 0; i < p; ++i) dx[i] = GRAD1_F(i);
+#pragma omp simd
+        for (fo_ssize i = p; i < n; ++i) dx[i] = GRAD1_F(i);
+        return;
+    }
     for (fo_ssize i = 0; i < p; ++i) dx[i] = GRAD1(i);
 #pragma omp simd
     for (fo_ssize i = p; i < n; ++i) dx[i] = GRAD1(i);
@@ -221,6 +241,12 @@ static inline void FN(normalize_stream)(const T *x, T *y, fo_ssize n, const doub
                                         const double *scale, const double *bias, int cs)
 {
     fo_ssize i = 0, p = fo_peel(y, sizeof(T), n);
+    if (mean == NULL) {
+        for (; i < p; ++i) y[i] = NORM1_F(i);
+        for (; i + UNIT <= n; i += UNIT) STORE_UNIT(y, i, E_NORM_F);
+        for (; i < n; ++i) y[i] = NORM1_F(i);
+        return;
+    }
     for (; i < p; ++i) y[i] = NORM1(i);
     for (; i + UNIT <= n; i += UNIT) STORE_UNIT(y, i, E_NORM);
     for (; i < n; ++i) y[i] = NORM1(i);
@@ -231,6 +257,12 @@ static inline void FN(grad_input_stream)(const T *g, const T *x, T *dx, fo_ssize
                                          const double *c, int cs)
 {
     fo_ssize i = 0, p = fo_peel(dx, sizeof(T), n);
+    if (mean == NULL) {
+        for (; i < p; ++i) dx[i] = GRAD1_F(i);
+        for (; i + UNIT <= n; i += UNIT) STORE_UNIT(dx, i, E_GRAD_F);
+        for (; i < n; ++i) dx[i] = GRAD1_F(i);
+        return;
+    }
     for (; i < p; ++i) dx[i] = GRAD1(i);
     for (; i + UNIT <= n; i += UNIT) STORE_UNIT(dx, i, E_GRAD);
     for (; i < n; ++i) dx[i] = GRAD1(i);
@@ -294,7 +326,8 @@ static void FN(chunk_grad_sums)(const T *g, const T *x, fo_ssize lo, fo_ssize hi
         }
 }
 
-/* y = (x - mean[c]) * scale[c] + bias[c] over rows [lo, hi); y may be x. */
+/* y = (x - mean[c]) * scale[c] + bias[c] over rows [lo, hi); y may be x. For rows
+   (inner == 1) mean may be NULL: bias then holds the folded shift (FO_NORMALIZE_FOLDED). */
 static void FN(chunk_normalize)(const T *x, T *y, fo_ssize lo, fo_ssize hi, fo_ssize C,
                                 fo_ssize inner, const double *mean, const double *scale,
                                 const double *bias, int stream)
@@ -318,7 +351,8 @@ static void FN(chunk_normalize)(const T *x, T *y, fo_ssize lo, fo_ssize hi, fo_s
     if (stream) fo_stream_fence();
 }
 
-/* dx = dy * a[c] + (x - mean[c]) * b[c] + c[c] over rows [lo, hi); dx may be dy or x. */
+/* dx = dy * a[c] + (x - mean[c]) * b[c] + c[c] over rows [lo, hi); dx may be dy or x. For rows
+   mean may be NULL: c then holds c - mean * b (FO_GRAD_INPUT_FOLDED). */
 static void FN(chunk_grad_input)(const T *g, const T *x, T *dx, fo_ssize lo, fo_ssize hi,
                                  fo_ssize C, fo_ssize inner, const double *mean, const double *a,
                                  const double *b, const double *c, int stream)
@@ -392,5 +426,9 @@ static void FN(channel_backward)(const T *g, const T *x, T *dx, fo_ssize outer, 
 #undef COEF
 #undef E_NORM
 #undef E_GRAD
+#undef E_NORM_F
+#undef E_GRAD_F
 #undef NORM1
 #undef GRAD1
+#undef NORM1_F
+#undef GRAD1_F

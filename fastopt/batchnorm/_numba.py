@@ -300,10 +300,10 @@ def forward_train(x, weight, bias, eps, y, mean, var, invstd, plan):
                          plan.row_block)
 
 
-def forward_eval(x, mean, scale, bias, y, plan):
+def forward_eval(x, mean, invstd, weight, bias, y, plan):
     """Normalize with given statistics; same contract as ``_cython.forward_eval``."""
     apply_numba_threads(plan.n_threads)
-    _normalize(x, y, mean, scale, bias, plan.n_chunks)
+    _normalize(x, y, mean, invstd * weight, bias, plan.n_chunks)
 
 
 def backward(dy, x, mean, invstd, weight, training, dx, dweight, dbias, plan):

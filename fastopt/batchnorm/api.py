@@ -253,7 +253,7 @@ def batch_norm_forward(
     else:
         mean = rm.astype(np.float64)
         invstd = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
-        kernels.forward_eval(x3, mean, invstd * w64, b64, y3, plan)
+        kernels.forward_eval(x3, mean, invstd, w64, b64, y3, plan)
     mean, invstd = mean.astype(x.dtype), invstd.astype(x.dtype)
     if device:
         if host:

@@ -55,10 +55,10 @@ def forward_train(x, weight, bias, eps, y, mean, var, invstd, plan):
     y[...] = normalize(xd, _channels(mean), _channels(invstd * weight), _channels(bias))
 
 
-def forward_eval(x, mean, scale, bias, y, plan):
-    """OUT ``y = (x - mean) * scale + bias`` with given (running) statistics."""
+def forward_eval(x, mean, invstd, weight, bias, y, plan):
+    """OUT ``y = (x - mean) * invstd * weight + bias`` with given (running) statistics."""
     del plan
-    y[...] = normalize(x, _channels(mean), _channels(scale), _channels(bias))
+    y[...] = normalize(x, _channels(mean), _channels(invstd * weight), _channels(bias))
 
 
 def backward(dy, x, mean, invstd, weight, training, dx, dweight, dbias, plan):
