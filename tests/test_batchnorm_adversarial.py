@@ -203,3 +203,31 @@ def test_layer_dtype_mismatch_names_x_and_the_fix():
                                          r"float32; convert with x.astype\(np.float32\)"):
         bn.forward(np.zeros((3, 4)))
     assert bn.num_batches_tracked == 0
+
+
+# ---------------------------------------------------------------- speed under load
+
+
+def test_threads_for_call_leaves_busy_cpus_to_their_processes(monkeypatch):
+    from fastopt import _threads
+
+    monkeypatch.setattr(_threads, "_default_cpus", lambda: 4)
+    monkeypatch.setattr(_threads, "_own_running_tasks", lambda: 2)
+    for running, want in [(2, 4), (3, 3), (5, 1), (40, 1)]:
+        monkeypatch.setattr(_threads, "_running_tasks", lambda path, r=running: r)
+        monkeypatch.setitem(_threads._load_state, "at", -1.0)
+        assert _threads.threads_for_call(4) == want, running
+    assert _threads.threads_for_call(1) == 1
+
+
+@pytest.mark.parametrize("backend", compiled_backends("batchnorm"))
+def test_results_follow_the_configured_threads_not_the_running_ones(backend, monkeypatch):
+    from fastopt import _threads
+
+    x = np.random.default_rng(8).standard_normal((64, 300)).astype(np.float32)
+    monkeypatch.setattr(_threads, "free_cpus", lambda: 64)
+    full = batch_norm_forward(x, backend=backend)
+    monkeypatch.setattr(_threads, "free_cpus", lambda: 1)
+    loaded = batch_norm_forward(x, backend=backend)
+    np.testing.assert_array_equal(full.y, loaded.y)
+    np.testing.assert_array_equal(full.mean, loaded.mean)
