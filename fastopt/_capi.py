@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import os
 
+# The C-level entry points each family ships, as ``cimport``-able .pxd modules. A family adds
+# its own line here and a test beside tests/test_batchnorm_design.py's downstream extension.
+PXD_MODULES = {
+    "batchnorm": "fastopt.batchnorm._cython",  # forward_train_f32/f64, backward_f32/f64
+    # "spectral": "fastopt.spectral._cython",  # <- the spectral family's nogil entry points
+}
+
 
 def get_include() -> str:
     """Directory to put on a downstream Cython build's include path to ``cimport`` fastopt.

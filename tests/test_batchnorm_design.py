@@ -254,6 +254,14 @@ def run(double[:, :, ::1] x, double[:, :, ::1] dy):
 """
 
 
+def test_every_listed_pxd_is_shipped_beside_get_include():
+    from fastopt._capi import PXD_MODULES
+
+    for module in PXD_MODULES.values():
+        path = os.path.join(fastopt.get_include(), *module.split(".")) + ".pxd"
+        assert os.path.isfile(path), path
+
+
 @needs_cython
 @pytest.mark.slow
 def test_downstream_extension_cimports_the_kernels(tmp_path):
