@@ -170,7 +170,8 @@ def batch_norm_forward(
     eps : float > 0
         Added to the variance inside the square root.
     out : ndarray, optional
-        Destination for y (x's shape and dtype, C-contiguous); may be x itself (in place).
+        Destination for y (x's shape and dtype, C-contiguous); may be exactly x (in place), must
+        not otherwise share memory with an input or the running statistics.
     check_finite : bool
         Raise ``ValueError`` if x holds NaN or Inf (by default they propagate within their
         channel, as in PyTorch).
@@ -189,10 +190,13 @@ def batch_norm_forward(
     Raises
     ------
     TypeError
-        x is not float32/float64 (integer, bool, float16, complex).
+        x is not float32/float64 (integer, bool, float16, complex); a masked array or an
+        ``np.matrix`` for any argument.
     ValueError
         Bad shapes, axis, eps, momentum, out=, a single value per channel in training, missing
-        running statistics in eval mode. Nothing is modified when an error is raised.
+        running statistics in eval mode; an output (out, running_mean, running_var) that shares
+        memory with an input or with another output (out may be exactly x). Nothing is modified
+        when an error is raised.
 
     Examples
     --------
@@ -340,7 +344,8 @@ def batch_norm_backward(
     training : bool
         Whether the forward pass used batch statistics.
     out : ndarray, optional
-        Destination for dx; may be dy itself.
+        Destination for dx; may be exactly dy or x (in place), must not otherwise share memory
+        with an input (ValueError).
     backend : {"auto", "cython", "numba", "numpy", "cuda"}
         Kernel implementation ("cuda" for device arrays, as in :func:`batch_norm_forward`).
 
