@@ -1,7 +1,10 @@
 """Build the Cython extensions of fastopt (every ``fastopt/**/*.pyx``) with -O3 and OpenMP.
 
-Set ``FASTOPT_MARCH`` to choose the target CPU (default ``native``: the package is built on the
-machine that runs it; use ``FASTOPT_MARCH=x86-64-v3`` for a portable wheel, or ``none``).
+The default build is portable: the compiler's baseline target (x86-64), with the hot C loops
+compiled again for AVX2 and AVX-512 and picked at run time (``fastopt/_simd.h``), so a wheel built
+on one x86-64 machine runs, at full speed, on any other. ``FASTOPT_MARCH=native`` (or another
+``-march`` value) builds for one CPU instead, without run-time dispatch: faster to compile, and
+the result runs only on CPUs with that instruction set.
 """
 
 import glob
@@ -23,9 +26,9 @@ def compile_args() -> list[str]:
             # let GCC vectorize loops that need more runtime overlap checks than its default 10
             "--param=vect-max-version-for-alias-checks=64",
             "-Wno-unreachable-code"]
-    march = os.environ.get("FASTOPT_MARCH", "native")
-    if march != "none":
-        args.append(f"-march={march}")
+    march = os.environ.get("FASTOPT_MARCH", "")
+    if march and march not in ("none", "portable"):
+        args += [f"-march={march}", "-DFO_NO_CLONES"]  # one target: nothing to dispatch
     return args
 
 

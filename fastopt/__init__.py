@@ -13,11 +13,12 @@ extensions are built at install time.
 
 from __future__ import annotations
 
+from ._capi import get_include
 from ._threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "get_num_threads", "set_num_threads"]
+__all__ = ["__version__", "get_include", "get_num_threads", "set_num_threads"]
 
 
 def _export(module) -> None:

@@ -24,6 +24,21 @@ def simd_level() -> str:
     return platform.machine() or "unknown"
 
 
+def family_variants() -> dict[str, str]:
+    """SIMD variant each family's compiled kernels run, for families whose Cython module has a
+    ``simd_level()`` function (``"avx512"``, ``"avx2"``, ``"baseline"``)."""
+    variants: dict[str, str] = {}
+    for family in ("batchnorm", "spectral", "curvature"):
+        try:
+            module = importlib.import_module(f"fastopt.{family}._cython")
+        except ImportError:
+            continue
+        level = getattr(module, "simd_level", None)
+        if callable(level):
+            variants[family] = str(level())
+    return variants
+
+
 def backend_report() -> dict[str, str]:
     """One line of status per backend: available or why not."""
     report: dict[str, str] = {}
@@ -79,4 +94,8 @@ def info_text() -> str:
         "backends:",
     ]
     lines += [f"  {name:7s} {status}" for name, status in backend_report().items()]
+    variants = family_variants()
+    if variants:
+        lines.append("kernel variants (FASTOPT_SIMD=avx512|avx2|baseline lowers them):")
+        lines += [f"  {family:9s} {level}" for family, level in variants.items()]
     return "\n".join(lines)

@@ -85,7 +85,7 @@ def apply_numba_threads(n: int | None = None) -> int:
 
 _LOAD_INTERVAL = 0.1  # seconds between two looks at the system's run queue
 _load_lock = threading.Lock()
-_load_state = {"at": -1.0, "free": None}
+_load_state: dict = {"at": -1.0, "free": None, "others": None}
 
 
 def _running_tasks(path: str) -> int:
@@ -94,9 +94,9 @@ def _running_tasks(path: str) -> int:
         return int(fh.read().split()[3].split("/")[0])
 
 
-def _own_running_tasks() -> int:
+def _own_running_tids() -> set[str]:
     """Threads of this process that are running or runnable now (state R)."""
-    count = 0
+    running = set()
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/stat") as fh:
@@ -104,20 +104,32 @@ def _own_running_tasks() -> int:
         except OSError:  # the thread ended
             continue
         if stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] == "R":
-            count += 1
-    return count
+            running.add(tid)
+    return running
 
 
 def free_cpus() -> int | None:
     """CPUs of this process's affinity set that other processes' runnable tasks leave free, or
-    None where that cannot be read (not Linux). Looked up at most every 0.1 s."""
+    None where that cannot be read (not Linux). Looked up at most every 0.1 s.
+
+    This process's own threads are those running just before or just after the system count
+    is read (a worker that stops spinning in between is not taken for another process), and
+    the other processes' count is the smaller of the last two looks, so that one passing task
+    does not take a thread away."""
     now = time.monotonic()
     if now - _load_state["at"] < _LOAD_INTERVAL:
         return _load_state["free"]
     with _load_lock:
         if now - _load_state["at"] >= _LOAD_INTERVAL:
             try:
-                others = max(0, _running_tasks("/proc/loadavg") - _own_running_tasks())
+                before = _own_running_tids()
+                total = _running_tasks("/proc/loadavg")
+                own = len(before | _own_running_tids())
+                others = max(0, total - own)
+                previous = _load_state["others"]
+                _load_state["others"] = others
+                if previous is not None and now - _load_state["at"] < 10 * _LOAD_INTERVAL:
+                    others = min(others, previous)
                 free = max(1, _default_cpus() - others)
             except (OSError, ValueError, IndexError):
                 free = None

@@ -92,19 +92,36 @@ def test_both_work_splits_agree(backend, per_channel, n_chunks):
     kernels = _dispatch.load("batchnorm", backend)
     x, w, b, dy = make_inputs((5, 6, 20), 1, np.float64, seed=3)
     w64, b64 = w.astype(float), b.astype(float)
-    ref_y, ref_mean, ref_var, ref_inv = _dispatch.load("batchnorm", "numpy").forward_train(
-        x, w64, b64, 1e-5)
+    ref_y, ref_mean, ref_var, ref_inv = reference_forward(x, w64, b64)
     y = np.empty_like(x)
     mean, var, inv = np.empty(6), np.empty(6), np.empty(6)
-    kernels.forward_train(x, w64, b64, 1e-5, y, mean, var, inv, per_channel, n_chunks, 2)
+    plan = _plan.Plan(per_channel, n_chunks, 2)
+    kernels.forward_train(x, w64, b64, 1e-5, y, mean, var, inv, plan)
     np.testing.assert_allclose(y, ref_y, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(var, ref_var, rtol=1e-12)
     dx = np.empty_like(x)
     dw, db = np.empty(6), np.empty(6)
-    kernels.backward(dy, x, mean, inv, w64, True, dx, dw, db, per_channel, n_chunks, 2)
-    ref = _dispatch.load("batchnorm", "numpy").backward(dy, x, mean, inv, w64, True)
+    kernels.backward(dy, x, mean, inv, w64, True, dx, dw, db, plan)
+    ref = reference_backward(dy, x, mean, inv, w64)
     np.testing.assert_allclose(dx, ref[0], rtol=1e-11, atol=1e-12)
     np.testing.assert_allclose(dw, ref[1], rtol=1e-11, atol=1e-11)
+
+
+def reference_forward(x, w64, b64, eps=1e-5):
+    """(y, mean, var, invstd) from the numpy reference kernel."""
+    c = x.shape[1]
+    y, mean, var, inv = np.empty_like(x), np.empty(c), np.empty(c), np.empty(c)
+    _dispatch.load("batchnorm", "numpy").forward_train(x, w64, b64, eps, y, mean, var, inv, None)
+    return y, mean, var, inv
+
+
+def reference_backward(dy, x, mean, inv, w64, training=True):
+    """(dx, dweight, dbias) from the numpy reference kernel."""
+    c = x.shape[1]
+    dx, dw, db = np.empty_like(x), np.empty(c), np.empty(c)
+    _dispatch.load("batchnorm", "numpy").backward(dy, x, mean, inv, w64, training, dx, dw, db,
+                                                  None)
+    return dx, dw, db
 
 
 def at_offset(shape, dtype, offset_bytes):
@@ -140,15 +157,16 @@ def test_sweeps_agree_for_any_address_stream_and_thread_count(backend, dtype, ou
         dy[...] = dy0
         mean, var, inv, dw, db = (np.empty(C) for _ in range(5))
         ye = at_offset(x0.shape, dtype, offset)
-        kernels.forward_eval(x, w64, b64, ye, 3, n_threads, stream)
+        zero, one = np.zeros(C), np.ones(C)
+        kernels.forward_eval(x, zero, one, w64, b64, ye,
+                             _plan.Plan(per_channel, 3, n_threads, stream))
         dx = dy if in_place else at_offset(x0.shape, dtype, offset)
         y = x if in_place else at_offset(x0.shape, dtype, offset)
-        kernels.forward_train(x, w64, b64, 1e-5, y, mean, var, inv, per_channel, 3, n_threads,
-                              stream, row_block)
+        plan = _plan.Plan(per_channel, 3, n_threads, stream, row_block)
+        kernels.forward_train(x, w64, b64, 1e-5, y, mean, var, inv, plan)
         y = y.copy()
         x[...] = x0  # the in-place forward overwrote x
-        kernels.backward(dy, x, mean, inv, w64, True, dx, dw, db, per_channel, 3, n_threads,
-                         stream, row_block)
+        kernels.backward(dy, x, mean, inv, w64, True, dx, dw, db, plan)
         return y, mean, var, dx.copy(), dw, db, ye.copy()
 
     first = run(0, False, 1, False)
@@ -157,11 +175,10 @@ def test_sweeps_agree_for_any_address_stream_and_thread_count(backend, dtype, ou
         for a, b in zip(first, run(*args), strict=True):
             np.testing.assert_array_equal(a, b, err_msg=f"offset/stream/threads/in-place {args}")
     y, mean, var, dx, dw, db, ye = first
-    ref = _dispatch.load("batchnorm", "numpy")
-    ref_y, ref_mean, ref_var, ref_inv = ref.forward_train(x0, w64, b64, 1e-5)
+    ref_y, ref_mean, ref_var, ref_inv = reference_forward(x0, w64, b64)
     close(y, ref_y, dtype, 10)
     np.testing.assert_allclose(var, ref_var, rtol=1e-12 if dtype == np.float64 else 1e-6)
-    close(dx, ref.backward(dy0, x0, ref_mean, ref_inv, w64, True)[0], dtype, 10)
+    close(dx, reference_backward(dy0, x0, ref_mean, ref_inv, w64)[0], dtype, 10)
     close(ye, x0 * w64[:, None] + b64[:, None], dtype, 10)
 
 

@@ -8,6 +8,10 @@ Same contract as the CPU kernels, on device arrays viewed as ``(outer, C, inner)
    helpers shared with the Numba CPU kernels (``_scalar.py``);
 3. an element-wise pass writes y (or dx).
 
+The three entry points have the interface of every batch-norm backend (``_cython``,
+``_numba``, ``fastopt.reference.batchnorm``), with x, y, dy, dx on the device and the per-channel
+vectors, inputs and outputs alike, host float64 arrays.
+
 ``THREADS_PER_BLOCK`` (a power of two) is read when kernels are first built; tests shrink it so
 that multi-block logic runs on tiny inputs in the simulator (``NUMBA_ENABLE_CUDASIM=1``).
 """
@@ -33,6 +37,8 @@ def _kernels(tpb: int):
     finish = cuda.jit(device=True)(_scalar.finish_stats)
     sum_partials = cuda.jit(device=True)(_scalar.sum_partials)
     coefficients = cuda.jit(device=True)(_scalar.grad_coefficients)
+    normalize = cuda.jit(device=True)(_scalar.normalize)
+    grad_input = cuda.jit(device=True)(_scalar.grad_input)
 
     @cuda.jit(device=True)
     def block_sum2(a, b, sh_a, sh_b):
@@ -102,7 +108,7 @@ def _kernels(tpb: int):
         part[blk, 1, c] = s2
 
     @cuda.jit
-    def finish_kernel(part, shifts, weight, bias, n, eps, mean, var, invstd, scale, offset):
+    def finish_kernel(part, shifts, weight, n, eps, mean, var, invstd, scale):
         c = cuda.grid(1)
         if c >= mean.shape[0]:
             return
@@ -112,15 +118,14 @@ def _kernels(tpb: int):
         var[c] = v
         invstd[c] = inv
         scale[c] = inv * weight[c]
-        offset[c] = bias[c] - m * scale[c]
 
     @cuda.jit
-    def normalize_kernel(x, y, scale, offset):
+    def normalize_kernel(x, y, mean, scale, bias):
         outer, C, inner = x.shape
         start, stride = cuda.grid(1), cuda.gridsize(1)
         for j in range(start, outer * C * inner, stride):
             o, c, i = channel_of(j, C, inner)
-            y[o, c, i] = float64(x[o, c, i]) * scale[c] + offset[c]
+            y[o, c, i] = normalize(float64(x[o, c, i]), mean[c], scale[c], bias[c])
 
     @cuda.jit
     def grad_sums_runs(dy, x, mean, part):
@@ -168,18 +173,19 @@ def _kernels(tpb: int):
         s, d = sum_partials(part, c)
         dbias[c] = s
         dweight[c] = d * invstd[c]
-        a, b, e = coefficients(s, d, mean[c], invstd[c], weight[c], n, training)
+        a, b, e = coefficients(s, d, invstd[c], weight[c], n, training)
         ca[c] = a
         cb[c] = b
         cc[c] = e
 
     @cuda.jit
-    def grad_input_kernel(dy, x, dx, ca, cb, cc):
+    def grad_input_kernel(dy, x, dx, mean, ca, cb, cc):
         outer, C, inner = x.shape
         start, stride = cuda.grid(1), cuda.gridsize(1)
         for j in range(start, outer * C * inner, stride):
             o, c, i = channel_of(j, C, inner)
-            dx[o, c, i] = float64(dy[o, c, i]) * ca[c] + float64(x[o, c, i]) * cb[c] + cc[c]
+            dx[o, c, i] = grad_input(float64(dy[o, c, i]), float64(x[o, c, i]), mean[c], ca[c],
+                                     cb[c], cc[c])
 
     return dict(
         shifts=shifts_kernel, sums_runs=sums_runs, sums_rows=sums_rows, finish=finish_kernel,
@@ -202,8 +208,10 @@ def _grids(outer: int, channels: int, inner: int, tpb: int):
     return partial_grid, blocks, per_channel, elementwise
 
 
-def forward_train(x, weight, bias, eps, y, per_channel=None, n_chunks=None, n_threads=None):
-    """Training forward on device arrays; returns device float64 (mean, var, invstd)."""
+def forward_train(x, weight, bias, eps, y, mean, var, invstd, plan):
+    """Training forward: x, y device arrays; weight, bias host float64; OUT host float64 mean,
+    var, invstd (copied back). ``plan`` is accepted for the shared interface and ignored."""
+    del plan
     tpb = THREADS_PER_BLOCK
     k = _kernels(tpb)
     outer, channels, inner = x.shape
@@ -211,40 +219,45 @@ def forward_train(x, weight, bias, eps, y, per_channel=None, n_chunks=None, n_th
     w, b = cuda.to_device(weight), cuda.to_device(bias)
     shifts = cuda.device_array(channels, np.float64)
     part = cuda.device_array((blocks, 2, channels), np.float64)
-    mean, var, invstd, scale, offset = (cuda.device_array(channels, np.float64)
-                                        for _ in range(5))
+    dmean, dvar, dinvstd, scale = (cuda.device_array(channels, np.float64) for _ in range(4))
     k["shifts"][per_c, tpb](x, shifts)
     sums = k["sums_rows"] if inner == 1 else k["sums_runs"]
     sums[partial_grid, tpb](x, shifts, part)
-    k["finish"][per_c, tpb](part, shifts, w, b, float(outer * inner), eps, mean, var, invstd,
-                            scale, offset)
-    k["normalize"][elementwise, tpb](x, y, scale, offset)
-    return mean, var, invstd
+    k["finish"][per_c, tpb](part, shifts, w, float(outer * inner), eps, dmean, dvar, dinvstd,
+                            scale)
+    k["normalize"][elementwise, tpb](x, y, dmean, scale, b)
+    dmean.copy_to_host(mean)
+    dvar.copy_to_host(var)
+    dinvstd.copy_to_host(invstd)
 
 
-def forward_eval(x, scale, shift, y, n_chunks=None, n_threads=None):
-    """Normalize device arrays with host float64 (scale, shift): y = x * scale + shift."""
+def forward_eval(x, mean, invstd, weight, bias, y, plan):
+    """Normalize device arrays with host float64 statistics:
+    y = (x - mean) * invstd * weight + bias."""
+    del plan
+    scale = invstd * weight
     tpb = THREADS_PER_BLOCK
     k = _kernels(tpb)
     _, _, _, elementwise = _grids(*x.shape, tpb)
-    k["normalize"][elementwise, tpb](x, y, cuda.to_device(scale), cuda.to_device(shift))
+    k["normalize"][elementwise, tpb](x, y, cuda.to_device(mean), cuda.to_device(scale),
+                                     cuda.to_device(bias))
 
 
-def backward(dy, x, mean, invstd, weight, training, dx):
-    """Backward on device arrays; mean/invstd/weight are host float64 vectors.
-
-    Returns device float64 (dweight, dbias).
-    """
+def backward(dy, x, mean, invstd, weight, training, dx, dweight, dbias, plan):
+    """Backward: dy, x, dx device arrays; mean/invstd/weight host float64 vectors; OUT host
+    float64 dweight, dbias (copied back)."""
+    del plan
     tpb = THREADS_PER_BLOCK
     k = _kernels(tpb)
     outer, channels, inner = x.shape
     partial_grid, blocks, per_c, elementwise = _grids(outer, channels, inner, tpb)
     m, inv, w = cuda.to_device(mean), cuda.to_device(invstd), cuda.to_device(weight)
     part = cuda.device_array((blocks, 2, channels), np.float64)
-    dweight, dbias, ca, cb, cc = (cuda.device_array(channels, np.float64) for _ in range(5))
+    ddweight, ddbias, ca, cb, cc = (cuda.device_array(channels, np.float64) for _ in range(5))
     sums = k["grad_sums_rows"] if inner == 1 else k["grad_sums_runs"]
     sums[partial_grid, tpb](dy, x, m, part)
-    k["grad_finish"][per_c, tpb](part, m, inv, w, float(outer * inner), bool(training), dweight,
-                                 dbias, ca, cb, cc)
-    k["grad_input"][elementwise, tpb](dy, x, dx, ca, cb, cc)
-    return dweight, dbias
+    k["grad_finish"][per_c, tpb](part, m, inv, w, float(outer * inner), bool(training), ddweight,
+                                 ddbias, ca, cb, cc)
+    k["grad_input"][elementwise, tpb](dy, x, dx, m, ca, cb, cc)
+    ddweight.copy_to_host(dweight)
+    ddbias.copy_to_host(dbias)

@@ -1,16 +1,26 @@
-# Run helpers of the Cython batch-norm kernels, for other Cython code to cimport.
-# IN: const pointers; OUT/INOUT: plain pointers. All are nogil and never raise.
-from cython cimport floating
+# C-level API of fastopt's batch-norm kernels, for other Cython code to cimport:
+#
+#     from fastopt.batchnorm._cython cimport forward_train_f32
+#
+# with fastopt.get_include() on the include path. Arrays are C-contiguous and viewed as
+# (outer, C, inner): x[o, c, i] at x + (o * C + c) * inner + i. Outputs are written, never
+# allocated (y may be x; dx may be dy or x); mean, var, invstd, dweight, dbias are float64 (C,).
+# Every function is nogil, never raises, and returns 0, or -1 when it could not allocate its
+# scratch space (then nothing meaningful was written).
 
-cdef void run_sums(const floating* x, Py_ssize_t n, double shift,
-                   double* s1, double* s2) noexcept nogil
-cdef void run_normalize(const floating* x, floating* y, Py_ssize_t n,
-                        double scale, double shift) noexcept nogil
-cdef void run_grad_sums(const floating* dy, const floating* x, Py_ssize_t n, double mean,
-                        double* s, double* d) noexcept nogil
-cdef void run_grad_input(const floating* dy, const floating* x, floating* dx, Py_ssize_t n,
-                         double a, double b, double c) noexcept nogil
-cdef void rows_sums(const floating* xp, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t C,
-                    const double* shifts, double* s1, double* s2) noexcept nogil
-cdef void rows_normalize(const floating* xp, floating* yp, Py_ssize_t lo, Py_ssize_t hi,
-                         Py_ssize_t C, const double* scale, const double* shift) noexcept nogil
+cdef int forward_train_f32(const float* x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                           const double* weight, const double* bias, double eps, float* y,
+                           double* mean, double* var, double* invstd,
+                           int n_threads) noexcept nogil
+cdef int forward_train_f64(const double* x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                           const double* weight, const double* bias, double eps, double* y,
+                           double* mean, double* var, double* invstd,
+                           int n_threads) noexcept nogil
+cdef int backward_f32(const float* dy, const float* x, Py_ssize_t outer, Py_ssize_t C,
+                      Py_ssize_t inner, const double* mean, const double* invstd,
+                      const double* weight, bint training, float* dx, double* dweight,
+                      double* dbias, int n_threads) noexcept nogil
+cdef int backward_f64(const double* dy, const double* x, Py_ssize_t outer, Py_ssize_t C,
+                      Py_ssize_t inner, const double* mean, const double* invstd,
+                      const double* weight, bint training, double* dx, double* dweight,
+                      double* dbias, int n_threads) noexcept nogil

@@ -2,12 +2,11 @@
 
 Plain loops over the innermost axis, compiled lazily on first call (``cache=True``), one
 specialization per dtype; the channels-last sums take 4-row blocks or single rows
-(``row_block``) as in Cython. The ``stream``
-argument of the entry points is accepted and ignored (Numba has no non-temporal stores).
-``fastmath`` allows only reassociation and contraction, so float64 reductions vectorize while NaN
-and Inf keep their meaning. Outputs are computed in float64 as
-``y = x * scale + shift``; for ``inner == 1`` (channels-last, (N, C)) the loops run across channels
-on 2-D contiguous rows. Scalar helpers are shared with the CUDA kernels
+(``row_block``) as in Cython. The plan's ``stream`` flag is ignored (Numba has no non-temporal
+stores). ``fastmath`` allows only reassociation and contraction, so float64 reductions vectorize
+while NaN and Inf keep their meaning. Outputs are computed in float64 as
+``y = (x - mean) * scale + bias``; for ``inner == 1`` (channels-last, (N, C)) the loops run
+across channels on 2-D contiguous rows. The scalar formulas are shared with the CUDA kernels
 (``_scalar.py``).
 """
 
@@ -27,6 +26,8 @@ channel_shift = jit(_scalar.channel_shift)
 finish_stats = jit(_scalar.finish_stats)
 sum_partials = jit(_scalar.sum_partials)
 grad_coefficients = jit(_scalar.grad_coefficients)
+normalize = jit(_scalar.normalize)
+grad_input = jit(_scalar.grad_input)
 
 
 # ------------------------------------------------ contiguous runs (x[o, c, :]) for inner > 1
@@ -44,9 +45,9 @@ def run_sums(x, o, c, shift):
 
 
 @jit
-def run_normalize(x, y, o, c, scale, shift):
+def run_normalize(x, y, o, c, mean, scale, bias):
     for i in range(x.shape[2]):
-        y[o, c, i] = np.float64(x[o, c, i]) * scale + shift
+        y[o, c, i] = normalize(np.float64(x[o, c, i]), mean, scale, bias)
 
 
 @jit
@@ -61,9 +62,9 @@ def run_grad_sums(dy, x, o, c, mean):
 
 
 @jit
-def run_grad_input(dy, x, dx, o, c, a, b, cc):
+def run_grad_input(dy, x, dx, o, c, mean, a, b, cc):
     for i in range(x.shape[2]):
-        dx[o, c, i] = np.float64(dy[o, c, i]) * a + np.float64(x[o, c, i]) * b + cc
+        dx[o, c, i] = grad_input(np.float64(dy[o, c, i]), np.float64(x[o, c, i]), mean, a, b, cc)
 
 
 # ------------------------------------------------ 2-D rows (inner == 1): sweeps across channels
@@ -97,13 +98,13 @@ def rows_sums(x2, lo, hi, shifts, s1, s2, row_block):
 
 
 @jit
-def rows_normalize(x2, y2, lo, hi, scale, shift):
+def rows_normalize(x2, y2, lo, hi, mean, scale, bias):
     C = x2.shape[1]
     for o in range(lo, hi):
         r = x2[o]
         out = y2[o]
         for c in range(C):
-            out[c] = np.float64(r[c]) * scale[c] + shift[c]
+            out[c] = normalize(np.float64(r[c]), mean[c], scale[c], bias[c])
 
 
 @jit
@@ -131,12 +132,12 @@ def rows_grad_sums(g2, x2, lo, hi, mean, s, d, row_block):
 
 
 @jit
-def rows_grad_input(g2, x2, dx2, lo, hi, a, b, cc):
+def rows_grad_input(g2, x2, dx2, lo, hi, mean, a, b, cc):
     C = x2.shape[1]
     for o in range(lo, hi):
         gr, xr, out = g2[o], x2[o], dx2[o]
         for c in range(C):
-            out[c] = np.float64(gr[c]) * a[c] + np.float64(xr[c]) * b[c] + cc[c]
+            out[c] = grad_input(np.float64(gr[c]), np.float64(xr[c]), mean[c], a[c], b[c], cc[c])
 
 
 # ------------------------------------------------ parallel drivers
@@ -160,7 +161,7 @@ def _forward_per_channel(x, weight, bias, eps, y, mean, var, invstd):
         invstd[c] = inv
         scale = inv * weight[c]
         for o in range(outer):  # the slab was just read: cache hits
-            run_normalize(x, y, o, c, scale, bias[c] - m * scale)
+            run_normalize(x, y, o, c, m, scale, bias[c])
 
 
 @pjit
@@ -182,18 +183,18 @@ def _chunk_sums(x, shifts, n_chunks, row_block):
 
 
 @pjit
-def _normalize(x, y, scale, shift, n_chunks):
+def _normalize(x, y, mean, scale, bias, n_chunks):
     outer, C, inner = x.shape
     x2 = x.reshape((outer, C * inner))
     y2 = y.reshape((outer, C * inner))
     for k in nb.prange(n_chunks):
         lo, hi = k * outer // n_chunks, (k + 1) * outer // n_chunks
         if inner == 1:
-            rows_normalize(x2, y2, lo, hi, scale, shift)
+            rows_normalize(x2, y2, lo, hi, mean, scale, bias)
         else:
             for o in range(lo, hi):
                 for c in range(C):
-                    run_normalize(x, y, o, c, scale[c], shift[c])
+                    run_normalize(x, y, o, c, mean[c], scale[c], bias[c])
 
 
 @jit
@@ -205,7 +206,6 @@ def _forward_chunked(x, weight, bias, eps, y, mean, var, invstd, n_chunks, row_b
         shifts[c] = channel_shift(np.float64(x[0, c, 0]))
     part = _chunk_sums(x, shifts, n_chunks, row_block)
     scale = np.empty(C)
-    offset = np.empty(C)
     for c in range(C):
         s1, s2 = sum_partials(part, c)
         m, v, inv = finish_stats(s1, s2, shifts[c], n, eps)
@@ -213,8 +213,7 @@ def _forward_chunked(x, weight, bias, eps, y, mean, var, invstd, n_chunks, row_b
         var[c] = v
         invstd[c] = inv
         scale[c] = inv * weight[c]
-        offset[c] = bias[c] - m * scale[c]
-    _normalize(x, y, scale, offset, n_chunks)
+    _normalize(x, y, mean, scale, bias, n_chunks)
 
 
 @pjit
@@ -230,9 +229,9 @@ def _backward_per_channel(dy, x, mean, invstd, weight, training, dx, dweight, db
             d += b
         dbias[c] = s
         dweight[c] = d * invstd[c]
-        ca, cb, cc = grad_coefficients(s, d, mean[c], invstd[c], weight[c], n, training)
+        ca, cb, cc = grad_coefficients(s, d, invstd[c], weight[c], n, training)
         for o in range(outer):
-            run_grad_input(dy, x, dx, o, c, ca, cb, cc)
+            run_grad_input(dy, x, dx, o, c, mean[c], ca, cb, cc)
 
 
 @pjit
@@ -255,7 +254,7 @@ def _chunk_grad_sums(dy, x, mean, n_chunks, row_block):
 
 
 @pjit
-def _grad_input(dy, x, dx, ca, cb, cc, n_chunks):
+def _grad_input(dy, x, dx, mean, ca, cb, cc, n_chunks):
     outer, C, inner = x.shape
     x2 = x.reshape((outer, C * inner))
     g2 = dy.reshape((outer, C * inner))
@@ -263,11 +262,11 @@ def _grad_input(dy, x, dx, ca, cb, cc, n_chunks):
     for k in nb.prange(n_chunks):
         lo, hi = k * outer // n_chunks, (k + 1) * outer // n_chunks
         if inner == 1:
-            rows_grad_input(g2, x2, dx2, lo, hi, ca, cb, cc)
+            rows_grad_input(g2, x2, dx2, lo, hi, mean, ca, cb, cc)
         else:
             for o in range(lo, hi):
                 for c in range(C):
-                    run_grad_input(dy, x, dx, o, c, ca[c], cb[c], cc[c])
+                    run_grad_input(dy, x, dx, o, c, mean[c], ca[c], cb[c], cc[c])
 
 
 @jit
@@ -283,36 +282,35 @@ def _backward_chunked(dy, x, mean, invstd, weight, training, dx, dweight, dbias,
         s, d = sum_partials(part, c)
         dbias[c] = s
         dweight[c] = d * invstd[c]
-        ca[c], cb[c], cc[c] = grad_coefficients(s, d, mean[c], invstd[c], weight[c], n, training)
-    _grad_input(dy, x, dx, ca, cb, cc, n_chunks)
+        ca[c], cb[c], cc[c] = grad_coefficients(s, d, invstd[c], weight[c], n, training)
+    _grad_input(dy, x, dx, mean, ca, cb, cc, n_chunks)
 
 
-# ------------------------------------------------------------------ entry points (as in Cython)
+# ------------------------------------------------------------------ the kernel interface
 
 
-def forward_train(x, weight, bias, eps, y, mean, var, invstd, per_channel, n_chunks, n_threads,
-                  stream=False, row_block=4):
-    """Training forward; same contract as ``_cython.forward_train`` (``stream`` is ignored)."""
-    apply_numba_threads(n_threads)
-    if per_channel:
+def forward_train(x, weight, bias, eps, y, mean, var, invstd, plan):
+    """Training forward; same contract as ``_cython.forward_train`` (``plan.stream`` is
+    ignored)."""
+    apply_numba_threads(plan.n_threads)
+    if plan.per_channel:
         _forward_per_channel(x, weight, bias, eps, y, mean, var, invstd)
     else:
-        _forward_chunked(x, weight, bias, eps, y, mean, var, invstd, n_chunks, row_block)
+        _forward_chunked(x, weight, bias, eps, y, mean, var, invstd, plan.n_chunks,
+                         plan.row_block)
 
 
-def forward_eval(x, scale, shift, y, n_chunks, n_threads, stream=False):
-    """Normalize with given statistics; same contract as ``_cython.forward_eval`` (``stream`` is
-    ignored)."""
-    apply_numba_threads(n_threads)
-    _normalize(x, y, scale, shift, n_chunks)
+def forward_eval(x, mean, invstd, weight, bias, y, plan):
+    """Normalize with given statistics; same contract as ``_cython.forward_eval``."""
+    apply_numba_threads(plan.n_threads)
+    _normalize(x, y, mean, invstd * weight, bias, plan.n_chunks)
 
 
-def backward(dy, x, mean, invstd, weight, training, dx, dweight, dbias, per_channel, n_chunks,
-             n_threads, stream=False, row_block=4):
-    """Backward; same contract as ``_cython.backward`` (``stream`` is ignored)."""
-    apply_numba_threads(n_threads)
-    if per_channel:
+def backward(dy, x, mean, invstd, weight, training, dx, dweight, dbias, plan):
+    """Backward; same contract as ``_cython.backward`` (``plan.stream`` is ignored)."""
+    apply_numba_threads(plan.n_threads)
+    if plan.per_channel:
         _backward_per_channel(dy, x, mean, invstd, weight, training, dx, dweight, dbias)
     else:
-        _backward_chunked(dy, x, mean, invstd, weight, training, dx, dweight, dbias, n_chunks,
-                          row_block)
+        _backward_chunked(dy, x, mean, invstd, weight, training, dx, dweight, dbias,
+                          plan.n_chunks, plan.row_block)

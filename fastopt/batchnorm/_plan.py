@@ -19,7 +19,8 @@ arrays one call touches (forward: x and y; backward: x, dy and dx) are larger th
 last-level cache together. Below that, plain stores leave the output in cache for the next call
 or layer (measured on (4096, 1024) and (64, 64, 32, 32) float32: the backward's 48 MiB is
 10-13% faster streamed, the forward's 32 MiB not consistently). Contiguous runs shorter than
-``STREAM_MIN_RUN_BYTES`` are not worth it. The Numba kernels ignore the flag.
+``STREAM_MIN_RUN_BYTES`` are not worth it. The Numba kernels, and the Cython kernels' baseline
+variant (CPUs without AVX2), ignore the flag.
 
 ``row_block``: the channels-last sums sweep 4 rows at a time when their input fits in the
 last-level cache (the float64 partial sums stay in registers: (4096, 1024) backward sums 0.84 vs

@@ -1,13 +1,27 @@
-"""Scalar helpers shared by the Numba CPU kernels and the numba.cuda kernels.
+"""Scalar formulas shared by the Numba CPU kernels and the numba.cuda kernels.
 
 Plain Python functions of float64 scalars (and one of a partial-sum array): ``_numba.py`` wraps
 them with ``njit`` and ``_cuda.py`` with ``cuda.jit(device=True)``, so the two targets cannot
-drift apart.
+drift apart. Their C twins are in ``_scalar.h`` (Cython backend) and the numpy reference's in
+``fastopt/reference/batchnorm.py``; tests/test_batchnorm_formulas.py checks that all agree.
+
+Element-wise outputs subtract the mean before scaling, so that a constant or huge-magnitude
+channel cancels exactly (``x - mean == 0``).
 """
 
 from __future__ import annotations
 
 import math
+
+
+def normalize(x: float, mean: float, scale: float, bias: float) -> float:
+    """``y = (x - mean) * scale + bias`` with ``scale = invstd * weight``."""
+    return (x - mean) * scale + bias
+
+
+def grad_input(g: float, x: float, mean: float, a: float, b: float, c: float) -> float:
+    """``dx = dy * a + (x - mean) * b + c`` with ``(a, b, c)`` from :func:`grad_coefficients`."""
+    return g * a + ((x - mean) * b + c)
 
 
 def channel_shift(first: float) -> float:
@@ -40,13 +54,12 @@ def finish_stats(s1: float, s2: float, shift: float, n: float, eps: float):
     return shift + m, v, 1.0 / math.sqrt(v + eps)
 
 
-def grad_coefficients(s: float, d: float, mean: float, invstd: float, weight: float, n: float,
+def grad_coefficients(s: float, d: float, invstd: float, weight: float, n: float,
                       training: bool):
-    """(a, b, c) with ``dx = dy * a + x * b + c`` from ``s = sum(dy)``, ``d = sum((x - mean) *
-    dy)``: PyTorch's ``(dy - s/n - (x - mean) d invstd^2 / n) invstd weight`` with the mean folded
-    into the constant. In eval mode the statistics are constants (b = c = 0)."""
-    a = invstd * weight
+    """(a, b, c) of :func:`grad_input` from ``s = sum(dy)``, ``d = sum((x - mean) * dy)``:
+    PyTorch's ``(dy - s/n - (x - mean) d invstd^2 / n) invstd weight``. In eval mode the
+    statistics are constants (b = c = 0)."""
+    scale = invstd * weight
     if not training:
-        return a, 0.0, 0.0
-    b = -d * invstd * invstd * a / n
-    return a, b, -s / n * a - mean * b
+        return scale, 0.0, 0.0
+    return scale, -d * invstd * invstd * scale / n, -s / n * scale

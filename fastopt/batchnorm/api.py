@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _dispatch
-from .._threads import get_num_threads
+from .._threads import get_num_threads, threads_for_call
 from .._validate import (
     as_channel_vector,
     as_device_array,
@@ -19,7 +19,9 @@ from .._validate import (
     check_out,
     check_positive,
     normalize_axis,
+    reject_unsupported_subclass,
 )
+from ._atomic import deferred_interrupts
 from ._plan import make_plan
 
 FAMILY = "batchnorm"
@@ -62,6 +64,7 @@ def _prefer(outer: int, channels: int, inner: int) -> str:
 
 
 def _check_x(x: object, name: str = "x"):
+    reject_unsupported_subclass(x, name)
     arr = as_device_array(x, name) if _dispatch.is_cuda_array(x) else as_float_array(x, name)
     if arr.ndim < 2:
         raise ValueError(
@@ -72,21 +75,54 @@ def _check_x(x: object, name: str = "x"):
     return arr
 
 
-def _check_out_alias(out: np.ndarray | None, *inputs: np.ndarray) -> None:
-    """out= may be exactly an input (in place) but must not partially overlap one."""
-    if out is None or not isinstance(out, np.ndarray):
-        return
-    for arr in inputs:
-        if np.may_share_memory(out, arr):
-            same = (
-                out.__array_interface__["data"][0] == arr.__array_interface__["data"][0]
-                and out.strides == arr.strides
-            )
-            if not same:
-                raise ValueError("out: overlaps an input without being the same array")
+def _overlap(a: object, b: object) -> bool:
+    """True if host arrays a and b share memory (exactly, within a work bound; past it, assume
+    they do)."""
+    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=1 << 20))
+    except np.exceptions.TooHardError:
+        return True
+
+
+def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    """a and b are views of exactly the same elements in the same layout (in-place use)."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
+
+
+def check_overlap(outputs: dict, inputs: dict, in_place: dict | None = None) -> None:
+    """Raise ValueError if an output overlaps an input or another output.
+
+    ``outputs`` and ``inputs`` map argument names to the arrays the caller passed (before any
+    copy); ``in_place`` maps an output name to the input names it may be exactly (same data,
+    shape and strides), which is allowed."""
+    in_place = in_place or {}
+    names = list(outputs)
+    for i, out_name in enumerate(names):
+        out = outputs[out_name]
+        if out is None:
+            continue
+        for other in names[i + 1:]:
+            if _overlap(out, outputs[other]):
+                raise ValueError(f"{out_name} overlaps {other} in memory; give them "
+                                 "separate arrays")
+        for in_name, arr in inputs.items():
+            if arr is None or not _overlap(out, arr):
+                continue
+            if in_name in in_place.get(out_name, ()) and _same_array(out, arr):
+                continue
+            allowed = in_place.get(out_name, ())
+            hint = (f" (it may be {' or '.join(allowed)} itself, element for element)"
+                    if allowed else "")
+            raise ValueError(f"{out_name} overlaps {in_name} in memory{hint}; give "
+                             f"{out_name} an array of its own")
 
 
 def _weight_bias(weight, bias, channels: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    reject_unsupported_subclass(weight, "weight")
+    reject_unsupported_subclass(bias, "bias")
     w = as_param(weight, "weight", channels, dtype)
     b = as_param(bias, "bias", channels, dtype)
     w64 = np.ones(channels) if w is None else w.astype(np.float64)
@@ -134,7 +170,8 @@ def batch_norm_forward(
     eps : float > 0
         Added to the variance inside the square root.
     out : ndarray, optional
-        Destination for y (x's shape and dtype, C-contiguous); may be x itself (in place).
+        Destination for y (x's shape and dtype, C-contiguous); may be exactly x (in place), must
+        not otherwise share memory with an input or the running statistics.
     check_finite : bool
         Raise ``ValueError`` if x holds NaN or Inf (by default they propagate within their
         channel, as in PyTorch).
@@ -153,10 +190,13 @@ def batch_norm_forward(
     Raises
     ------
     TypeError
-        x is not float32/float64 (integer, bool, float16, complex).
+        x is not float32/float64 (integer, bool, float16, complex); a masked array or an
+        ``np.matrix`` for any argument.
     ValueError
         Bad shapes, axis, eps, momentum, out=, a single value per channel in training, missing
-        running statistics in eval mode. Nothing is modified when an error is raised.
+        running statistics in eval mode; an output (out, running_mean, running_var) that shares
+        memory with an input or with another output (out may be exactly x). Nothing is modified
+        when an error is raised.
 
     Examples
     --------
@@ -169,6 +209,10 @@ def batch_norm_forward(
     >>> np.round(y[:, 0, 0], 4)
     array([-1.362 , -0.1513,  1.0593], dtype=float32)
     """
+    given = dict(x=x, weight=weight, bias=bias)
+    for name, value in (("running_mean", running_mean), ("running_var", running_var),
+                        ("out", out)):
+        reject_unsupported_subclass(value, name)
     x = _check_x(x)
     ax = normalize_axis(axis, x.ndim)
     outer, channels, inner = _view3(x.shape, ax)
@@ -187,52 +231,58 @@ def batch_norm_forward(
     if not training and rm is None:
         raise ValueError("running_mean/running_var: required when training=False")
     out = check_out(out, x.shape, x.dtype, device=_dispatch.is_cuda_array(x))
-    _check_out_alias(out, x)
+    # against the arrays as given (a non-contiguous x was copied above)
+    check_overlap(dict(out=out, running_mean=rm, running_var=rv), given, {"out": ("x",)})
     if check_finite:
         check_all_finite(_host(x), "x")
     name = _resolve(backend, x, outer, channels, inner)
-    if name == "cuda":
-        return _forward_cuda(x, w64, b64, outer, channels, inner, training, rm, rv, momentum, eps,
-                             out)
+    kernels = _dispatch.load(FAMILY, name)
+    plan = _plan_for(outer, channels, inner, x.dtype.itemsize, 2)
+    device = name == "cuda"
+    if device:
+        from numba import cuda
 
-    y = np.empty_like(x) if out is None else out
+        host = not _dispatch.is_cuda_array(x)
+        x = _to_device(x)
+        y = cuda.device_array(x.shape, x.dtype) if out is None or host else out
+    else:
+        y = np.empty_like(x) if out is None else out
     x3 = x.reshape(outer, channels, inner)
     y3 = y.reshape(outer, channels, inner)
-    plan = make_plan(outer, channels, inner, get_num_threads(), x.dtype.itemsize)
-    kernels = _dispatch.load(FAMILY, name)
-
     if training:
-        if name == "numpy":
-            y3[...], mean, var, invstd = kernels.forward_train(x3, w64, b64, eps)
-        else:
-            mean, var, invstd = np.empty(channels), np.empty(channels), np.empty(channels)
-            kernels.forward_train(x3, w64, b64, eps, y3, mean, var, invstd,
-                                  plan.per_channel, plan.n_chunks, plan.n_threads, plan.stream,
-                                  plan.row_block)
+        mean, var, invstd = np.empty(channels), np.empty(channels), np.empty(channels)
+        kernels.forward_train(x3, w64, b64, eps, y3, mean, var, invstd, plan)
         if rm is not None:
             _update_running(rm, rv, mean, var, momentum, n)
     else:
         mean = rm.astype(np.float64)
         invstd = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
-        if name == "numpy":
-            y3[...] = kernels.forward_eval(x3, mean, invstd, w64, b64)
-        else:
-            kernels.forward_eval(x3, *_eval_affine(mean, invstd, w64, b64), y3, plan.n_chunks,
-                                 plan.n_threads, plan.stream)
-    return BatchNormOutput(y, mean.astype(x.dtype), invstd.astype(x.dtype))
+        kernels.forward_eval(x3, mean, invstd, w64, b64, y3, plan)
+    mean, invstd = mean.astype(x.dtype), invstd.astype(x.dtype)
+    if device:
+        if host:
+            y = y.copy_to_host() if out is None else _copy_into(out, y)
+            return BatchNormOutput(y, mean, invstd)
+        return BatchNormOutput(y, cuda.to_device(mean), cuda.to_device(invstd))
+    return BatchNormOutput(y, mean, invstd)
+
+
+def _plan_for(outer: int, channels: int, inner: int, itemsize: int, n_arrays: int):
+    """The work split for the configured thread count (which fixes the results), run on the
+    threads other processes leave free (``threads_for_call``)."""
+    plan = make_plan(outer, channels, inner, get_num_threads(), itemsize, n_arrays)
+    return plan._replace(n_threads=threads_for_call(plan.n_threads))
 
 
 def _update_running(rm, rv, mean, var, momentum: float, n: int) -> None:
-    rm *= 1.0 - momentum
-    rm += (momentum * mean).astype(rm.dtype)
-    rv *= 1.0 - momentum
-    rv += (momentum * var * (n / (n - 1))).astype(rv.dtype)
-
-
-def _eval_affine(mean, invstd, w64, b64) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, shift) with y = x * scale + shift for the eval forward kernels (float64)."""
-    scale = invstd * w64
-    return scale, b64 - mean * scale
+    """The running-statistics update, computed into temporaries, then committed together (an
+    interrupt lands before or after the commit, never between the two arrays)."""
+    new_mean = (rm * (1.0 - momentum) + (momentum * mean).astype(rm.dtype)).astype(rm.dtype)
+    new_var = (rv * (1.0 - momentum) + (momentum * var * (n / (n - 1))).astype(rv.dtype)).astype(
+        rv.dtype)
+    with deferred_interrupts():
+        rm[...] = new_mean
+        rv[...] = new_var
 
 
 def _host(arr):
@@ -255,50 +305,9 @@ def _to_device(arr):
     return arr if _dispatch.is_cuda_array(arr) else cuda.to_device(arr)
 
 
-def _forward_cuda(x, w64, b64, outer, channels, inner, training, rm, rv, momentum, eps, out):
-    from numba import cuda
-
-    kernels = _dispatch.load(FAMILY, "cuda")
-    host = not _dispatch.is_cuda_array(x)
-    xd = _to_device(x)
-    yd = cuda.device_array(x.shape, x.dtype) if out is None or host else out
-    x3, y3 = xd.reshape(outer, channels, inner), yd.reshape(outer, channels, inner)
-    if training:
-        mean, var, invstd = (a.copy_to_host() for a in kernels.forward_train(x3, w64, b64, eps, y3))
-        if rm is not None:
-            _update_running(rm, rv, mean, var, momentum, outer * inner)
-    else:
-        mean = rm.astype(np.float64)
-        invstd = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
-        kernels.forward_eval(x3, *_eval_affine(mean, invstd, w64, b64), y3)
-    mean, invstd = mean.astype(x.dtype), invstd.astype(x.dtype)
-    if host:
-        y = yd.copy_to_host() if out is None else _copy_into(out, yd)
-        return BatchNormOutput(y, mean, invstd)
-    return BatchNormOutput(yd, cuda.to_device(mean), cuda.to_device(invstd))
-
-
 def _copy_into(out: np.ndarray, device_array) -> np.ndarray:
     out[...] = device_array.copy_to_host()
     return out
-
-
-def _backward_cuda(dy, x, mean64, invstd64, w64, outer, channels, inner, training, out,
-                   dtype) -> BatchNormGrads:
-    from numba import cuda
-
-    kernels = _dispatch.load(FAMILY, "cuda")
-    host = not _dispatch.is_cuda_array(x)
-    xd, gd = _to_device(x), _to_device(dy)
-    dxd = cuda.device_array(x.shape, dtype) if out is None or host else out
-    shape3 = (outer, channels, inner)
-    dweight, dbias = kernels.backward(gd.reshape(*shape3), xd.reshape(*shape3), mean64, invstd64,
-                                      w64, training, dxd.reshape(*shape3))
-    dweight, dbias = dweight.copy_to_host().astype(dtype), dbias.copy_to_host().astype(dtype)
-    if host:
-        dx = dxd.copy_to_host() if out is None else _copy_into(out, dxd)
-        return BatchNormGrads(dx, dweight, dbias)
-    return BatchNormGrads(dxd, cuda.to_device(dweight), cuda.to_device(dbias))
 
 
 def batch_norm_backward(
@@ -335,7 +344,8 @@ def batch_norm_backward(
     training : bool
         Whether the forward pass used batch statistics.
     out : ndarray, optional
-        Destination for dx; may be dy itself.
+        Destination for dx; may be exactly dy or x (in place), must not otherwise share memory
+        with an input (ValueError).
     backend : {"auto", "cython", "numba", "numpy", "cuda"}
         Kernel implementation ("cuda" for device arrays, as in :func:`batch_norm_forward`).
 
@@ -354,6 +364,9 @@ def batch_norm_backward(
     >>> bool(np.abs(dx).max() < 1e-12), dbias
     (True, array([40., 40., 40.]))
     """
+    given = dict(dy=dy, x=x, mean=mean, invstd=invstd, weight=weight)
+    reject_unsupported_subclass(out, "out")
+    reject_unsupported_subclass(weight, "weight")
     x = _check_x(x)
     dy = _check_x(dy, "dy")
     if _dispatch.is_cuda_array(dy) != _dispatch.is_cuda_array(x):
@@ -369,23 +382,27 @@ def batch_norm_backward(
     w = as_param(weight, "weight", channels, x.dtype)
     w64 = np.ones(channels) if w is None else w.astype(np.float64)
     out = check_out(out, x.shape, x.dtype, device=_dispatch.is_cuda_array(x))
-    _check_out_alias(out, x, dy)
+    check_overlap(dict(out=out), given, {"out": ("dy", "x")})
     name = _resolve(backend, x, outer, channels, inner)
-    if name == "cuda":
-        return _backward_cuda(dy, x, mean64, invstd64, w64, outer, channels, inner,
-                              bool(training), out, x.dtype)
-
-    dx = np.empty_like(x) if out is None else out
-    x3 = x.reshape(outer, channels, inner)
-    g3 = dy.reshape(outer, channels, inner)
-    dx3 = dx.reshape(outer, channels, inner)
     kernels = _dispatch.load(FAMILY, name)
-    if name == "numpy":
-        dx3[...], dweight, dbias = kernels.backward(g3, x3, mean64, invstd64, w64, bool(training))
+    plan = _plan_for(outer, channels, inner, x.dtype.itemsize, 3)
+    device = name == "cuda"
+    if device:
+        from numba import cuda
+
+        host = not _dispatch.is_cuda_array(x)
+        x, dy = _to_device(x), _to_device(dy)
+        dx = cuda.device_array(x.shape, x.dtype) if out is None or host else out
     else:
-        plan = make_plan(outer, channels, inner, get_num_threads(), x.dtype.itemsize, 3)
-        dweight, dbias = np.empty(channels), np.empty(channels)
-        kernels.backward(g3, x3, mean64, invstd64, w64, bool(training), dx3, dweight, dbias,
-                         plan.per_channel, plan.n_chunks, plan.n_threads, plan.stream,
-                         plan.row_block)
-    return BatchNormGrads(dx, dweight.astype(x.dtype), dbias.astype(x.dtype))
+        dx = np.empty_like(x) if out is None else out
+    shape3 = (outer, channels, inner)
+    dweight, dbias = np.empty(channels), np.empty(channels)
+    kernels.backward(dy.reshape(shape3), x.reshape(shape3), mean64, invstd64, w64,
+                     bool(training), dx.reshape(shape3), dweight, dbias, plan)
+    dweight, dbias = dweight.astype(x.dtype), dbias.astype(x.dtype)
+    if device:
+        if host:
+            dx = dx.copy_to_host() if out is None else _copy_into(out, dx)
+            return BatchNormGrads(dx, dweight, dbias)
+        return BatchNormGrads(dx, cuda.to_device(dweight), cuda.to_device(dbias))
+    return BatchNormGrads(dx, dweight, dbias)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .._validate import (
@@ -11,6 +13,7 @@ from .._validate import (
     check_positive,
     normalize_axis,
 )
+from ._atomic import deferred_interrupts
 from .api import BatchNormGrads, batch_norm_backward, batch_norm_forward
 
 
@@ -23,6 +26,11 @@ class BatchNorm:
     between). Semantics are PyTorch's ``BatchNorm*d``: ``momentum=None`` uses the cumulative
     average ``1 / num_batches_tracked``; with ``track_running_stats=False`` batch statistics are
     used in eval mode too.
+
+    A layer may be shared by threads: each ``forward`` reads and updates the running statistics,
+    ``num_batches_tracked`` and what ``backward`` needs as one step (under a lock; the kernel
+    writes temporaries that are committed together), and an interrupt (KeyboardInterrupt) leaves
+    the state of before or after the call, never a mix.
 
     Parameters
     ----------
@@ -89,17 +97,33 @@ class BatchNorm:
             self.running_mean = self.running_var = None
         self.num_batches_tracked = 0
         self._saved: tuple | None = None
+        self._lock = threading.RLock()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     def reset_running_stats(self) -> None:
         """Running mean to 0, running variance to 1, batch counter to 0."""
-        if self.track_running_stats:
-            self.running_mean[...] = 0
-            self.running_var[...] = 1
-        self.num_batches_tracked = 0
+        with self._lock, deferred_interrupts():
+            if self.track_running_stats:
+                self.running_mean[...] = 0
+                self.running_var[...] = 1
+            self.num_batches_tracked = 0
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
         """Normalize ``x`` (training: batch statistics and running-stat update; eval: running)."""
-        x = np.asarray(x)
+        x = np.asarray(x) if not isinstance(x, np.ndarray) else x
+        if isinstance(x, np.ndarray) and x.dtype != self.dtype and x.dtype.kind == "f":
+            raise ValueError(
+                f"x: dtype {x.dtype} does not match the layer's dtype {self.dtype}; convert with "
+                f"x.astype(np.{self.dtype.name}) or create BatchNorm(..., dtype=np.{x.dtype.name})"
+            )
         if x.ndim >= 2:
             ax = normalize_axis(self.axis, x.ndim)
             if x.shape[ax] != self.num_features:
@@ -108,40 +132,52 @@ class BatchNorm:
                     f"{self.num_features}"
                 )
         use_batch = training or not self.track_running_stats
-        momentum = 0.0 if self.momentum is None else float(self.momentum)
         update = training and self.track_running_stats
-        if update and self.momentum is None:
-            momentum = 1.0 / (self.num_batches_tracked + 1)
-        out = batch_norm_forward(
-            x,
-            self.weight,
-            self.bias,
-            axis=self.axis,
-            training=use_batch,
-            running_mean=self.running_mean if (update or not use_batch) else None,
-            running_var=self.running_var if (update or not use_batch) else None,
-            momentum=momentum,
-            eps=self.eps,
-            backend=self.backend,
-        )
-        if update:  # only after a successful call, so a rejected input changes nothing
-            self.num_batches_tracked += 1
-        self._saved = (np.ascontiguousarray(x), out.mean, out.invstd, use_batch)
+        with self._lock:
+            momentum = 0.0 if self.momentum is None else float(self.momentum)
+            if update and self.momentum is None:
+                momentum = 1.0 / (self.num_batches_tracked + 1)
+            stats = update or not use_batch
+            # the kernel updates copies; they are committed below with the counter
+            rm = self.running_mean.copy() if stats else None
+            rv = self.running_var.copy() if stats else None
+            out = batch_norm_forward(
+                x,
+                self.weight,
+                self.bias,
+                axis=self.axis,
+                training=use_batch,
+                running_mean=rm,
+                running_var=rv,
+                momentum=momentum,
+                eps=self.eps,
+                backend=self.backend,
+            )
+            saved = (np.ascontiguousarray(x), out.mean, out.invstd, use_batch)
+            with deferred_interrupts():  # only after a successful call: a rejected one changes
+                if update:  # nothing
+                    self.running_mean[...] = rm
+                    self.running_var[...] = rv
+                    self.num_batches_tracked += 1
+                self._saved = saved
         return out.y
 
     __call__ = forward
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """Gradient w.r.t. the last forward's input; stores ``grad_weight`` and ``grad_bias``."""
-        if self._saved is None:
+        with self._lock:
+            saved = self._saved
+        if saved is None:
             raise RuntimeError("backward: call forward first")
-        x, mean, invstd, use_batch = self._saved
+        x, mean, invstd, use_batch = saved
         grads: BatchNormGrads = batch_norm_backward(
             dy, x, mean, invstd, self.weight, axis=self.axis, training=use_batch,
             backend=self.backend,
         )
         if self.affine:
-            self.grad_weight, self.grad_bias = grads.dweight, grads.dbias
+            with self._lock:
+                self.grad_weight, self.grad_bias = grads.dweight, grads.dbias
         return grads.dx
 
     def __repr__(self) -> str:
