@@ -24,6 +24,18 @@ def simd_level() -> str:
     return platform.machine() or "unknown"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def family_variants() -> dict[str, str]:
     """SIMD variant each family's compiled kernels run, for families whose Cython module has a
     ``simd_level()`` function (``"avx512"``, ``"avx2"``, ``"baseline"``)."""
@@ -35,7 +47,8 @@ def family_variants() -> dict[str, str]:
             continue
         level = getattr(module, "simd_level", None)
         if callable(level):
-            variants[family] = str(level())
+            value = level()  # a name, or fo_simd_level()'s number (4, 3, 0)
+            variants[family] = {4: "avx512", 3: "avx2", 0: "baseline"}.get(value, str(value))
     return variants
 
 
@@ -90,12 +103,14 @@ def info_text() -> str:
         f"fastopt {__version__}",
         f"python {platform.python_version()}, numpy {np.__version__}",
         f"threads: {get_num_threads()}",
+        f"CPU: {cpu_model()}",
         f"SIMD: {simd_level()}",
         "backends:",
     ]
     lines += [f"  {name:7s} {status}" for name, status in backend_report().items()]
     variants = family_variants()
     if variants:
-        lines.append("kernel variants (FASTOPT_SIMD=avx512|avx2|baseline lowers them):")
+        lines.append("kernel variants (batch norm's follow FASTOPT_SIMD=avx512|avx2|baseline; "
+                     "the others' clones follow the CPU):")
         lines += [f"  {family:9s} {level}" for family, level in variants.items()]
     return "\n".join(lines)
