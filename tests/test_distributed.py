@@ -36,6 +36,7 @@ from fastopt.spectral.lanczos import lanczos_tridiagonal  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 N = 203  # 7 shards of 32 (the last 11): odd, so the tree carries one shard up a level
 SHARD = 32
+SMALL = (3, 4, 2)  # 26 parameters: Lanczos runs (one distributed HVP per step) stay short
 
 # The single-process model sums all N samples in one pass; the sharded objective sums shards
 # in float64. Tolerances (max abs difference over max abs value):
@@ -95,13 +96,21 @@ def sharded(client):
 
 
 # ------------------------------------------------------------------------------ the reduction
-def test_tree_is_fixed_and_pairwise():
-    assert tree_reduce(list("abcdefg"), lambda a, b, lv, i: f"({a}{b})") == "(((ab)(cd))((ef)g))"
+def test_tree_is_fixed():
+    def node(level, i, *children):
+        return "(" + "".join(children) + ")"
+
+    assert tree_reduce(list("abcdefg"), node, fan_in=2) == "(((ab)(cd))((ef)g))"
+    assert tree_reduce(list("abcdefg"), node) == "(abcdefg)"
+    assert tree_reduce([chr(65 + i) for i in range(17)], node) == "((ABCDEFGH)(IJKLMNOP)Q)"
     assert tree_reduce(["a"], lambda *a: 1 / 0) == "a"
+    parts = [ShardSum(float(i), np.full(2, float(i))) for i in range(3)]
+    total = combine(*parts)
+    assert total.loss == 3.0 and total.vector.tolist() == [3.0, 3.0]
+    assert parts[0].vector.tolist() == [0.0, 0.0]  # inputs are not modified
     with pytest.raises(ValueError, match="no shards"):
         tree_reduce([], combine)
-    s = combine(ShardSum(1.0, None), ShardSum(2.0, None))
-    assert s == ShardSum(3.0, None)
+    assert combine(ShardSum(1.0, None), ShardSum(2.0, None)) == ShardSum(3.0, None)
 
 
 # ------------------------------------------------------------------------------ equal results
@@ -130,15 +139,17 @@ def test_matches_single_process(client, dtype, loss):
         assert _rel(obj.hvp(theta, v.astype(np.float64)), hv) == 0.0
 
 
-def test_bitwise_equal_to_the_same_shards_in_this_process(sharded):
+@pytest.mark.parametrize("size", [SHARD, 10])  # 7 shards: one tree level; 21: two, a carry
+def test_bitwise_equal_to_the_same_shards_in_this_process(client, sharded, size):
     net, X, y, theta, obj = sharded
-    shards = [(X[i:i + SHARD], y[i:i + SHARD]) for i in range(0, N, SHARD)]
+    shards = [(X[i:i + size], y[i:i + size]) for i in range(0, N, size)]
     V = np.random.default_rng(4).standard_normal((net.num_params, 2))
-    local = _local_result(net, shards, "hvp", theta, V)
-    assert np.array_equal(obj.hvp(theta, V), local.vector / N)
-    local = _local_result(net, shards, "loss_and_grad", theta)
-    loss, g = obj.loss_and_grad(theta)
-    assert loss == local.loss / N and np.array_equal(g, local.vector / N)
+    with ShardedObjective(net, X, y, client=client, shard_size=size) as o:
+        local = _local_result(net, shards, "hvp", theta, V)
+        assert np.array_equal(o.hvp(theta, V), local.vector / N)
+        local = _local_result(net, shards, "loss_and_grad", theta)
+        loss, g = o.loss_and_grad(theta)
+        assert loss == local.loss / N and np.array_equal(g, local.vector / N)
 
 
 def test_dask_array_input_and_rechunking(client, sharded):
@@ -184,8 +195,9 @@ def test_bit_identical_on_1_2_and_3_workers(cluster, client):
 
 # ------------------------------------------------------------------------------ the maths the
 # diagnostics run: Lanczos on the distributed HVP (fastopt.lanczos_extremes takes a matvec)
-def test_lanczos_on_the_distributed_hvp(sharded):
-    net, X, y, theta, obj = sharded
+def test_lanczos_on_the_distributed_hvp(client):
+    net, X, y, theta = _problem(sizes=SMALL)
+    obj = ShardedObjective(net, X, y, client=client, shard_size=SHARD)
     P = net.num_params
     dense = net.hvp(theta, X, y, np.eye(P))
     eig = np.linalg.eigvalsh((dense + dense.T) / 2)
@@ -203,6 +215,7 @@ def test_lanczos_on_the_distributed_hvp(sharded):
     Z = np.random.default_rng(9).choice([-1.0, 1.0], size=(P, 8))
     est = np.einsum("pj,pj->j", Z, obj.hvp(theta, Z))
     assert _rel(est, np.einsum("pj,pj->j", Z, dense @ Z)) < 1e-12
+    obj.close()
 
 
 # ------------------------------------------------------------------------------ protocol form
@@ -262,7 +275,7 @@ def _run_with_a_kill(client, run, obj, at):
 
 @pytest.mark.parametrize("what", ["extremes", "density"])
 def test_a_worker_killed_mid_run_changes_nothing(client, what):
-    net, X, y, theta = _problem()
+    net, X, y, theta = _problem(sizes=SMALL)
     P = net.num_params
     z = np.random.default_rng(10).standard_normal(P)
     with ShardedObjective(net, X, y, client=client, shard_size=SHARD) as obj:

@@ -151,7 +151,7 @@ def _local_result(model: Any, shards: list[tuple[Any, Any]], mode: str, theta: n
                   V: np.ndarray | None = None, backend: str = "auto") -> ShardSum:
     """The same shard tasks and the same tree in this process (reference and benchmark)."""
     parts = [_shard_task(model, mode, backend, theta, V, X, y) for X, y in shards]
-    return tree_reduce(parts, lambda a, b, level, i: combine(a, b))
+    return tree_reduce(parts, lambda level, i, *children: combine(*children))
 
 
 def _wait_quietly(futures: Any) -> None:
@@ -197,7 +197,7 @@ class ShardedObjective:
 
     ``loss``, ``loss_and_grad``, ``hvp`` and ``gnvp`` return the average over all samples:
     each shard's result (the model's own method on that shard) times the shard size, summed in
-    float64 by a fixed pairwise tree over the shards in order, divided by the number of samples.
+    float64 by a fixed tree over the shards in order (fan-in 8), divided by the number of samples.
     The tree depends only on the shards, so results are bit-identical on any number of workers
     and under any scheduling (given the same software and CPU type on every worker). Each task
     runs on one thread (fastopt's kernels and BLAS).
@@ -405,8 +405,8 @@ class ShardedObjective:
             parts = [client.submit(_shard_task, self._model, mode, self.backend, theta_f, V_f,
                                    xf, yf, key=f"{tag}-shard-{i}", pure=False)
                      for i, (xf, yf) in enumerate(self._shards)]
-            root = tree_reduce(parts, lambda a, b, level, i: client.submit(
-                combine, a, b, key=f"{tag}-sum-{level}-{i}", pure=False))
+            root = tree_reduce(parts, lambda level, i, *children: client.submit(
+                combine, *children, key=f"{tag}-sum-{level}-{i}", pure=False))
         total = root.result()
         k = 0 if V is None else (1 if V.ndim == 1 else V.shape[1])
         self._progress.report(mode, k, time.perf_counter() - t0)
