@@ -262,7 +262,8 @@ class ShardedObjective:
     >>> net = MLP([3, 4, 2])
     >>> X = np.random.default_rng(0).standard_normal((50, 3)); y = np.arange(50) % 2
     >>> theta = net.init(0)
-    >>> with Client(processes=False, n_workers=1, dashboard_address=None) as client:
+    >>> with Client(processes=False, n_workers=1, protocol="tcp://", host="127.0.0.1",
+    ...             dashboard_address=None) as client:
     ...     with ShardedObjective(net, X, y, client=client, shard_size=16) as obj:
     ...         print(obj.shard_sizes)
     ...         hv = obj.hvp(theta, np.ones(net.num_params))
@@ -424,10 +425,11 @@ class ShardedObjective:
         >>> from fastopt.distributed import ShardedObjective
         >>> net = MLP([2, 1], activation="identity", loss="mse")
         >>> X = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]); y = np.zeros(3)
-        >>> with Client(processes=False, n_workers=1, dashboard_address=None) as client:
+        >>> with Client(processes=False, n_workers=1, protocol="tcp://", host="127.0.0.1",
+        ...             dashboard_address=None) as client:
         ...     with ShardedObjective(net, X, y, client=client, shard_size=2) as obj:
-        ...         print(obj.loss(np.ones(3)))     # 0.5 * mean((x1 + x2 + 1)^2) = 0.5 * 29 / 3
-        4.833333333333333
+        ...         print(obj.loss(np.ones(3)))     # 0.5 * mean((x1 + x2 + 1)^2) = 0.5 * 22 / 3
+        3.6666666666666665
         """
         s = self._call("loss", theta)
         return s.loss / self.n_samples
@@ -443,7 +445,8 @@ class ShardedObjective:
         >>> from fastopt.distributed import ShardedObjective
         >>> net = MLP([1, 1], activation="identity", loss="mse")
         >>> X = np.array([[1.0], [2.0]]); y = np.array([1.0, 2.0])
-        >>> with Client(processes=False, n_workers=1, dashboard_address=None) as client:
+        >>> with Client(processes=False, n_workers=1, protocol="tcp://", host="127.0.0.1",
+        ...             dashboard_address=None) as client:
         ...     with ShardedObjective(net, X, y, client=client, shard_size=1) as obj:
         ...         loss, g = obj.loss_and_grad(np.array([2.0, 0.0]))
         >>> loss, g.tolist()
@@ -464,7 +467,8 @@ class ShardedObjective:
         >>> from fastopt.distributed import ShardedObjective
         >>> net = MLP([2, 1], activation="identity", loss="mse")   # H = [X 1]^T [X 1] / N
         >>> X = np.array([[1.0, 0.0], [0.0, 2.0]])
-        >>> with Client(processes=False, n_workers=1, dashboard_address=None) as client:
+        >>> with Client(processes=False, n_workers=1, protocol="tcp://", host="127.0.0.1",
+        ...             dashboard_address=None) as client:
         ...     with ShardedObjective(net, X, np.zeros(2), client=client, shard_size=1) as obj:
         ...         H = obj.hvp(np.zeros(3), np.eye(3))
         >>> H
@@ -486,7 +490,8 @@ class ShardedObjective:
         >>> from fastopt.distributed import ShardedObjective
         >>> net = MLP([2, 1], activation="identity", loss="mse")   # linear: G == H
         >>> X = np.array([[1.0, 0.0], [0.0, 2.0]])
-        >>> with Client(processes=False, n_workers=1, dashboard_address=None) as client:
+        >>> with Client(processes=False, n_workers=1, protocol="tcp://", host="127.0.0.1",
+        ...             dashboard_address=None) as client:
         ...     with ShardedObjective(net, X, np.zeros(2), client=client) as obj:
         ...         G = obj.gnvp(np.zeros(3), np.eye(3))
         >>> G[1].tolist()
