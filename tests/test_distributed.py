@@ -310,8 +310,9 @@ def test_separately_started_scheduler_and_worker(tmp_path, sharded):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
         "PYTHONPATH", "")])}
     sched_file = tmp_path / "scheduler.json"
-    dask_cli = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
-    worker_cli = [sys.executable, "-m", "distributed.cli.dask_worker"]
+    # `dask scheduler` and `dask worker`, run by this interpreter
+    dask_cli = [sys.executable, "-m", "dask", "scheduler"]
+    worker_cli = [sys.executable, "-m", "dask", "worker"]
     procs = [subprocess.Popen(dask_cli + ["--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                                           "--scheduler-file", str(sched_file)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
@@ -344,6 +345,7 @@ def test_separately_started_scheduler_and_worker(tmp_path, sharded):
 def test_client_none_starts_and_stops_a_local_cluster(sharded):
     net, X, y, theta, obj = sharded
     with ShardedObjective(net, X, y, shard_size=SHARD) as own:
+        assert own.client.scheduler.address.startswith("tcp://127.0.0.1:")
         workers = own.client.scheduler_info()["workers"]
         assert len(workers) == len(os.sched_getaffinity(0))
         assert all(w["nthreads"] == 1 and w["host"] == "127.0.0.1" for w in workers.values())

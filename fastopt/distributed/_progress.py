@@ -35,9 +35,11 @@ class ProgressInfo(NamedTuple):
 def _wants_bar(progress: object) -> bool:
     if progress is True:
         return True
-    if progress is None:  # automatic: only where someone watches a terminal
+    if progress is None:  # automatic: only where someone watches, a terminal or a notebook
         stream = sys.stderr
-        return bool(getattr(stream, "isatty", None) and stream.isatty())
+        if getattr(stream, "isatty", None) and stream.isatty():
+            return True
+        return "ipykernel" in sys.modules
     return False
 
 

@@ -234,7 +234,8 @@ class ShardedObjective:
         Passed to the model's methods on the workers (not passed when ``"auto"``).
     progress : None, bool or callable
         ``callable(ProgressInfo)`` after every distributed call; ``True`` shows a tqdm bar,
-        ``None`` (default) shows one only when stderr is a terminal and tqdm is installed.
+        ``None`` (default) shows one only in interactive use (stderr is a terminal, or a Jupyter
+        kernel runs) when tqdm is installed; ``False`` shows none.
 
     Attributes
     ----------
@@ -349,7 +350,8 @@ class ShardedObjective:
     def close(self) -> None:
         """Release the shards on the workers and close what this object started (its client and
         ``LocalCluster``; a client or cluster passed in stays open). Idempotent."""
-        self._progress.close() if hasattr(self, "_progress") else None
+        if hasattr(self, "_progress"):
+            self._progress.close()
         for name in ("_shards", "_X", "_y", "_model", "_theta_future"):
             if hasattr(self, name):
                 setattr(self, name, None)
