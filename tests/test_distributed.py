@@ -464,3 +464,20 @@ def test_unaligned_shards_give_the_same_bits():
     a = _shard_task(net, "hvp", "auto", theta, v, Xs, y[:SHARD])
     b = _shard_task(net, "hvp", "auto", theta, v, unaligned, y[:SHARD])
     assert np.array_equal(a.vector, b.vector)
+
+
+def test_theta_is_sent_once_per_run_and_the_shards_stay(client, sharded):
+    net, X, y, theta, obj = sharded
+    v = np.ones(net.num_params)
+    obj.hvp(theta, v)
+    first = obj._theta_future
+    shard_keys = [f.key for pair in obj._shards for f in pair]
+    obj.hvp(theta, 2 * v)
+    obj.gnvp(theta.copy(), v)  # equal values: the same future
+    assert obj._theta_future is first
+    obj.hvp(theta + 1.0, v)
+    assert obj._theta_future is not first
+    # the shards are still the persisted ones, in memory on the workers
+    assert [f.key for pair in obj._shards for f in pair] == shard_keys
+    assert all(f.status == "finished" for pair in obj._shards for f in pair)
+    assert sum(map(len, client.has_what().values())) >= len(shard_keys)
