@@ -481,3 +481,17 @@ def test_theta_is_sent_once_per_run_and_the_shards_stay(client, sharded):
     assert [f.key for pair in obj._shards for f in pair] == shard_keys
     assert all(f.status == "finished" for pair in obj._shards for f in pair)
     assert sum(map(len, client.has_what().values())) >= len(shard_keys)
+
+
+def test_shards_are_balanced_over_the_workers(client):
+    from collections import Counter
+
+    from fastopt.distributed.sharded import _balanced_targets
+
+    assert _balanced_targets([2, 2, 2, 2], ["a"] * 4, ["a", "b"]) == [None, None, "b", "b"]
+    assert _balanced_targets([2, 2, 1], [None, "b", "b"], ["a", "b"]) == ["a", None, "a"]
+    net, X, y, theta = _problem(n=160)
+    with ShardedObjective(net, X, y, client=client, shard_size=20) as obj:  # 8 shards
+        who = client.who_has([x for x, _ in obj._shards])
+        counts = Counter(w for holders in who.values() for w in holders)
+        assert sorted(counts.values()) == [4, 4]
