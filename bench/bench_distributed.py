@@ -12,7 +12,10 @@ MLP [784, 256, 256, 10], float32, tanh, softmax cross-entropy, on N = 60,000 syn
 Figures per shard count: median seconds per HVP (the same theta in every call, as in a Lanczos
 run; and a new theta in every call, which adds its broadcast), and the overhead
 ``T_W / (T_local / W) - 1`` over perfect division of the local work among W workers (the target
-of issue 13: below 15% at W = 2). The shard counts show the per-task cost (``--shards``).
+of issue 13: below 15% at W = 2). The shard counts show the per-task cost (``--shards``). The
+overhead splits into ``busy``: the busiest worker's task compute (Dask's task stream) over
+``T_local / W`` (load imbalance, slower kernels in the workers) and ``sched``: ``T_W`` over that
+compute (scheduling, transfers, the client).
 
 Usage (the machine should be quiet: W workers need W free cores, plus a little for the client
 and the scheduler)::
@@ -81,6 +84,22 @@ def run_local(args):
     return out
 
 
+def _busiest_worker(client, fn):
+    """Seconds of task compute on the busiest worker during ``fn()`` (Dask's task stream)."""
+    from collections import defaultdict
+
+    from distributed import get_task_stream
+
+    with get_task_stream(client=client) as stream:
+        fn()
+    per_worker = defaultdict(float)
+    for task in stream.data:
+        for ss in task["startstops"]:
+            if ss["action"] == "compute":
+                per_worker[task["worker"]] += ss["stop"] - ss["start"]
+    return max(per_worker.values())
+
+
 def run_dask(args, workers):
     from distributed import Client, LocalCluster
 
@@ -98,9 +117,11 @@ def run_dask(args, workers):
                 med, best = _median_time(lambda o=obj: o.hvp(theta, v), args.repeats)
                 thetas = iter([theta + np.float32(1e-3 * i) for i in range(args.repeats + 1)])
                 med_new, _ = _median_time(lambda o=obj, t=thetas: o.hvp(next(t), v), args.repeats)
-                res = obj.hvp(theta, v).astype(np.float64)
+                res = obj.hvp(theta, v)
+                busy = float(np.median([_busiest_worker(client, lambda o=obj: o.hvp(theta, v))
+                                        for _ in range(args.repeats)]))
                 out[str(shards)] = {"median": med, "min": best, "median_new_theta": med_new,
-                                    "checksum": _digest(res)}
+                                    "busiest_compute": busy, "checksum": _digest(res)}
     return out
 
 
@@ -149,7 +170,7 @@ def main(argv=None):
           f"overhead = T_W / (T_local / W) - 1)")
     head = f"{'shards':>7} {'rows':>7} {'local s':>9}"
     for w in args.workers:
-        head += f" {f'W={w} s':>9} {'new θ s':>9} {'overhead':>9}"
+        head += f" {f'W={w} s':>9} {'new θ s':>9} {'overhead':>9} {'busy':>7} {'sched':>7}"
     print(head)
     for shards in args.shards:
         loc = results["local"][str(shards)]
@@ -159,7 +180,10 @@ def main(argv=None):
             if d["checksum"] != loc["checksum"]:
                 raise SystemExit(f"dask-{w}, {shards} shards: result differs from local")
             over = d["median"] / (loc["median"] / w) - 1
-            line += f" {d['median']:>9.4f} {d['median_new_theta']:>9.4f} {over:>9.1%}"
+            busy = d["busiest_compute"] / (loc["median"] / w) - 1
+            sched = d["median"] / d["busiest_compute"] - 1
+            line += (f" {d['median']:>9.4f} {d['median_new_theta']:>9.4f} {over:>9.1%}"
+                     f" {busy:>7.1%} {sched:>7.1%}")
         print(line)
     print("every distributed result is bit-identical to the local one")
     if args.json:

@@ -350,7 +350,11 @@ class ShardedObjective:
         self._calls = 0
         try:
             Xd, yd = (a.map_blocks(_aligned, dtype=a.dtype) for a in (Xd, yd))
-            self._X, self._y = self.client.persist([Xd, yd])
+            with warnings.catch_warnings():
+                # a numpy dataset travels in the graph on purpose: the scheduler's copy is the
+                # lineage that recomputes a lost shard
+                warnings.filterwarnings("ignore", message=".*[Ll]arge (object|graph).*")
+                self._X, self._y = self.client.persist([Xd, yd])
             x_graph, y_graph = dict(self._X.__dask_graph__()), dict(self._y.__dask_graph__())
             x_keys = [k for row in self._X.__dask_keys__() for k in _flat(row)]
             self._shards = list(zip([x_graph[k] for k in x_keys],
