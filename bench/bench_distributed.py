@@ -104,11 +104,13 @@ def run_dask(args, workers):
     from distributed import Client, LocalCluster
 
     from fastopt.distributed import ShardedObjective
+    from fastopt.distributed._cluster import LOOPBACK_HTTP
 
     net, theta, X, y, v = _problem(args.sizes, args.samples)
     out = {}
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=None) as cluster, \
+                      host="127.0.0.1", dashboard_address=None,
+                      scheduler_kwargs=LOOPBACK_HTTP) as cluster, \
             Client(cluster) as client:
         for shards in args.shards:
             size = _shard_size(args.samples, shards)

@@ -26,6 +26,11 @@ def import_distributed():
     return distributed
 
 
+# No dashboard; the scheduler's small HTTP server (health, metrics) on a free loopback port
+# rather than 8787, which another cluster on the machine may hold.
+LOOPBACK_HTTP = {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
+
+
 def start_local_cluster(n_workers: int | None = None):
     """A ``LocalCluster`` of ``n_workers`` processes (default: the CPUs this process may use),
     one thread each, on 127.0.0.1 without a dashboard; returns ``(client, cluster)``."""
@@ -33,7 +38,7 @@ def start_local_cluster(n_workers: int | None = None):
     n = _cpus() if n_workers is None else n_workers
     cluster = distributed.LocalCluster(
         n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address=None, scheduler_kwargs=LOOPBACK_HTTP,
     )
     return distributed.Client(cluster), cluster
 
