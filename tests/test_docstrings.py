@@ -19,6 +19,8 @@ MODULES = sorted(
 def test_examples_run(name):
     if name == "fastopt.torch" or name.startswith("fastopt.torch."):
         pytest.importorskip("torch")
+    if name == "fastopt.distributed.sharded":  # its examples run on a dask cluster
+        pytest.importorskip("distributed")
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
