@@ -8,7 +8,7 @@ import os
 # its own line here and a test beside tests/test_batchnorm_design.py's downstream extension.
 PXD_MODULES = {
     "batchnorm": "fastopt.batchnorm._cython",  # forward_train_f32/f64, backward_f32/f64
-    # "spectral": "fastopt.spectral._cython",  # <- the spectral family's nogil entry points
+    "spectral": "fastopt.spectral._cython",  # wtwv_f32/f64, matvec_f32/f64
 }
 
 
@@ -16,8 +16,9 @@ def get_include() -> str:
     """Directory to put on a downstream Cython build's include path to ``cimport`` fastopt.
 
     It holds the package's ``.pxd`` files (``fastopt/batchnorm/_cython.pxd``: ``nogil`` entry
-    points of the batch-norm kernels, ``forward_train_f32`` and friends) and the C headers they
-    need. Pass it as ``include_path`` to ``cythonize`` and as an include directory of the
+    points of the batch-norm kernels, ``forward_train_f32`` and friends;
+    ``fastopt/spectral/_cython.pxd``: the fused ``W^T W x`` pass and ``W x``) and the C headers
+    they need. Pass it as ``include_path`` to ``cythonize`` and as an include directory of the
     extension.
 
     Examples

@@ -277,3 +277,61 @@ def read_floor(const real[::1] a, int n_threads, int n_workers=0):
             else:
                 total += fo_sum_d(&a[0], (c * size) // nch, ((c + 1) * size) // nch)
     return total
+
+
+# ----------------------------------------------------------------- C-level API (_cython.pxd)
+from libc.stdlib cimport calloc, free
+
+
+cdef inline Py_ssize_t _blocks(Py_ssize_t n, int n_threads) noexcept nogil:
+    # one block per thread, never more blocks than rows (the Python kernels' n_chunks for a
+    # single matrix)
+    if n_threads < 1:
+        n_threads = 1
+    return min(<Py_ssize_t>n_threads, max(n, <Py_ssize_t>1))
+
+
+cdef inline int _wtwv_c(const real* W, Py_ssize_t n, Py_ssize_t m, const real* x, real* t,
+                        real* y, int n_threads) noexcept nogil:
+    cdef Py_ssize_t nch = _blocks(n, n_threads), c, j, k
+    cdef double s
+    cdef double* work = <double*>calloc(nch * 2 * m + 1, sizeof(double))
+    if work == NULL:
+        return -1
+    for c in prange(nch, num_threads=max(1, n_threads), schedule="static", chunksize=1):
+        _wtwv_rows(W, x, t, &work[c * 2 * m], (c * n) // nch, ((c + 1) * n) // nch, m)
+    for j in range(m):
+        s = 0.0
+        for k in range(nch):
+            s = s + work[k * 2 * m + j]
+        y[j] = <real>s
+    free(work)
+    return 0
+
+
+cdef int wtwv_f32(const float* W, Py_ssize_t n, Py_ssize_t m, const float* x, float* t,
+                  float* y, int n_threads) noexcept nogil:
+    """t = W x and y = W^T t in one pass over W's rows."""
+    return _wtwv_c(W, n, m, x, t, y, n_threads)
+
+
+cdef int wtwv_f64(const double* W, Py_ssize_t n, Py_ssize_t m, const double* x, double* t,
+                  double* y, int n_threads) noexcept nogil:
+    return _wtwv_c(W, n, m, x, t, y, n_threads)
+
+
+cdef int matvec_f32(const float* W, Py_ssize_t n, Py_ssize_t m, const float* x, float* y,
+                    int n_threads) noexcept nogil:
+    """y = W x, rows in parallel."""
+    cdef Py_ssize_t nch = _blocks(n, n_threads), c
+    for c in prange(nch, num_threads=max(1, n_threads), schedule="static", chunksize=1):
+        fo_matvec_rows_f(W, x, y, (c * n) // nch, ((c + 1) * n) // nch, m)
+    return 0
+
+
+cdef int matvec_f64(const double* W, Py_ssize_t n, Py_ssize_t m, const double* x, double* y,
+                    int n_threads) noexcept nogil:
+    cdef Py_ssize_t nch = _blocks(n, n_threads), c
+    for c in prange(nch, num_threads=max(1, n_threads), schedule="static", chunksize=1):
+        fo_matvec_rows_d(W, x, y, (c * n) // nch, ((c + 1) * n) // nch, m)
+    return 0
