@@ -47,6 +47,7 @@ __all__ = [
     "interpolation_barrier",
     "invert",
     "permute",
+    "permute_running_stats",
 ]
 
 # Activations f with f(-z) = -f(z): flipping a unit's incoming weights, bias and outgoing
@@ -67,6 +68,8 @@ class _HiddenLayer(NamedTuple):
     outgoing: np.ndarray
     extra: tuple[np.ndarray, ...]
     odd: bool
+    signed_extra: tuple[np.ndarray, ...] = ()
+    batch_norms: tuple[int, ...] = ()
 
 
 def _hidden_layers(model: object) -> list[_HiddenLayer]:
@@ -84,13 +87,39 @@ def _hidden_layers(model: object) -> list[_HiddenLayer]:
         odd = model.activation in _ODD
         return [_HiddenLayer(W, b, blocks[l + 1][0], (), odd)
                 for l, (W, b) in enumerate(blocks[:-1])]
-    hidden = getattr(model, "_symmetry_layers", None)
-    if callable(hidden):
-        return [_HiddenLayer(*layer) for layer in hidden()]
+    from .curvature.network import Network
+
+    if isinstance(model, Network):
+        return _network_layers(model)
     raise TypeError(
         f"model: expected a fastopt MLP or a model with hidden units (fastopt.Network), "
         f"got {type(model).__name__}"
     )
+
+
+def _network_layers(net) -> list[_HiddenLayer]:
+    """Hidden units of a fastopt.Network: the outputs of every Dense layer but the last, with
+    the batch norms and activations between it and the next Dense acting unit by unit."""
+    from ._codes import Activation
+    from .nn import ActivationLayer, BatchNorm, Dense
+
+    views = dict(zip(net.param_layers, net._views(np.arange(net.num_params)), strict=True))
+    dense = [i for i, layer in enumerate(net.layers) if isinstance(layer, Dense)]
+    bn_layers = [i for i, layer in enumerate(net.layers) if isinstance(layer, BatchNorm)]
+    if len(dense) < 2:
+        raise ValueError(f"model: {net!r} has no hidden Dense layer, so no unit permutation "
+                         "symmetry")
+    hidden = []
+    for a, b in zip(dense[:-1], dense[1:], strict=True):
+        between = range(a + 1, b)
+        bns = [i for i in between if isinstance(net.layers[i], BatchNorm)]
+        odd = all(net.layers[i].code in (Activation.TANH, Activation.IDENTITY)
+                  for i in between if isinstance(net.layers[i], ActivationLayer))
+        W, bias = views[a]
+        hidden.append(_HiddenLayer(
+            W, bias, views[b][0], tuple(views[i][0] for i in bns), odd,
+            tuple(views[i][1] for i in bns), tuple(bn_layers.index(i) for i in bns)))
+    return hidden
 
 
 def _check_theta(model: object, theta: object, name: str) -> np.ndarray:
@@ -157,6 +186,9 @@ def _gather(model: object, layers: list[_HiddenLayer], perms: list[np.ndarray],
         factor[layer.bias] = factor[layer.bias[p]] * s
         for block in layer.extra:
             index[block] = index[block[p]]
+        for block in layer.signed_extra:
+            index[block] = index[block[p]]
+            factor[block] = factor[block[p]] * s
         index[layer.outgoing] = index[layer.outgoing[p, :]]
         factor[layer.outgoing] = factor[layer.outgoing[p, :]] * s[:, None]
     return index, factor
@@ -169,6 +201,9 @@ def permute(model: object, theta: np.ndarray, perms: Sequence[np.ndarray], *,
     Parameters
     ----------
     model : MLP or fastopt.Network
+        For a Network, the units of each Dense layer but the last move together with the batch
+        norms after it (weight and bias; :func:`permute_running_stats` for their running
+        statistics) and the rows of the next Dense layer.
     theta : ndarray (num_params,)
     perms : list of integer arrays, one per hidden layer
         ``perms[l][i]`` is the old index of the unit that becomes unit ``i`` of hidden layer
@@ -200,6 +235,38 @@ def permute(model: object, theta: np.ndarray, perms: Sequence[np.ndarray], *,
     signs = _check_signs(layers, signs)
     index, factor = _gather(model, layers, perms, signs)
     return (theta[index] * factor).astype(theta.dtype, copy=False)
+
+
+def permute_running_stats(model: object, perms: Sequence[np.ndarray], *,
+                          signs: Sequence[np.ndarray] | None = None
+                          ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A Network's batch-norm running statistics after :func:`permute` with the same arguments.
+
+    The running mean and variance of a batch norm move with its units, and a sign flip negates
+    the mean. Set them with ``model.set_running_stats(...)`` so that eval mode computes the same
+    function after the permutation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastopt import Network, nn
+    >>> from fastopt.symmetry import permute_running_stats
+    >>> net = Network([nn.Dense(2, 3), nn.BatchNorm(3), nn.Tanh(), nn.Dense(3, 1)], loss="mse")
+    >>> net.set_running_stats([(np.array([1., 2., 3.]), np.array([4., 5., 6.]))])
+    >>> mean, var = permute_running_stats(net, [np.array([2, 0, 1])],
+    ...                                   signs=[np.array([1., -1., 1.])])[0]
+    >>> mean.tolist(), var.tolist()
+    ([3.0, -1.0, 2.0], [6.0, 4.0, 5.0])
+    """
+    layers = _hidden_layers(model)
+    perms = _check_perms(layers, perms, "perms")
+    signs = _check_signs(layers, signs)
+    stats = [(m.copy(), v.copy()) for m, v in getattr(model, "running_stats", [])]
+    for layer, p, s in zip(layers, perms, signs, strict=True):
+        for j in layer.batch_norms:
+            mean, var = stats[j]
+            stats[j] = ((mean[p] * s).astype(mean.dtype), var[p])
+    return stats
 
 
 def invert(perms: Sequence[np.ndarray], signs: Sequence[np.ndarray] | None = None
@@ -274,13 +341,15 @@ def canonicalize(model: object, theta: np.ndarray) -> Canonical:
     identity = [np.arange(layer.bias.shape[0]) for layer in layers]
     ones = [np.ones(layer.bias.shape[0]) for layer in layers]
     for l, layer in enumerate(layers):
-        keys = np.vstack([current[layer.bias][None, :], current[layer.incoming]])  # (1+n_in, n)
+        keys = np.vstack([current[layer.bias][None, :], current[layer.incoming]]
+                         + [current[e][None, :] for e in layer.signed_extra])  # (1+n_in+.., n)
         s = np.ones(keys.shape[1])
         if layer.odd:
             nonzero = keys != 0
             first = np.where(nonzero.any(axis=0), nonzero.argmax(axis=0), 0)
             s = np.where(keys[first, np.arange(keys.shape[1])] < 0, -1.0, 1.0)
             keys = keys * s
+        keys = np.vstack([keys] + [current[e][None, :] for e in layer.extra])
         # np.lexsort sorts by the last key first: give it the rows in reverse
         order = np.lexsort(keys[::-1])
         step_perms = [p.copy() for p in identity]
@@ -344,10 +413,7 @@ def _log10(n: int) -> float:
 def _hidden_activations(model: object, theta: np.ndarray, X: np.ndarray) -> list[np.ndarray]:
     """Post-activation values of every hidden layer on X (float64), for activation matching."""
     if not isinstance(model, MLP):
-        hidden = getattr(model, "hidden_activations", None)
-        if hidden is None:
-            raise TypeError("method='activations': the model gives no hidden activations")
-        return [np.asarray(a, dtype=np.float64) for a in hidden(theta, X)]
+        return _network_activations(model, theta, X)
     from .reference.curvature import activation
 
     a = np.asarray(X, dtype=np.float64)
@@ -358,11 +424,32 @@ def _hidden_activations(model: object, theta: np.ndarray, X: np.ndarray) -> list
     return out
 
 
-def _assign(similarity: np.ndarray, odd: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Permutation (and signs) of b's units maximizing sum_i s_i similarity[i, p[i]]."""
+def _network_activations(net, theta: np.ndarray, X: np.ndarray) -> list[np.ndarray]:
+    """A Network's hidden units on X: each prefix up to the next Dense layer run as a network
+    of its own (training-mode batch statistics of X, as in the loss)."""
+    from .curvature.network import Network
+    from .nn import Dense
+
+    dense = [i for i, layer in enumerate(net.layers) if isinstance(layer, Dense)]
+    offsets = net._offsets
+    out = []
+    for b in dense[1:]:
+        prefix = Network(net.layers[:b], loss="mse", dtype=net.dtype, training=net.training)
+        if not net.training:
+            prefix.set_running_stats(net.running_stats[:sum(
+                1 for i in range(b) if hasattr(net.layers[i], "momentum"))])
+        out.append(np.asarray(prefix.forward(theta[:offsets[b]], X), dtype=np.float64))
+    return out
+
+
+def _assign(similarity: np.ndarray, odd: bool, unsigned: np.ndarray | float = 0.0
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Permutation (and signs) of b's units maximizing
+    sum_i s_i similarity[i, p[i]] + unsigned[i, p[i]] (``unsigned``: the terms of parameters
+    that keep their sign when a unit flips, a batch norm's weight)."""
     from scipy.optimize import linear_sum_assignment
 
-    score = np.abs(similarity) if odd else similarity
+    score = (np.abs(similarity) if odd else similarity) + unsigned
     rows, cols = linear_sum_assignment(score, maximize=True)
     p = cols[np.argsort(rows)]
     s = np.where(similarity[np.arange(len(p)), p] < 0, -1.0, 1.0) if odd else np.ones(len(p))
@@ -444,7 +531,8 @@ def _weight_matching(layers: list[_HiddenLayer], theta_a: np.ndarray, theta_b: n
     # the parts of each similarity that no other layer's permutation changes, computed once:
     # the biases (and per-unit extras), the first layer's incoming and the last one's outgoing
     fixed = [np.outer(a[layer.bias], b[layer.bias])
-             + sum((np.outer(a[e], b[e]) for e in layer.extra), 0.0) for layer in layers]
+             + sum((np.outer(a[e], b[e]) for e in layer.signed_extra), 0.0) for layer in layers]
+    unsigned = [sum((np.outer(a[e], b[e]) for e in layer.extra), 0.0) for layer in layers]
     fixed[0] = fixed[0] + a_in[0].T @ b_in[0]
     fixed[-1] = fixed[-1] + a_out[-1] @ b_out[-1].T
     for _ in range(max_sweeps):
@@ -457,7 +545,8 @@ def _weight_matching(layers: list[_HiddenLayer], theta_a: np.ndarray, theta_b: n
             if l + 1 < m:
                 outgoing = b_out[l][:, perms[l + 1]] * signs[l + 1].astype(work)
                 similarity += a_out[l] @ outgoing.T
-            p, s = _assign(similarity.astype(np.float64, copy=False), layers[l].odd)
+            p, s = _assign(similarity.astype(np.float64, copy=False), layers[l].odd,
+                           unsigned[l])
             if not (np.array_equal(p, perms[l]) and np.array_equal(s, signs[l])):
                 changed = True
             perms[l], signs[l] = p, s

@@ -15,6 +15,7 @@ from fastopt.symmetry import (
     interpolation_barrier,
     invert,
     permute,
+    permute_running_stats,
 )
 
 pytest.importorskip("scipy")
@@ -161,3 +162,51 @@ def test_barrier_drops_after_alignment_on_the_digits():
     assert result.aligned_accuracy.min() > result.accuracy.min()
     # the aligned theta_b is the same function as theta_b
     assert abs(net.loss(result.theta_b_aligned, X, y) - net.loss(theta_b, X, y)) < 1e-12
+
+
+def _bn_network(activation="tanh", dtype=np.float64):
+    from fastopt import Network, nn
+
+    act = {"tanh": nn.Tanh(), "relu": nn.ReLU()}[activation]
+    act2 = {"tanh": nn.Tanh(), "relu": nn.ReLU()}[activation]
+    return Network([nn.Dense(4, 6), nn.BatchNorm(6), act, nn.Dense(6, 5), act2,
+                    nn.BatchNorm(5), nn.Dense(5, 3)], dtype=dtype)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_networks_with_batch_norm_move_its_parameters_and_statistics(data, activation):
+    X, y = data
+    net = _bn_network(activation)
+    rng = np.random.default_rng(11)
+    theta = net.init(rng) + 0.05 * rng.standard_normal(net.num_params)
+    perms = [rng.permutation(6), rng.permutation(5)]
+    signs = [rng.choice([-1.0, 1.0], 6), rng.choice([-1.0, 1.0], 5)] if activation == "tanh" \
+        else None
+    moved = permute(net, theta, perms, signs=signs)
+    loss, g = net.loss_and_grad(theta, X, y)        # training-mode batch statistics
+    loss_m, g_m = net.loss_and_grad(moved, X, y)
+    assert abs(loss - loss_m) < 1e-13
+    np.testing.assert_allclose(g_m, permute(net, g, perms, signs=signs), atol=1e-12)
+    v = rng.standard_normal(net.num_params)
+    P = lambda u: permute(net, u, perms, signs=signs)  # noqa: E731
+    np.testing.assert_allclose(net.hvp(moved, X, y, P(v)), P(net.hvp(theta, X, y, v)),
+                               rtol=1e-10, atol=1e-12)
+    # eval mode: the running statistics move with the units
+    net.loss_and_grad(theta, X, y, update_running_stats=True)
+    stats = net.running_stats
+    moved_net = _bn_network(activation)
+    moved_net.set_running_stats(permute_running_stats(net, perms, signs=signs))
+    net.eval()
+    moved_net.eval()
+    np.testing.assert_allclose(moved_net.forward(moved, X), net.forward(theta, X), atol=1e-12)
+    assert all(np.array_equal(a, b) for pair, new in zip(stats, net.running_stats, strict=True)
+               for a, b in zip(pair, new, strict=True))
+    # canonical forms and alignment
+    canon = canonicalize(net, theta).theta
+    np.testing.assert_array_equal(canonicalize(net, moved).theta, canon)
+    for method in ("weights", "activations"):
+        np.testing.assert_allclose(align(net, theta, moved, method=method, X=X).theta, theta,
+                                   atol=1e-15)
+    counted = count_equivalent(net)
+    assert counted.permutations == 720 * 120
+    assert counted.sign_flips == (2 ** 11 if activation == "tanh" else 1)
