@@ -39,6 +39,8 @@ def load(family: str, backend: str) -> ModuleType:
     try:
         if backend == "cuda":
             from numba import cuda  # noqa: F401  (numba-cuda provides it)
+
+            _require_device(cuda)
         module = importlib.import_module(_module_name(family, backend))
     except ImportError as exc:
         hint = {
@@ -51,6 +53,19 @@ def load(family: str, backend: str) -> ModuleType:
         raise RuntimeError(msg) from exc
     _modules[key] = module
     return module
+
+
+def _require_device(cuda) -> None:
+    """Raise ImportError (turned into load's actionable RuntimeError) when numba-cuda is
+    installed but neither a CUDA device nor the simulator is there: a kernel launch would
+    otherwise fail deep inside numba."""
+    import os
+
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return
+    if not cuda.is_available():
+        raise ImportError("numba-cuda is installed but no CUDA device or driver was found "
+                          "(numba.cuda.is_available() is False)")
 
 
 def available(family: str, backend: str) -> bool:
