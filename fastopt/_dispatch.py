@@ -125,3 +125,13 @@ def resolve(
         )
     load(family, backend)  # raises a clear RuntimeError if unavailable
     return backend
+
+
+def resolve_device(family: str, backend: str, argument: str) -> None:
+    """Check ``backend`` for a call whose ``argument`` is a device array: ``"auto"`` and
+    ``"cuda"`` pass (the CUDA kernels must load); a CPU backend raises a ValueError."""
+    chosen = resolve(family, backend, cuda_input=True,
+                     supported=("cython", "numba", "numpy", "cuda"))
+    if chosen != "cuda":
+        raise ValueError(f"backend: {backend!r} runs on the CPU but {argument} is a device array; "
+                         f"use backend='cuda' or 'auto', or copy {argument} to the host")

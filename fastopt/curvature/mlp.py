@@ -752,11 +752,7 @@ def _device_call(self, theta, X, y, v, mode, backend, out):
     """loss / loss_and_grad / hvp / gnvp on device input; returns (loss, result)."""
     from .. import _device
 
-    name = _dispatch.resolve("curvature", backend, cuda_input=True,
-                             supported=("cython", "numba", "numpy", "cuda"))
-    if name != "cuda":
-        raise ValueError(f"backend: {backend!r} runs on the CPU but theta is a device array; use "
-                         "backend='cuda' or 'auto', or copy theta to the host")
+    _dispatch.resolve_device("curvature", backend, "theta")
     if out is not None:
         raise TypeError("out: not supported with device arrays (the result is a new device "
                         "array of theta's kind)")

@@ -87,7 +87,7 @@ def compiled(jit) -> types.SimpleNamespace:
     >>> plain = _scalar.compiled(lambda f: f)
     >>> top, s2 = plain.tridiag_top_one(np.array([2.0, 2.0]), np.array([1.0, 0.0]), 2,
     ...                                 np.zeros(2))
-    >>> round(top, 12)
+    >>> round(float(top), 12)
     3.0
     """
     namespace = dict(globals())

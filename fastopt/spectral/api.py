@@ -286,12 +286,8 @@ def _device_stack(W, backend, square=False):
     from .. import _device
     from .._validate import as_device_stack
 
-    name = _dispatch.resolve("spectral", backend, cuda_input=True,
-                             supported=("cython", "numba", "numpy", "cuda"))
+    _dispatch.resolve_device("spectral", backend, "W")
     host = not _dispatch.is_cuda_array(W)
-    if name != "cuda":
-        raise ValueError(f"backend: {backend!r} runs on the CPU but W is a device array; use "
-                         "backend='cuda' or 'auto', or copy W to the host")
     kern = _dispatch.load("spectral", "cuda")
     if host:
         W3h, batched = as_matrix_stack(W, "W", square=square)
