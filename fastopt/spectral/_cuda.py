@@ -19,6 +19,7 @@ them so that multi-block paths run on tiny inputs in the simulator (``NUMBA_ENAB
 from __future__ import annotations
 
 import math
+import threading
 from functools import cache
 
 import numpy as np
@@ -29,6 +30,30 @@ from ._plan import n_chunks, work_shape  # noqa: F401  (part of the kernel modul
 
 THREADS_PER_BLOCK = 256
 TARGET_BLOCKS = 264  # about two blocks per SM of a large GPU
+
+# Device scratch of the per-pass kernels, reused across the passes of a solve (a device
+# allocation per pass would cost more than a small pass); one set per host thread.
+_scratch = threading.local()
+
+
+def _buffer(key: str, shape: tuple, dtype) -> object:
+    bufs = getattr(_scratch, "bufs", None)
+    if bufs is None:
+        bufs = _scratch.bufs = {}
+    shape = tuple(int(d) for d in shape)
+    dtype = np.dtype(dtype)
+    a = bufs.get(key)
+    if a is None or tuple(a.shape) != shape or np.dtype(a.dtype) != dtype:
+        a = bufs[key] = cuda.device_array(shape, dtype)
+    return a
+
+
+def _upload(key: str, host: np.ndarray):
+    """``host`` copied into the reusable device buffer ``key``."""
+    host = np.ascontiguousarray(host)
+    d = _buffer(key, host.shape, host.dtype)
+    d.copy_to_device(host)
+    return d
 
 
 @cache
@@ -201,11 +226,11 @@ def wtwv(W, x, t, y, active, work, n_threads=1, n_workers=0):
     n, m = W.shape[1], W.shape[2]
     nch = _row_chunks(n, na)
     act = np.ascontiguousarray(active, dtype=np.int64)
-    xd = cuda.to_device(np.ascontiguousarray(x[act]))
-    td = cuda.device_array((na, n), x.dtype)
-    yd = cuda.device_array((na, m), np.float64)
-    wd = cuda.device_array((na, nch, m), np.float64)
-    k["wtwv_rows"][(na, nch), tpb](W, xd, td, wd, cuda.to_device(act), nch)
+    xd = _upload("x", x[act])
+    td = _buffer("t", (na, n), x.dtype)
+    yd = _buffer("y", (na, m), np.float64)
+    wd = _buffer("work", (na, nch, m), np.float64)
+    k["wtwv_rows"][(na, nch), tpb](W, xd, td, wd, _upload("active", act), nch)
     k["sum_chunks"][(math.ceil(m / tpb), na), tpb](wd, yd)
     t[act] = td.copy_to_host()
     y[act] = yd.copy_to_host().astype(y.dtype, copy=False)
@@ -221,9 +246,9 @@ def matvec(W, x, y, active, n_threads=1, n_workers=0):
     n = W.shape[1]
     nch = _row_chunks(n, na)
     act = np.ascontiguousarray(active, dtype=np.int64)
-    xd = cuda.to_device(np.ascontiguousarray(x[act]))
-    yd = cuda.device_array((na, n), y.dtype)
-    k["matvec_rows"][(na, nch), tpb](W, xd, yd, cuda.to_device(act), nch)
+    xd = _upload("x", x[act])
+    yd = _buffer("mv", (na, n), y.dtype)
+    k["matvec_rows"][(na, nch), tpb](W, xd, yd, _upload("active", act), nch)
     y[act] = yd.copy_to_host()
 
 
