@@ -7,10 +7,12 @@ host). Per pass over ``W``, ``wtwv`` copies ``x`` (B x m) to the device and ``t`
 the CPU kernels; ``tridiag_top`` runs on the device from the scalar helpers shared with the
 Numba kernels (``_scalar.py``).
 
-The fused pass: block (a, c) owns rows ``[c n / nch, (c + 1) n / nch)`` of matrix ``active[a]``;
-per row it forms ``t_i = W_i . x`` by a shared-memory tree reduction and adds ``t_i W_i`` to its
-own float64 partial row of ``work`` (each column owned by one thread: no atomics). A second
-kernel adds the ``nch`` partial rows in chunk order, so results are deterministic.
+The fused pass: block (a, c) owns rows ``[c n / nch, (c + 1) n / nch)`` of matrix ``active[a]``,
+taken ``rows`` (8) at a time: each group of ``group`` (32) threads forms one ``t_i = W_i . x`` by
+a shared-memory tree reduction (no warp shuffles: the simulator has none), then every thread adds
+``t_i W_i`` of those rows to the columns it owns of the block's float64 partial row of ``work``
+(no atomics). A second kernel adds the ``nch`` partial rows in chunk order, so results are
+deterministic.
 
 ``THREADS_PER_BLOCK`` (a power of two) and ``TARGET_BLOCKS`` are read at each call; tests shrink
 them so that multi-block paths run on tiny inputs in the simulator (``NUMBA_ENABLE_CUDASIM=1``).
@@ -61,20 +63,31 @@ def _kernels(tpb: int):
     helpers = _scalar.compiled(cuda.jit(device=True))
     top_one = helpers.tridiag_top_one
 
+    # Rows go through a block `rows` at a time: group g (of `group` threads) forms the dot
+    # product of row base + g by a tree in shared memory, so one set of barriers serves
+    # `rows` rows; then every thread adds those rows, times their t_i, to the columns it owns.
+    group = max(1, min(32, tpb // 2))
+    rows = tpb // group
+
     @cuda.jit(device=True)
-    def block_sum(s, sh):
-        t = cuda.threadIdx.x
-        sh[t] = s
+    def row_dots(W, x, a, b, base, r1, sh):
+        """sh[g * group] = W[b, base + g] . x[a] for the `rows` rows from base (0 past r1)."""
+        tid = cuda.threadIdx.x
+        g = tid // group
+        lane = tid - g * group
+        i = base + g
+        s = 0.0
+        if i < r1:
+            for j in range(lane, W.shape[2], group):
+                s += float64(W[b, i, j]) * float64(x[a, j])
+        sh[tid] = s
         cuda.syncthreads()
-        step = tpb // 2
+        step = group // 2
         while step > 0:
-            if t < step:
-                sh[t] += sh[t + step]
+            if lane < step:
+                sh[tid] += sh[tid + step]
             cuda.syncthreads()
             step //= 2
-        total = sh[0]
-        cuda.syncthreads()  # sh is rewritten by the next row
-        return total
 
     @cuda.jit
     def wtwv_rows(W, x, t, work, active, nch):
@@ -85,17 +98,22 @@ def _kernels(tpb: int):
         m = W.shape[2]
         tid = cuda.threadIdx.x
         sh = cuda.shared.array(tpb, float64)
+        r0 = (c * n) // nch
+        r1 = ((c + 1) * n) // nch
         for j in range(tid, m, tpb):
             work[a, c, j] = 0.0
-        for i in range((c * n) // nch, ((c + 1) * n) // nch):
-            s = 0.0
-            for j in range(tid, m, tpb):
-                s += float64(W[b, i, j]) * float64(x[a, j])
-            ti = block_sum(s, sh)
-            if tid == 0:
-                t[a, i] = ti
-            for j in range(tid, m, tpb):  # the row again, from L1/L2
-                work[a, c, j] += ti * float64(W[b, i, j])
+        for base in range(r0, r1, rows):
+            row_dots(W, x, a, b, base, r1, sh)
+            g = tid // group
+            if tid - g * group == 0 and base + g < r1:
+                t[a, base + g] = sh[tid]
+            for j in range(tid, m, tpb):  # the rows again, from L1/L2
+                acc = work[a, c, j]
+                for r in range(rows):
+                    if base + r < r1:
+                        acc += sh[r * group] * float64(W[b, base + r, j])
+                work[a, c, j] = acc
+            cuda.syncthreads()  # sh is rewritten by the next rows
 
     @cuda.jit
     def sum_chunks(work, y):
@@ -113,16 +131,15 @@ def _kernels(tpb: int):
         c = cuda.blockIdx.y
         b = active[a]
         n = W.shape[1]
-        m = W.shape[2]
         tid = cuda.threadIdx.x
         sh = cuda.shared.array(tpb, float64)
-        for i in range((c * n) // nch, ((c + 1) * n) // nch):
-            s = 0.0
-            for j in range(tid, m, tpb):
-                s += float64(W[b, i, j]) * float64(x[a, j])
-            yi = block_sum(s, sh)
-            if tid == 0:
-                y[a, i] = yi
+        r1 = ((c + 1) * n) // nch
+        for base in range((c * n) // nch, r1, rows):
+            row_dots(W, x, a, b, base, r1, sh)
+            g = tid // group
+            if tid - g * group == 0 and base + g < r1:
+                y[a, base + g] = sh[tid]
+            cuda.syncthreads()
 
     @cuda.jit
     def rmatvec_rows(W, u, y):
