@@ -62,6 +62,21 @@ def device_array(shape, dtype):
     return cuda.device_array(shape, np.dtype(dtype))
 
 
+def empty(shape, dtype, kind: str):
+    """An uninitialized numba device array whose memory comes from the allocator of ``kind``'s
+    library (torch's and CuPy's caching pools: no cudaMalloc per call), or numba's."""
+    if kind == "torch":
+        import torch
+
+        t = torch.empty(tuple(shape), dtype=getattr(torch, np.dtype(dtype).name), device="cuda")
+        return to_numba(t)  # the view keeps the tensor alive
+    if kind == "cupy":
+        import cupy
+
+        return to_numba(cupy.empty(tuple(shape), dtype=np.dtype(dtype)))
+    return device_array(shape, dtype)
+
+
 def to_device(host: np.ndarray):
     """Copy a host array to a new numba device array."""
     from numba import cuda

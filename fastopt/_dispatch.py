@@ -127,6 +127,11 @@ def resolve(
     return backend
 
 
+def wants_device(x: object, backend: str) -> bool:
+    """True when a call takes the GPU path: ``x`` is a device array or ``backend="cuda"``."""
+    return backend == "cuda" or is_cuda_array(x)
+
+
 def resolve_device(family: str, backend: str, argument: str) -> None:
     """Check ``backend`` for a call whose ``argument`` is a device array: ``"auto"`` and
     ``"cuda"`` pass (the CUDA kernels must load); a CPU backend raises a ValueError."""

@@ -126,3 +126,17 @@ def test_device_input_errors():
         net.hvp(td, Xd, y, cuda.to_device(np.ones(3)))
     with pytest.raises(TypeError, match="out"):
         net.hvp(td, Xd, y, V, out=np.empty_like(V))
+
+
+def test_single_direction_and_interop_helpers():
+    from fastopt import _device
+
+    net, theta, X, y, V = _problem("cross_entropy", [3, 4, 3, 2], np.float64, seed=3)
+    v = V[:, 1].copy()
+    got = net.hvp(cuda.to_device(theta), cuda.to_device(X), y, cuda.to_device(v))
+    assert tuple(got.shape) == (net.num_params,)
+    np.testing.assert_allclose(got.copy_to_host(), net.hvp(theta, X, y, v, backend="numpy"),
+                               rtol=1e-12, atol=1e-12)
+    d = cuda.to_device(v)
+    assert _device.kind_of(d) == "numba" and _device.to_numba(d) is d
+    assert _device.like(d, "numba") is d and _device.matrix_library("numba") is None

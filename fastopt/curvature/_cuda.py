@@ -20,6 +20,7 @@ from functools import cache
 import numpy as np
 from numba import cuda, float64
 
+from .. import _device
 from . import _scalar
 from ._device import matmul as _library_matmul
 
@@ -272,9 +273,11 @@ def stats(x):
     return bool(p[:, 0].max() > 0), float(p[:, 1].min()), float(p[:, 2].max())
 
 
-def passes(net, theta, X, labels, Y, V, mode, lib):
+def passes(net, theta, X, labels, Y, V, mode, kind):
     """Loss (host float) and the gradient ``(P,)`` or products ``(P, k)`` (a new device array)
-    of ``net`` (a validated :class:`fastopt.MLP`) on device inputs; ``lib`` chooses the GEMMs."""
+    of ``net`` (a validated :class:`fastopt.MLP`) on device inputs; ``kind`` (of theta, see
+    :func:`fastopt._device.kind_of`) chooses the GEMMs and the allocator."""
+    lib = _device.matrix_library(kind)
     tpb = THREADS_PER_BLOCK
     kern = _kernels(tpb)
     dt = np.dtype(net.dtype)
@@ -283,11 +286,22 @@ def passes(net, theta, X, labels, Y, V, mode, lib):
     k = V.shape[1] if need == 2 else 0
     L = len(net._offsets)
     dims = list(zip(net.sizes[:-1], net.sizes[1:], strict=True))
-    dummy3 = cuda.device_array((1, 1, 1), dt)
-    dummy2 = cuda.device_array((1, 1), dt)
+    # Scratch is reused across calls (a device allocation per array per call would cost more
+    # than the small passes): the i-th allocation of a call is the i-th buffer of the net's
+    # per-thread workspace (the sequence depends only on mode and shapes). The result is new.
+    ws = net._workspace()
+    counter = [0]
 
     def empty(*shape, dtype=dt):
-        return cuda.device_array(shape, dtype)
+        counter[0] += 1
+        key = f"cuda:{counter[0]}"
+        a = ws.get(key)
+        if a is None or tuple(a.shape) != shape or np.dtype(a.dtype) != np.dtype(dtype):
+            a = ws[key] = _device.empty(shape, dtype, kind)
+        return a
+
+    dummy3 = empty(1, 1, 1)
+    dummy2 = empty(1, 1)
 
     def mm(A, B, out, ta=False, tb=False):
         _library_matmul(lib, A, B, out, ta, tb)
@@ -352,7 +366,7 @@ def passes(net, theta, X, labels, Y, V, mode, lib):
     # ---- backward and R-backward
     P = net.num_params
     m = k if k else 1
-    result = empty(P, k) if k else empty(P)
+    result = _device.empty((P, k) if k else (P,), dt, kind)
     out2 = result.reshape(P, m)
     for l in range(L - 1, -1, -1):
         W, _ = layers[l]

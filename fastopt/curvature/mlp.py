@@ -800,8 +800,7 @@ def _device_call(self, theta, X, y, v, mode, backend, out):
         single = len(tuple(getattr(v, "shape", np.shape(v)))) == 1
         V_d = _device_input(self, v, "v", v_shape)
         V_d = V_d.reshape(P, 1) if len(tuple(V_d.shape)) == 1 else V_d
-    lib = _device.matrix_library(kind)
-    loss, result = _cuda.passes(self, theta_d, X_d, labels_d, Y_d, V_d, mode, lib)
+    loss, result = _cuda.passes(self, theta_d, X_d, labels_d, Y_d, V_d, mode, kind)
     if result is not None and single:
         result = result.reshape(P)
     return loss, _device.like(result, kind)

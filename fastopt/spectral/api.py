@@ -99,7 +99,7 @@ def spectral_norm(
     tol = check_real(tol, "tol", positive=True)
     maxiter = DEFAULT_MAXITER if maxiter is None else check_int(maxiter, "maxiter", minimum=1)
     return_vectors = check_bool(return_vectors, "return_vectors")
-    if _dispatch.is_cuda_array(W) or backend == "cuda":
+    if _dispatch.wants_device(W, backend):
         return _device_norm(W, tol, maxiter, v0, return_vectors, backend)
     W3, batched = as_matrix_stack(W, "W")
     B, n, m = W3.shape
@@ -228,7 +228,7 @@ def spectral_radius(
     """
     tol = check_real(tol, "tol", positive=True)
     explicit = maxiter is not None
-    if _dispatch.is_cuda_array(W) or backend == "cuda":
+    if _dispatch.wants_device(W, backend):
         return _device_radius(W, tol, maxiter, backend)
     W3, batched = as_matrix_stack(W, "W", square=True)
     B, n, _ = W3.shape
