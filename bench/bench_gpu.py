@@ -318,6 +318,7 @@ def main(argv=None):
                 frac = float("nan")
             print(f"{label:45s} {contender:18s} {t * 1e3:9.3f} {ratio:7.2f}x {frac:8.1%}")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({f"{c}|{k}": v for (c, k), v in results.items()},
                                         indent=1))
     return 0
