@@ -292,11 +292,11 @@ def tridiag_top(alpha, beta, k, active, theta, s2, scratch, n_threads=1, n_worke
     tpb = THREADS_PER_BLOCK
     kern = _kernels(tpb)
     act = np.ascontiguousarray(active, dtype=np.int64)
-    th = cuda.device_array(na, np.float64)
-    sd = cuda.device_array(na, np.float64)
+    th = _buffer("theta", (na,), np.float64)
+    sd = _buffer("s2", (na,), np.float64)
     kern["tridiag"][math.ceil(na / tpb), tpb](
-        cuda.to_device(np.ascontiguousarray(alpha)), cuda.to_device(np.ascontiguousarray(beta)),
-        k, cuda.to_device(act), th, sd, cuda.device_array((na, scratch.shape[1]), np.float64))
+        _upload("alpha", alpha), _upload("beta", beta), k, _upload("active", act), th, sd,
+        _buffer("scratch", (na, scratch.shape[1]), np.float64))
     theta[act] = th.copy_to_host()
     s2[act] = sd.copy_to_host()
 
