@@ -39,6 +39,8 @@ def load(family: str, backend: str) -> ModuleType:
     try:
         if backend == "cuda":
             from numba import cuda  # noqa: F401  (numba-cuda provides it)
+
+            _require_device(cuda)
         module = importlib.import_module(_module_name(family, backend))
     except ImportError as exc:
         hint = {
@@ -51,6 +53,19 @@ def load(family: str, backend: str) -> ModuleType:
         raise RuntimeError(msg) from exc
     _modules[key] = module
     return module
+
+
+def _require_device(cuda) -> None:
+    """Raise ImportError (turned into load's actionable RuntimeError) when numba-cuda is
+    installed but neither a CUDA device nor the simulator is there: a kernel launch would
+    otherwise fail deep inside numba."""
+    import os
+
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return
+    if not cuda.is_available():
+        raise ImportError("numba-cuda is installed but no CUDA device or driver was found "
+                          "(numba.cuda.is_available() is False)")
 
 
 def available(family: str, backend: str) -> bool:
@@ -110,3 +125,18 @@ def resolve(
         )
     load(family, backend)  # raises a clear RuntimeError if unavailable
     return backend
+
+
+def wants_device(x: object, backend: str) -> bool:
+    """True when a call takes the GPU path: ``x`` is a device array or ``backend="cuda"``."""
+    return backend == "cuda" or is_cuda_array(x)
+
+
+def resolve_device(family: str, backend: str, argument: str) -> None:
+    """Check ``backend`` for a call whose ``argument`` is a device array: ``"auto"`` and
+    ``"cuda"`` pass (the CUDA kernels must load); a CPU backend raises a ValueError."""
+    chosen = resolve(family, backend, cuda_input=True,
+                     supported=("cython", "numba", "numpy", "cuda"))
+    if chosen != "cuda":
+        raise ValueError(f"backend: {backend!r} runs on the CPU but {argument} is a device array; "
+                         f"use backend='cuda' or 'auto', or copy {argument} to the host")

@@ -312,7 +312,8 @@ def as_matrix_stack(
         )
     if arr.size == 0:
         raise ValueError(f"{name}: is empty (shape {arr.shape})")
-    if square and arr.shape[-1] != arr.shape[-2]:
+    shape = tuple(arr.shape)  # the simulator's shapes do not take negative indices
+    if square and shape[-1] != shape[-2]:
         raise ValueError(f"{name}: must be square, got shape {arr.shape}")
     check_all_finite(arr, name)
     batched = arr.ndim == 3
@@ -379,3 +380,20 @@ def as_model_array(x: object, name: str, dtype: np.dtype, owner: object, *,
             f"({owner!r}); convert with {name}.astype(np.{np.dtype(dtype)})"
         )
     return arr
+
+
+def as_device_stack(arr, name: str = "W", *, square: bool = False):
+    """Validate a numba device array as a matrix or a stack of matrices without copying it to
+    the host: float32/float64, C-contiguous, 2-D or 3-D, non-empty (square if asked). Returns
+    ``(stack (B, n, m), batched)``; finiteness is checked on the device by the caller."""
+    arr = as_device_array(arr, name)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{name}: expected a 2-D matrix or a 3-D stack (B, n, m), got "
+                         f"{arr.ndim}-D with shape {tuple(arr.shape)}")
+    if 0 in arr.shape:
+        raise ValueError(f"{name}: empty matrix (shape {tuple(arr.shape)})")
+    shape = tuple(arr.shape)  # the simulator's shapes do not take negative indices
+    if square and shape[-1] != shape[-2]:
+        raise ValueError(f"{name}: expected square matrices, got shape {tuple(arr.shape)}")
+    batched = arr.ndim == 3
+    return (arr if batched else arr.reshape(1, *arr.shape)), batched

@@ -623,6 +623,8 @@ class MLP:
         >>> round(net.loss(np.zeros(net.num_params), np.ones((4, 2)), np.array([0, 1, 2, 0])), 6)
         1.098612
         """
+        if _dispatch.is_cuda_array(theta):
+            return self._device_call(theta, X, y, None, "loss", backend, None)[0]
         theta, X, labels, Y = self._prepare(theta, X, y)
         return self._run(theta, X, labels, Y, None, "loss", backend)[0]
 
@@ -641,6 +643,8 @@ class MLP:
         >>> loss, g.tolist()         # 0.5*mean((x)^2) and its gradient in (w, b)
         (1.25, [2.5, 1.5])
         """
+        if _dispatch.is_cuda_array(theta):
+            return self._device_call(theta, X, y, None, "grad", backend, out)
         theta, X, labels, Y = self._prepare(theta, X, y)
         reject_unsupported_subclass(out, "out")
         out = check_out(out, (self.num_params,), self.dtype)
@@ -648,6 +652,8 @@ class MLP:
         return loss, grad
 
     def _product(self, theta, X, y, v, mode, backend, out):
+        if _dispatch.is_cuda_array(theta):
+            return self._device_call(theta, X, y, v, mode, backend, out)[1]
         theta, X, labels, Y = self._prepare(theta, X, y)
         V, single = self._check_v(v)
         check_all_finite(V, "v")
@@ -713,3 +719,137 @@ class MLP:
         True
         """
         return self._product(theta, X, y, v, "gnvp", backend, out)
+
+
+# ------------------------------------------------------------------ device arrays (GPU path)
+# theta a device array (numba.cuda, CuPy, torch CUDA): the passes run in fastopt.curvature._cuda
+# (numba.cuda element-wise kernels, GEMMs through the inputs' array library); X, y and v may be
+# device arrays of any kind or host arrays (copied to the device once). The result is a device
+# array of theta's kind; the loss a host float.
+
+
+def _device_input(net, x, name, shape_check):
+    """A validated device array of the model dtype for argument ``name`` (host input: the host
+    checks, then one copy to the device)."""
+    from .. import _device
+    from .._validate import as_device_array
+    from . import _cuda
+
+    if not _dispatch.is_cuda_array(x):
+        return _device.to_device(shape_check(x))
+    arr = as_device_array(_device.to_numba(x), name)
+    if np.dtype(arr.dtype) != net.dtype:
+        raise TypeError(f"{name}: dtype {arr.dtype} does not match the model dtype "
+                        f"{net.dtype.name}; convert it on the device first")
+    shape_check(arr)
+    bad, _, _ = _cuda.stats(arr)
+    if bad:
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return arr
+
+
+def _device_call(self, theta, X, y, v, mode, backend, out):
+    """loss / loss_and_grad / hvp / gnvp on device input; returns (loss, result)."""
+    from .. import _device
+
+    _dispatch.resolve_device("curvature", backend, "theta")
+    if out is not None:
+        raise TypeError("out: not supported with device arrays (the result is a new device "
+                        "array of theta's kind)")
+    from . import _cuda
+
+    kind = _device.kind_of(theta)
+    P = self.num_params
+
+    def theta_shape(a):
+        if isinstance(a, np.ndarray) or not hasattr(a, "copy_to_host"):
+            a = self._check_theta(a)
+            check_all_finite(a, "theta")
+            return a
+        if tuple(a.shape) != (P,):
+            raise ValueError(f"theta: expected shape ({P},) for {self!r}, got {tuple(a.shape)}")
+        return a
+
+    def X_shape(a):
+        if isinstance(a, np.ndarray) or not hasattr(a, "copy_to_host"):
+            return self._check_X(a)
+        shp = tuple(a.shape)
+        if len(shp) != 2 or shp[1] != self.sizes[0] or shp[0] == 0:
+            raise ValueError(f"X: expected a non-empty 2-D array (N, {self.sizes[0]}), got "
+                             f"shape {shp}")
+        return a
+
+    theta_d = _device_input(self, theta, "theta", theta_shape)
+    X_d = _device_input(self, X, "X", X_shape)
+    N = X_d.shape[0]
+    labels_d, Y_d = _device_targets(self, y, N)
+    V_d = None
+    single = False
+    if v is not None:
+        def v_shape(a):
+            if isinstance(a, np.ndarray) or not hasattr(a, "copy_to_host"):
+                Vh, _ = self._check_v(a)
+                check_all_finite(Vh, "v")
+                return Vh
+            shp = tuple(a.shape)
+            if not ((len(shp) == 1 and shp[0] == P) or (len(shp) == 2 and shp[0] == P
+                                                         and shp[1] >= 1)):
+                raise ValueError(f"v: expected shape ({P},) or ({P}, k) with k >= 1, got {shp}")
+            return a
+
+        single = len(tuple(getattr(v, "shape", np.shape(v)))) == 1
+        V_d = _device_input(self, v, "v", v_shape)
+        V_d = V_d.reshape(P, 1) if len(tuple(V_d.shape)) == 1 else V_d
+    loss, result = _cuda.passes(self, theta_d, X_d, labels_d, Y_d, V_d, mode, kind)
+    if result is not None and single:
+        result = result.reshape(P)
+    return loss, _device.like(result, kind)
+
+
+def _device_targets(net, y, N):
+    """(labels int64 device (N,) or None, targets device (N, n_out) or None)."""
+    from .. import _device
+    from .._validate import as_device_array  # noqa: F401  (floats go through _device_input)
+    from . import _cuda
+
+    if not _dispatch.is_cuda_array(y):
+        labels, Y = net._check_y(y, N)
+        if net.loss_name == "cross_entropy":
+            return _device.to_device(labels), None
+        return None, _device.to_device(Y)
+    arr = _device.to_numba(y)
+    n_out = net.sizes[-1]
+    shp = tuple(arr.shape)
+    if net.loss_name == "cross_entropy":
+        dt = np.dtype(arr.dtype)
+        if dt.kind not in "iu" or dt == np.bool_:
+            raise TypeError(f"y: cross_entropy needs integer class labels, got dtype {dt}")
+        if shp != (N,):
+            raise ValueError(f"y: expected shape ({N},) (one label per sample), got {shp}")
+        _, lo, hi = _cuda.stats(arr)
+        if lo < 0 or hi >= n_out:
+            raise ValueError(f"y: labels must lie in [0, {n_out}), got values in "
+                             f"[{lo:g}, {hi:g}]")
+        if dt != np.int64:
+            raise TypeError(f"y: device labels must be int64, got {dt}")
+        return arr, None
+    want = (N, n_out) if net.loss_name == "mse" else (N, 1)
+    if shp == (N,) and want[1] == 1:
+        arr = arr.reshape(N, 1)
+        shp = (N, 1)
+
+    def y_shape(a):
+        if tuple(a.shape) != want:
+            raise ValueError(f"y: expected shape {want} for {net.loss_name}, got {shp}")
+        return a
+
+    Y = _device_input(net, arr, "y", y_shape)
+    if net.loss_name == "logistic":
+        _, lo, hi = _cuda.stats(Y)
+        if lo < 0 or hi > 1:
+            raise ValueError(f"y: logistic labels must lie in [0, 1], got values in "
+                             f"[{lo:g}, {hi:g}]")
+    return None, Y
+
+
+MLP._device_call = _device_call

@@ -13,6 +13,7 @@ import numba as nb
 import numpy as np
 
 from .._threads import apply_numba_threads
+from . import _scalar
 from ._plan import n_chunks, work_shape  # noqa: F401  (part of the kernel module API)
 
 _FAST = {"reassoc", "contract"}  # lets LLVM vectorize the float64 reductions; no NaN assumptions
@@ -169,63 +170,9 @@ def _orth(V, j, w, h, beta, active):  # pragma: no cover - compiled
                 Vb[k, i] = wb[i] * inv
 
 
-@nb.njit(cache=True, nogil=True)
-def _sturm_below(al, b2, k, x):  # pragma: no cover - compiled
-    cnt = 0
-    d = al[0] - x
-    if d == 0.0:
-        d = -1e-300
-    if d < 0:
-        cnt += 1
-    for i in range(1, k):
-        d = (al[i] - x) - b2[i - 1] / d
-        if d == 0.0:
-            d = -1e-300
-        if d < 0:
-            cnt += 1
-    return cnt
-
-
-@nb.njit(cache=True, nogil=True)
-def _tridiag_top_one(al, be, k, b2):  # pragma: no cover - compiled
-    for i in range(k - 1):
-        b2[i] = be[i] * be[i]
-    lo = al[0]
-    hi = al[0]
-    for i in range(k):
-        bl = abs(be[i - 1]) if i > 0 else 0.0
-        br = abs(be[i]) if i < k - 1 else 0.0
-        lo = min(lo, al[i] - bl - br)
-        hi = max(hi, al[i] + bl + br)
-    a = max(abs(lo), abs(hi))
-    if a == 0.0:  # the zero matrix
-        return 0.0, 1.0
-    hi = hi + 1e-15 * a
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if mid <= lo or mid >= hi or hi - lo <= 4e-16 * a:
-            break
-        if _sturm_below(al, b2, k, mid) == k:
-            hi = mid
-        else:
-            lo = mid
-    if k == 1:
-        return hi, 1.0
-    t = hi
-    gprev2 = 0.0
-    r = t - al[0]
-    g = 1.0 / r if r != 0 else 1e300
-    gprev = 0.0
-    for i in range(1, k - 1):
-        gprev2 = gprev
-        gprev = g
-        rprev = r
-        r = (t - al[i]) - b2[i - 1] / rprev
-        if r == 0.0:
-            r = 1e-300
-        g = (1.0 + (t - al[i]) * gprev - b2[i - 1] * gprev2 / rprev) / r
-    d = 1.0 + (t - al[k - 1]) * g - b2[k - 2] * gprev / r
-    return hi, (1.0 / d if d > 1.0 else 1.0)
+_helpers = _scalar.compiled(nb.njit(cache=True, nogil=True))
+_sturm_below = _helpers.sturm_below
+_tridiag_top_one = _helpers.tridiag_top_one
 
 
 @nb.njit(cache=True, parallel=True, nogil=True)

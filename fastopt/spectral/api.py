@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _dispatch
 from .._validate import (
     as_matrix_stack,
     as_start_vectors,
@@ -98,6 +99,8 @@ def spectral_norm(
     tol = check_real(tol, "tol", positive=True)
     maxiter = DEFAULT_MAXITER if maxiter is None else check_int(maxiter, "maxiter", minimum=1)
     return_vectors = check_bool(return_vectors, "return_vectors")
+    if _dispatch.wants_device(W, backend):
+        return _device_norm(W, tol, maxiter, v0, return_vectors, backend)
     W3, batched = as_matrix_stack(W, "W")
     B, n, m = W3.shape
     user_start = None if v0 is None else as_start_vectors(v0, "v0", B, m)
@@ -225,6 +228,8 @@ def spectral_radius(
     """
     tol = check_real(tol, "tol", positive=True)
     explicit = maxiter is not None
+    if _dispatch.wants_device(W, backend):
+        return _device_radius(W, tol, maxiter, backend)
     W3, batched = as_matrix_stack(W, "W", square=True)
     B, n, _ = W3.shape
     budget = max(3000, 20 * n) if maxiter is None else check_int(maxiter, "maxiter", minimum=1)
@@ -265,6 +270,133 @@ def spectral_radius(
             value[b], lam[b], iters[b], conv[b] = r, e, mv, ok
             if ex:  # undo the exact power-of-two scaling
                 value[b], lam[b] = np.ldexp(value[b], -ex), lam[b] * 2.0**-ex
+    if batched:
+        return RadiusResult(value, lam, iters, conv)
+    return RadiusResult(float(value[0]), complex(lam[0]), int(iters[0]), bool(conv[0]))
+
+
+# --------------------------------------------------------------------------- device arrays
+# Device input (numba.cuda, CuPy, torch CUDA; see fastopt._device): W stays on the device and
+# every pass over it is a numba.cuda kernel (fastopt.spectral._cuda); the Krylov bookkeeping,
+# O((n + m) * iterations), stays on the host (docs/gpu.md says what crosses the bus).
+
+
+def _device_stack(W, backend, square=False):
+    """(W3 device (B, n, m), batched, kind, kernel module, host_input) for the GPU path."""
+    from .. import _device
+    from .._validate import as_device_stack
+
+    _dispatch.resolve_device("spectral", backend, "W")
+    host = not _dispatch.is_cuda_array(W)
+    kern = _dispatch.load("spectral", "cuda")
+    if host:
+        W3h, batched = as_matrix_stack(W, "W", square=square)
+        return _device.to_device(W3h), batched, "host", kern
+    kind = _device.kind_of(W)
+    W3, batched = as_device_stack(_device.to_numba(W), "W", square=square)
+    return W3, batched, kind, kern
+
+
+def _device_checked(W3, kern, name="W"):
+    """Per-matrix power-of-two exponents that bring max |W| near 1 (see ``rescaled``), and the
+    rescaled device stack; raises on NaN/Inf entries."""
+    from ._common import SCALE_EXP
+
+    amax, bad = kern.absmax(W3)
+    if bad:
+        raise ValueError(f"{name}: contains NaN or Inf")
+    ex = np.zeros(W3.shape[0], dtype=np.int64)
+    out = (amax > 0) & ((amax < 2.0**-SCALE_EXP) | (amax > 2.0**SCALE_EXP))
+    if not out.any():
+        return W3, ex
+    ex[out] = -np.frexp(amax[out])[1]
+    return kern.scaled(W3, np.ldexp(1.0, ex)), ex
+
+
+def _device_result(a, kind):
+    """A host array ``a`` as a device array of ``kind`` (``"host"``: unchanged)."""
+    from .. import _device
+
+    if kind == "host":
+        return a
+    return _device.like(_device.to_device(a), kind)
+
+
+def _device_norm(W, tol, maxiter, v0, return_vectors, backend):
+    W3, batched, kind, kern = _device_stack(W, backend)
+    B, n, m = W3.shape
+    user_start = None if v0 is None else as_start_vectors(_host_copy(v0), "v0", B, m)
+    W3, ex = _device_checked(W3, kern)
+    dtype = np.dtype(W3.dtype)
+    team = Team(0)  # one "thread": the device has its own parallelism
+    with blas_single_thread():
+        start = default_start(B, m, dtype) if user_start is None else unit_rows(user_start, dtype)
+        theta, resid, iters, conv, vecs, exact = lanczos_norm(W3, kern, tol, maxiter, start, team)
+        if user_start is not None:  # the null-space start rerun of spectral_norm, per matrix
+            for b in np.flatnonzero(exact & (theta <= np.finfo(np.float64).tiny)):
+                th2, re2, it2, cv2, ve2, _ = lanczos_norm(
+                    W3[b : b + 1], kern, tol, maxiter, default_start(1, m, dtype), team)
+                if th2[0] > theta[b]:
+                    theta[b], resid[b], conv[b], vecs[b] = th2[0], re2[0], cv2[0], ve2[0]
+                iters[b] += it2[0]
+        checked = checked_residual(W3, kern, vecs, team)
+        conv &= checked <= max(tol, CHECK_EPS_FACTOR * float(np.finfo(dtype).eps))
+    value = np.ldexp(np.sqrt(theta), -ex)
+    u = v = None
+    if return_vectors:
+        with blas_single_thread():
+            u, v = singular_vectors(W3, kern, vecs, team)
+        if not batched:
+            u, v = u[0], v[0]
+        u, v = _device_result(u, kind), _device_result(v, kind)
+    if batched:
+        return SpectralResult(_device_result(value, kind), u, v, iters, conv, resid)
+    return SpectralResult(float(value[0]), u, v, int(iters[0]), bool(conv[0]), float(resid[0]))
+
+
+def _host_copy(x):
+    """A start vector or similar small input as a host array (device inputs copied)."""
+    from .. import _device
+
+    if _dispatch.is_cuda_array(x):
+        return _device.to_numba(x).copy_to_host()
+    return x
+
+
+def _device_radius(W, tol, maxiter, backend):
+    explicit = maxiter is not None
+    W3, batched, kind, kern = _device_stack(W, backend, square=True)
+    B, n, _ = W3.shape
+    budget = max(3000, 20 * n) if maxiter is None else check_int(maxiter, "maxiter", minimum=1)
+    if n <= DENSE_RADIUS_N:  # LAPACK answers small orders: n^2 entries cross the bus once
+        host = W3.copy_to_host()
+        return spectral_radius(host if batched else host[0], tol=tol, maxiter=maxiter,
+                               backend="numpy")
+    W3, ex_all = _device_checked(W3, kern)
+    value = np.zeros(B)
+    lam = np.zeros(B, dtype=np.complex128)
+    iters = np.zeros(B, dtype=np.int64)
+    conv = np.zeros(B, dtype=bool)
+    for b in range(B):
+        W1 = W3[b : b + 1]
+        ex = ex_all[b]
+        with blas_single_thread():
+            found = bracket(W1, kern, tol, Team(0))
+        if found is not None:
+            value[b], lam[b], iters[b], conv[b] = (
+                np.ldexp(found[0], -ex), complex(np.nan, np.nan), found[1], True)
+            continue
+        with blas_single_thread():
+            r, e, mv, ok = arnoldi_radius(W1, kern, tol, budget, Team(0))
+        if ok is not True:  # as spectral_radius: LAPACK decides (W1 crosses the bus once)
+            if explicit:
+                ok = False
+            else:
+                dv, de, dc = _dense.dense_radius(W1.copy_to_host(), tol)
+                r, e, ok = float(dv[0]), complex(de[0]), bool(dc[0])
+        value[b], lam[b], iters[b], conv[b] = r, e, mv, ok
+        if ex:
+            value[b], lam[b] = np.ldexp(value[b], -ex), lam[b] * 2.0**-ex
     if batched:
         return RadiusResult(value, lam, iters, conv)
     return RadiusResult(float(value[0]), complex(lam[0]), int(iters[0]), bool(conv[0]))

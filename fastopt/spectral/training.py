@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _dispatch
 from .._validate import (
     as_float_array,
     as_generator,
@@ -151,6 +152,8 @@ class SpectralNormState:
         float
             ``u . (W v)`` after the update.
         """
+        if _dispatch.is_cuda_array(W):
+            return self._sigma_device(W)
         Wm = self._matrix(W)
         with self._lock:
             u = self._u.copy()
@@ -167,8 +170,37 @@ class SpectralNormState:
     def normalize(self, W: object) -> np.ndarray:
         """``W / sigma(W)`` (a new array; updates the state like :meth:`sigma`)."""
         s = self.sigma(W)  # validates W
+        if _dispatch.is_cuda_array(W):  # a new device array of W's kind
+            from .. import _device
+
+            kern = _dispatch.load("spectral", "cuda")
+            flat = _device.to_numba(W).reshape(-1)
+            out = kern.scale_flat(flat, 1.0 / s if s != 0 else 1.0)
+            return _device.like(out.reshape(*self.shape), _device.kind_of(W))
         arr = np.asarray(W)
         return (arr / arr.dtype.type(s)) if s != 0 else arr.copy()
+
+    def _sigma_device(self, W: object) -> float:
+        """:meth:`sigma` for a device array: the matrix-vector products run on the device
+        (fastopt.spectral._cuda), u and v stay host vectors (one of each crosses the bus per
+        power iteration)."""
+        from .. import _device
+        from .._validate import as_device_array
+
+        kern = _dispatch.load("spectral", "cuda")  # a clear error without numba-cuda
+        arr = as_device_array(_device.to_numba(W), "W")
+        if tuple(arr.shape) != self.shape:
+            raise ValueError(f"W: expected shape {self.shape}, got {tuple(arr.shape)}")
+        if np.dtype(arr.dtype) != self.dtype:
+            raise ValueError(f"W: dtype {arr.dtype} does not match the state's {self.dtype}")
+        Wm = arr.reshape(self.shape[0], -1)
+        if kern.absmax(Wm.reshape(1, *Wm.shape))[1]:
+            raise ValueError("W: contains NaN or Inf")
+        with self._lock:
+            u, v, sigma = kern.power_step(Wm, self._u.copy(), self._v.copy(),
+                                          self.n_power_iterations, self.eps)
+            self._uv[...] = np.concatenate([u, v])
+        return sigma
 
     def __repr__(self) -> str:
         return (
