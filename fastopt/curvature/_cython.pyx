@@ -22,11 +22,12 @@ the next product runs as one large GEMM. Every kernel releases the GIL and runs 
 """
 
 from cython.parallel cimport prange
-from libc.math cimport exp, log
+from libc.math cimport exp
 
 from fastopt.curvature._formulas cimport (
     ACT_GELU, ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_SOFTPLUS, ACT_TANH, LOSS_CROSS_ENTROPY,
-    LOSS_LOGISTIC, LOSS_MSE, act, logistic, real,
+    LOSS_LOGISTIC, LOSS_MSE, MODE_GNVP, MODE_GRAD, MODE_HVP, MODE_LOSS, act_row, log_sum_exp,
+    logistic, real,
 )
 
 cdef extern from "_transpose.h":
@@ -69,6 +70,7 @@ def simd_level() -> str:
 ACTIVATION_CODES = {"IDENTITY": ACT_IDENTITY, "TANH": ACT_TANH, "SIGMOID": ACT_SIGMOID,
                     "RELU": ACT_RELU, "SOFTPLUS": ACT_SOFTPLUS, "GELU": ACT_GELU}
 LOSS_CODES = {"CROSS_ENTROPY": LOSS_CROSS_ENTROPY, "MSE": LOSS_MSE, "LOGISTIC": LOSS_LOGISTIC}
+MODE_CODES = {"LOSS": MODE_LOSS, "GRAD": MODE_GRAD, "HVP": MODE_HVP, "GNVP": MODE_GNVP}
 
 
 cdef inline void _tanh_row(const real* z, const real* b, real* a, real* d1, real* d2,
@@ -81,15 +83,11 @@ cdef inline void _tanh_row(const real* z, const real* b, real* a, real* d1, real
 
 cdef inline void _act_row(int code, const real* z, const real* b, real* a, real* d1, real* d2,
                           Py_ssize_t n, int need) noexcept nogil:
+    """a = act(z + b) and its derivatives: the pre-activation into a, then the shared row."""
     cdef Py_ssize_t o
-    cdef real s, g1, g2
     for o in range(n):
-        act(code, z[o] + b[o], &s, &g1, &g2)
-        a[o] = s
-        if need >= 1:
-            d1[o] = g1
-        if need == 2:
-            d2[o] = g2
+        a[o] = z[o] + b[o]
+    act_row(code, a, d1, d2, n, need)
 
 
 cdef inline void _rforward_row(const real* av, const real* c, const real* zr, const real* d1,
@@ -143,27 +141,16 @@ def output_forward(const real[:, :, ::1] Z, const real[::1] b, const real[:, :, 
     cdef Py_ssize_t N = Z.shape[0], kz = Z.shape[1], n = Z.shape[2]
     cdef Py_ssize_t k = AV.shape[1] if need == 2 else 0
     cdef Py_ssize_t i, o, j
-    cdef double m, ssum, lse, pr, f, rf, dl, d2l, inv_n = 1.0 / N
+    cdef double ssum, lse, pr, f, rf, dl, d2l, inv_n = 1.0 / N
     cdef real p
     with nogil:
         for i in prange(N, num_threads=n_threads, schedule="static"):
             if loss == LOSS_CROSS_ENTROPY:
-                m = Z[i, 0, 0] + b[0]
-                for o in range(1, n):
-                    f = Z[i, 0, o] + b[o]
-                    if f > m:
-                        m = f
-                ssum = 0
-                for o in range(n):
-                    pr = exp(Z[i, 0, o] + b[o] - m)
-                    ssum = ssum + pr
-                    if need >= 1:
-                        D[i, 0, o] = <real>pr  # exp(f - max), normalized below
-                lse = m + log(ssum)
-                losses[i] = lse - (Z[i, 0, labels[i]] + b[labels[i]])
+                lse = log_sum_exp(&Z[i, 0, 0], &b[0], n)
+                losses[i] = lse - (<double>Z[i, 0, labels[i]] + b[labels[i]])
                 if need >= 1:
-                    for o in range(n):
-                        D[i, 0, o] = <real>(D[i, 0, o] / ssum)  # p, for now
+                    for o in range(n):  # p, for now
+                        D[i, 0, o] = <real>exp(<double>Z[i, 0, o] + b[o] - lse)
                     for j in range(k):
                         pr = 0
                         for o in range(n):

@@ -23,9 +23,10 @@ _sigmoid = _formulas.sigmoid
 _softplus = _formulas.softplus
 _tanh_fast = _formulas.tanh_fast  # float32 tanh that vectorizes
 _act = _formulas.act  # (code, z) -> (value, d1, d2)
+_act_row = _formulas.act_row  # (code, h, d1, d2, need, fast): h <- act(h) in place
 _logistic = _formulas.logistic  # (f, y) -> (loss, dloss, d2loss)
+_log_sum_exp = _formulas.log_sum_exp  # (z, b) -> log sum exp(z + b), float64
 
-_TANH = _scalar.TANH
 _CROSS_ENTROPY = _scalar.CROSS_ENTROPY
 _MSE = _scalar.MSE
 _COLSUM_BLOCK = 256  # columns per block of the float64 column sums
@@ -35,30 +36,11 @@ _COLSUM_BLOCK = 256  # columns per block of the float64 column sums
 def _hidden_forward_rows(Z, b, AV, C, act, need, A, D1, D2, RZ, fast, i0, i1):
     N, kz, n = Z.shape
     k = AV.shape[1] if need == 2 else 0
-    one = Z.dtype.type(1)  # keeps float32 arithmetic in float32 (an int literal promotes)
-    two = Z.dtype.type(2)
     for i in range(i0, i1):
-        if act == _TANH:  # branch-free loops over the feature axis (they vectorize)
-            if fast:
-                for o in range(n):
-                    A[i, 0, o] = _tanh_fast(Z[i, 0, o] + b[o])
-            else:
-                for o in range(n):
-                    A[i, 0, o] = math.tanh(Z[i, 0, o] + b[o])
-            if need >= 1:
-                for o in range(n):
-                    D1[i, o] = one - A[i, 0, o] * A[i, 0, o]
-            if need == 2:
-                for o in range(n):
-                    D2[i, o] = -two * A[i, 0, o] * D1[i, o]
-        else:
-            for o in range(n):
-                s, d1, d2 = _act(act, Z[i, 0, o] + b[o])
-                A[i, 0, o] = s
-                if need >= 1:
-                    D1[i, o] = d1
-                if need == 2:
-                    D2[i, o] = d2
+        a = A[i, 0]
+        for o in range(n):
+            a[o] = Z[i, 0, o] + b[o]
+        _act_row(act, a, D1[i] if need >= 1 else a, D2[i] if need == 2 else a, need, fast)
         for j in range(k):
             if kz > 1:
                 for o in range(n):
@@ -79,23 +61,12 @@ def _output_forward_rows(Z, b, AV, C, loss, need, labels, Y, D, losses, i0, i1):
     inv_n = 1.0 / N
     for i in range(i0, i1):
         if loss == _CROSS_ENTROPY:
-            m = np.float64(Z[i, 0, 0] + b[0])
-            for o in range(1, n):
-                f = np.float64(Z[i, 0, o] + b[o])
-                if f > m:
-                    m = f
-            ssum = 0.0
-            for o in range(n):
-                e = math.exp(np.float64(Z[i, 0, o] + b[o]) - m)
-                ssum += e
-                if need >= 1:
-                    D[i, 0, o] = e  # exp(f - max), normalized below
-            lse = m + math.log(ssum)
+            lse = _log_sum_exp(Z[i, 0], b)
             lab = labels[i]
-            losses[i] = lse - np.float64(Z[i, 0, lab] + b[lab])
+            losses[i] = lse - (np.float64(Z[i, 0, lab]) + b[lab])
             if need >= 1:
-                for o in range(n):
-                    D[i, 0, o] = D[i, 0, o] / ssum  # p, for now
+                for o in range(n):  # p, for now
+                    D[i, 0, o] = math.exp(np.float64(Z[i, 0, o]) + b[o] - lse)
                 for j in range(k):
                     pr = 0.0
                     for o in range(n):
