@@ -50,6 +50,7 @@ GELU_A = 0.044715
 GELU_SATURATION = 10.0
 
 _F32 = np.float32
+_F64 = np.float64
 
 # the formulas, in dependency order (a function may call only those before it)
 FORMULAS = ("sigmoid", "softplus", "tanh_fast", "act", "act_row", "logistic", "log_sum_exp")
@@ -177,14 +178,14 @@ def log_sum_exp(z, b):
     in float64, as the reference does), shifted by the row's maximum so that nothing overflows.
     The softmax is exp(f_o - log_sum_exp), the cross-entropy log_sum_exp - f_label."""
     n = z.shape[0]
-    m = float(z[0]) + b[0]
+    m = _F64(z[0]) + _F64(b[0])
     for o in range(1, n):
-        f = float(z[o]) + b[o]
+        f = _F64(z[o]) + _F64(b[o])
         if f > m:
             m = f
     ssum = 0.0
     for o in range(n):
-        ssum += math.exp(float(z[o]) + b[o] - m)
+        ssum += math.exp(_F64(z[o]) + _F64(b[o]) - m)
     return m + math.log(ssum)
 
 

@@ -37,7 +37,7 @@ from types import ModuleType
 import numpy as np
 
 from .. import _dispatch
-from .._codes import Activation, Loss
+from .._codes import Activation, Loss, Mode
 from .._validate import (
     as_float_array,
     as_generator,
@@ -57,7 +57,7 @@ INIT_SCHEMES = ("orthogonal", "identity", "xavier", "normal")
 REDUCTIONS = ("norm", "mean")
 PARAM_NAMES = ("W", "U", "b", "V", "c")
 
-_MODES = {"loss": 0, "grad": 1, "hvp": 2, "gnvp": 3}
+_MODES = {m.name.lower(): int(m) for m in Mode}
 _KERNELS = {
     "cython": "fastopt.curvature._rnn_cython",
     "numba": "fastopt.curvature._rnn_numba",
