@@ -10,6 +10,7 @@ BLAS calls a thread team costs more than these passes (see ``fastopt.curvature.m
 """
 
 from fastopt.curvature._formulas cimport act_row, real
+from fastopt.curvature._rows cimport add_row, transpose
 from libc.math cimport sqrt
 
 from ..reference.network import loss_forward  # noqa: F401
@@ -222,26 +223,21 @@ def bn_backward(const real[:, :, ::1] G, const real[:, ::1] XH, const double[::1
 
 
 def colsum(const real[:, :, ::1] G, Py_ssize_t first, double[:, ::1] out):
+    """out (m - first, n) float64 = column sums of slots ``first..`` of G (N, m, n), row order."""
     cdef Py_ssize_t N = G.shape[0], m = G.shape[1], n = G.shape[2]
-    cdef Py_ssize_t i, j, o
+    cdef Py_ssize_t i, M = (m - first) * n
+    out[:, :] = 0
+    if M == 0:
+        return
     with nogil:
-        for j in range(m - first):
-            for o in range(n):
-                out[j, o] = 0.0
         for i in range(N):
-            for j in range(m - first):
-                for o in range(n):
-                    out[j, o] += G[i, first + j, o]
+            add_row(&out[0, 0], &G[i, first, 0], M)
 
 
 def transpose2d(const real[:, ::1] A, real[:, ::1] dst):
     """dst = A.T in 32 x 32 tiles (numpy's copy of a transposed view reads down columns)."""
-    cdef Py_ssize_t R = A.shape[0], C = A.shape[1], r0, c0, r1, c1, r, c
+    cdef Py_ssize_t R = A.shape[0], C = A.shape[1]
+    if R == 0 or C == 0:
+        return
     with nogil:
-        for r0 in range(0, R, 32):
-            r1 = r0 + 32 if r0 + 32 < R else R
-            for c0 in range(0, C, 32):
-                c1 = c0 + 32 if c0 + 32 < C else C
-                for r in range(r0, r1):
-                    for c in range(c0, c1):
-                        dst[c, r] = A[r, c]
+        transpose(&dst[0, 0], R, &A[0, 0], C, NULL, 0, R, C)

@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 from ..reference.network import loss_forward  # noqa: F401  (N x n_out: numpy is enough)
-from ._numba import _act_row
+from ._numba import _COLSUM_BLOCK, _act_row, _batched_transpose, _colsum_blocks
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -209,26 +209,21 @@ def bn_backward(G, XH, invstd, gamma, RXH, c, VG, training, rmode, out, dgamma, 
                                     + a5[j, o] * XH[i, o] + a6[j, o])
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
 def colsum(G, first, out):
+    """out (m - first, n) float64 = column sums of slots ``first..`` of G (N, m, n): the MLP's
+    column sums (blocks of columns, float64, row order)."""
     N, m, n = G.shape
-    for j in range(m - first):
-        for o in range(n):
-            out[j, o] = 0.0
-    for i in range(N):
-        for j in range(m - first):
-            for o in range(n):
-                out[j, o] += G[i, first + j, o]
+    M = (m - first) * n
+    flat = out.reshape(M)  # a view: out is C-contiguous
+    if M == 0 or N == 0:
+        flat[:] = 0.0
+        return
+    _colsum_blocks(G.reshape(N, m * n)[:, first * n:], flat, 0, (M + _COLSUM_BLOCK - 1)
+                   // _COLSUM_BLOCK)
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
 def transpose2d(A, dst):
-    """dst = A.T in 32 x 32 tiles (numpy's copy of a transposed view reads down columns)."""
-    R, C = A.shape
-    for r0 in range(0, R, 32):
-        r1 = min(r0 + 32, R)
-        for c0 in range(0, C, 32):
-            c1 = min(c0 + 32, C)
-            for r in range(r0, r1):
-                for c in range(c0, c1):
-                    dst[c, r] = A[r, c]
+    """dst = A.T in 32 x 32 tiles (numpy's copy of a transposed view reads down columns): the
+    MLP's tiled transpose."""
+    a = A.reshape((1,) + A.shape)
+    _batched_transpose(a, a, dst.reshape((1,) + dst.shape), False)

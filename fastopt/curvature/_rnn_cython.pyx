@@ -22,6 +22,7 @@ thread team to pay off next to the BLAS calls around it. No kernel validates its
 from fastopt.curvature._formulas cimport (
     LOSS_CROSS_ENTROPY, MODE_GNVP, MODE_GRAD, MODE_HVP, MODE_LOSS, act_row, log_sum_exp, real,
 )
+from fastopt.curvature._rows cimport add_row
 from libc.math cimport exp
 
 
@@ -145,12 +146,6 @@ cdef inline void _sum4(real* out, const real* a, const real* b, const real* c, c
         out[o] = a[o] + b[o] + c[o] + d[o]
 
 
-cdef inline void _accumulate(double* acc, const real* row, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t o
-    for o in range(n):
-        acc[o] = acc[o] + row[o]
-
-
 def backward_step(const real[:, :, ::1] A, const real[:, :, ::1] B, const real[:, :, ::1] EA,
                   const real[:, :, ::1] EB, const real[:, ::1] D1, const real[:, ::1] D2,
                   const real[:, :, ::1] RZ, int mode, bint has_rec, bint has_out,
@@ -186,7 +181,7 @@ def backward_step(const real[:, :, ::1] A, const real[:, :, ::1] B, const real[:
                             r[o] = EB[i, j, o]
                     for o in range(n):
                         r[o] = r[o] * d1[o]
-                    _accumulate(&S[j, 0], r, n)
+                    add_row(&S[j, 0], r, n)
                 continue
             g = &Dl[i, 0]  # holds g until the end of the row, then delta = g act'
             if has_rec and has_out:
@@ -213,8 +208,8 @@ def backward_step(const real[:, :, ::1] A, const real[:, :, ::1] B, const real[:
                         _sum2(r, &EA[i, 1 + j, 0], &EB[i, j, 0], n)
                     for o in range(n):
                         r[o] = r[o] * d1[o] + g[o] * d2[o] * rz[o]
-                    _accumulate(&S[j, 0], r, n)
+                    add_row(&S[j, 0], r, n)
             for o in range(n):
                 g[o] = g[o] * d1[o]
             if mode == MODE_GRAD:
-                _accumulate(&S[0, 0], g, n)
+                add_row(&S[0, 0], g, n)
