@@ -21,6 +21,8 @@ the next product runs as one large GEMM. Every kernel releases the GIL and runs 
 ``n_threads`` threads; no kernel validates its input (``mlp.py`` does).
 """
 
+from functools import partial
+
 from cython.parallel cimport prange
 from libc.math cimport exp
 
@@ -30,6 +32,8 @@ from fastopt.curvature._formulas cimport (
     logistic, real,
 )
 from fastopt.curvature._rows cimport add_row, backward_row, rforward_row, tanh_row, transpose
+
+from fastopt.curvature._hooks import formula_activation, formula_logistic
 
 cdef extern from "_simd.h":
     int fo_simd_level() noexcept nogil
@@ -271,27 +275,6 @@ def batched_transpose(const real[:, :, :] a, const real[:, :, :] b, real[:, :, :
                       R, C)
 
 
-def _formula_activation(int code, z, s, d1, d2):
-    """Test-only: activation ``code`` with its derivatives on the 1-D array ``z`` into ``s``,
-    ``d1``, ``d2``, through the row loops of ``hidden_forward``."""
-    import numpy as np
-
-    n, dt = z.shape[0], z.dtype
-    hidden_forward(z.reshape(1, 1, n), np.zeros(n, dt), np.empty((1, 0, n), dt),
-                   np.empty((0, n), dt), code, 2, s.reshape(1, 1, n), d1.reshape(1, n),
-                   d2.reshape(1, n), np.empty((1, 0, n), dt), 1)
-
-
-def _formula_logistic(f, y, loss, grad, curv):
-    """Test-only: the logistic loss pieces at the float64 logits ``f`` and labels ``y``, one
-    ``output_forward`` call per entry (N = 1, so nothing is rescaled)."""
-    import numpy as np
-
-    D = np.empty((1, 2, 1))
-    one = np.ones((1, 1, 1))
-    for i in range(f.shape[0]):
-        output_forward(f[i : i + 1].reshape(1, 1, 1), np.zeros(1), one, np.zeros((1, 1)),
-                       LOSS_LOGISTIC, 2, np.empty(0, np.int64), y[i : i + 1].reshape(1, 1), D,
-                       loss[i : i + 1], 1)
-        grad[i] = D[0, 0, 0]
-        curv[i] = D[0, 1, 0]
+# test-only (tests/test_formulas.py): the formulas through this module's row loops
+_formula_activation = partial(formula_activation, hidden_forward)
+_formula_logistic = partial(formula_logistic, output_forward)

@@ -9,12 +9,14 @@ error model's check made the float32 tanh loop 8x slower).
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 from numba import njit, prange
 
 from .._threads import apply_numba_threads, get_num_threads
 from . import _scalar
+from ._hooks import formula_activation, formula_logistic
 
 # The scalar formulas (``_scalar.py``), compiled for the CPU and inlined into the loops: the
 # names below are what the kernels (and other curvature models' Numba kernels) call.
@@ -283,23 +285,6 @@ def batched_transpose(a, b, dst, n_threads):
     _batched_transpose(a, b, dst, b.shape[0] != 0)
 
 
-def _formula_activation(code, z, s, d1, d2):
-    """Test-only: activation ``code`` with its derivatives on the 1-D array ``z`` into ``s``,
-    ``d1``, ``d2``, through the row loops of ``hidden_forward``."""
-    n, dt = z.shape[0], z.dtype
-    hidden_forward(z.reshape(1, 1, n), np.zeros(n, dt), np.empty((1, 0, n), dt),
-                   np.empty((0, n), dt), code, 2, s.reshape(1, 1, n), d1.reshape(1, n),
-                   d2.reshape(1, n), np.empty((1, 0, n), dt), 1)
-
-
-def _formula_logistic(f, y, loss, grad, curv):
-    """Test-only: the logistic loss pieces at the float64 logits ``f`` and labels ``y``, one
-    ``output_forward`` call per entry (N = 1, so nothing is rescaled)."""
-    D = np.empty((1, 2, 1))
-    one = np.ones((1, 1, 1))
-    for i in range(f.shape[0]):
-        output_forward(f[i : i + 1].reshape(1, 1, 1), np.zeros(1), one, np.zeros((1, 1)),
-                       _scalar.LOGISTIC, 2, np.empty(0, np.int64), y[i : i + 1].reshape(1, 1),
-                       D, loss[i : i + 1], 1)
-        grad[i] = D[0, 0, 0]
-        curv[i] = D[0, 1, 0]
+# test-only (tests/test_formulas.py): the formulas through this module's row loops
+_formula_activation = partial(formula_activation, hidden_forward)
+_formula_logistic = partial(formula_logistic, output_forward)

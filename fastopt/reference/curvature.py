@@ -7,9 +7,12 @@ vectorized over whole arrays; ``n_threads`` is ignored.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from .._codes import Activation, Loss
+from ..curvature._hooks import formula_activation, formula_logistic
 
 # the formulas that the other models' references (network.py, rnn.py) share with the kernels
 FORMULAS = ("activation", "logistic", "log_sum_exp", "softmax_cross_entropy", "softmax_hessian")
@@ -170,15 +173,6 @@ def batched_transpose(a, b, dst, n_threads):
         dst[...] = t
 
 
-def _formula_activation(code, z, s, d1, d2):
-    """Test-only: activation ``code`` with its derivatives on the 1-D array ``z`` into ``s``,
-    ``d1``, ``d2``, through ``hidden_forward`` (as the compiled backends' wrappers)."""
-    n, dt = z.shape[0], z.dtype
-    hidden_forward(z.reshape(1, 1, n), np.zeros(n, dt), np.empty((1, 0, n), dt),
-                   np.empty((0, n), dt), code, 2, s.reshape(1, 1, n), d1.reshape(1, n),
-                   d2.reshape(1, n), np.empty((1, 0, n), dt), 1)
-
-
-def _formula_logistic(f, y, loss, grad, curv):
-    """Test-only: the logistic loss pieces at the float64 logits ``f`` and labels ``y``."""
-    loss[...], grad[...], curv[...] = logistic(f, y)
+# test-only (tests/test_formulas.py): the formulas through this module's row loops
+_formula_activation = partial(formula_activation, hidden_forward)
+_formula_logistic = partial(formula_logistic, output_forward)
