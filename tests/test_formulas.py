@@ -335,10 +335,12 @@ def test_log_sum_exp_in_every_language():
         with np.errstate(all="ignore"):
             want = reference.log_sum_exp(z[None, :])[0]
             for fn in fns:
-                got = fn(z, np.zeros_like(z))
+                got, shift, total = fn(z, np.zeros_like(z))
                 assert _same(got, want, TOL[np.dtype(np.float64)]), (row, got, want)
+                # the softmax's pieces: exp(f - shift) / total, lse = shift + log(total)
+                assert _same(shift + np.log(total), want, TOL[np.dtype(np.float64)]), row
                 # the bias is summed in float64, before the shift
-                got_b = fn(z.astype(np.float32), np.full(z.size, 0.5, np.float32))
+                got_b = fn(z.astype(np.float32), np.full(z.size, 0.5, np.float32))[0]
                 z64 = z.astype(np.float32).astype(np.float64)
                 want_b = reference.log_sum_exp(z64[None] + 0.5)[0]
                 assert _same(got_b, want_b, TOL[np.dtype(np.float64)]), (row, got_b, want_b)

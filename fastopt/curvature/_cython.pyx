@@ -105,16 +105,19 @@ def output_forward(const real[:, :, ::1] Z, const real[::1] b, const real[:, :, 
     cdef Py_ssize_t N = Z.shape[0], kz = Z.shape[1], n = Z.shape[2]
     cdef Py_ssize_t k = AV.shape[1] if need == 2 else 0
     cdef Py_ssize_t i, o, j
-    cdef double ssum, lse, pr, f, rf, dl, d2l, inv_n = 1.0 / N
+    cdef double m, ssum, lse, pr, f, rf, dl, d2l, inv_n = 1.0 / N
     cdef real p
     with nogil:
         for i in prange(N, num_threads=n_threads, schedule="static"):
             if loss == LOSS_CROSS_ENTROPY:
-                lse = log_sum_exp(&Z[i, 0, 0], &b[0], n)
+                m = 0  # assigned here, so private to each thread
+                ssum = 0
+                lse = log_sum_exp(&Z[i, 0, 0], &b[0], n, &m, &ssum)
                 losses[i] = lse - (<double>Z[i, 0, labels[i]] + b[labels[i]])
                 if need >= 1:
                     for o in range(n):  # p, for now
-                        D[i, 0, o] = <real>exp(<double>Z[i, 0, o] + b[o] - lse)
+                        D[i, 0, o] = <real>exp(<double>Z[i, 0, o] + b[o] - m)
+                        D[i, 0, o] = <real>(D[i, 0, o] / ssum)
                     for j in range(k):
                         pr = 0
                         for o in range(n):

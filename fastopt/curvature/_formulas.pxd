@@ -172,10 +172,12 @@ cdef inline void act_row(int code, real* h, real* d1, real* d2, Py_ssize_t n,
                 d2[o] = g2
 
 
-cdef inline double log_sum_exp(const real* z, const real* b, Py_ssize_t n) noexcept nogil:
+cdef inline double log_sum_exp(const real* z, const real* b, Py_ssize_t n, double* shift,
+                               double* total) noexcept nogil:
     """log(sum_o exp(f_o)) of the logits f = z + b (n >= 1), in float64 (each f_o is summed in
-    float64, as the reference does), shifted by the row's maximum so that nothing overflows.
-    The softmax is then exp(f_o - log_sum_exp) and the cross-entropy log_sum_exp - f_label."""
+    float64, as the reference does), shifted by the row's maximum so that nothing overflows:
+    ``shift`` gets that maximum m and ``total`` sum_o exp(f_o - m), so that the softmax is
+    exp(f_o - m) / total and the cross-entropy log_sum_exp - f_label."""
     cdef Py_ssize_t o
     cdef double m = <double>z[0] + b[0], f, ssum = 0
     for o in range(1, n):
@@ -184,4 +186,6 @@ cdef inline double log_sum_exp(const real* z, const real* b, Py_ssize_t n) noexc
             m = f
     for o in range(n):
         ssum = ssum + exp(<double>z[o] + b[o] - m)
+    shift[0] = m
+    total[0] = ssum
     return m + log(ssum)

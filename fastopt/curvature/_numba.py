@@ -27,7 +27,7 @@ _tanh_fast = _formulas.tanh_fast  # float32 tanh that vectorizes
 _act = _formulas.act  # (code, z) -> (value, d1, d2)
 _act_row = _formulas.act_row  # (code, h, d1, d2, need, fast): h <- act(h) in place
 _logistic = _formulas.logistic  # (f, y) -> (loss, dloss, d2loss)
-_log_sum_exp = _formulas.log_sum_exp  # (z, b) -> log sum exp(z + b), float64
+_log_sum_exp = _formulas.log_sum_exp  # (z, b) -> (log sum exp(z + b), max, sum exp(z + b - max))
 
 _CROSS_ENTROPY = _scalar.CROSS_ENTROPY
 _MSE = _scalar.MSE
@@ -63,12 +63,13 @@ def _output_forward_rows(Z, b, AV, C, loss, need, labels, Y, D, losses, i0, i1):
     inv_n = 1.0 / N
     for i in range(i0, i1):
         if loss == _CROSS_ENTROPY:
-            lse = _log_sum_exp(Z[i, 0], b)
+            lse, m, ssum = _log_sum_exp(Z[i, 0], b)
             lab = labels[i]
             losses[i] = lse - (np.float64(Z[i, 0, lab]) + b[lab])
             if need >= 1:
                 for o in range(n):  # p, for now
-                    D[i, 0, o] = math.exp(np.float64(Z[i, 0, o]) + b[o] - lse)
+                    D[i, 0, o] = math.exp(np.float64(Z[i, 0, o]) + b[o] - m)
+                    D[i, 0, o] = D[i, 0, o] / ssum
                 for j in range(k):
                     pr = 0.0
                     for o in range(n):

@@ -89,20 +89,20 @@ def output(const real[:, :, ::1] FF, const real[:, :, ::1] RFV, const real[::1] 
     cdef Py_ssize_t M = FF.shape[0], no = FF.shape[2]
     cdef Py_ssize_t k = FF.shape[1] - 1 if mode >= MODE_HVP else 0
     cdef Py_ssize_t i, j, q, lab
-    cdef double lse, f, ssum, pr, rf, val
+    cdef double lse, mx, f, ssum, pr, rf, val
     with nogil:
         for j in range(Sc.shape[0]):
             for q in range(no):
                 Sc[j, q] = 0
         for i in range(M):
             if loss == LOSS_CROSS_ENTROPY:
-                lse = log_sum_exp(&FF[i, 0, 0], &c[0], no)
+                lse = log_sum_exp(&FF[i, 0, 0], &c[0], no, &mx, &ssum)
                 lab = labels[i]
                 losses[i] = lse - (<double>FF[i, 0, lab] + c[lab])
                 if mode == MODE_LOSS:
                     continue
                 for q in range(no):  # p, for now
-                    E[i, q] = <real>exp(<double>FF[i, 0, q] + c[q] - lse)
+                    E[i, q] = <real>(exp(<double>FF[i, 0, q] + c[q] - mx) / ssum)
                 for j in range(k):
                     pr = 0
                     for q in range(no):

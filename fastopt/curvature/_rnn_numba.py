@@ -58,13 +58,13 @@ def output(FF, RFV, c, Cc, loss, mode, labels, Y, E, RE, losses, Sc, scale):
     Sc[:, :] = 0.0
     for i in range(M):
         if loss == _CROSS_ENTROPY:
-            lse = _log_sum_exp(FF[i, 0], c)
+            lse, mx, ssum = _log_sum_exp(FF[i, 0], c)
             lab = labels[i]
             losses[i] = lse - (np.float64(FF[i, 0, lab]) + c[lab])
             if mode == _LOSS:
                 continue
             for q in range(no):  # p, for now
-                E[i, q] = math.exp(np.float64(FF[i, 0, q]) + c[q] - lse)
+                E[i, q] = math.exp(np.float64(FF[i, 0, q]) + c[q] - mx) / ssum
             for j in range(k):
                 pr = 0.0
                 for q in range(no):

@@ -174,9 +174,10 @@ def logistic(f, y):
 
 
 def log_sum_exp(z, b):
-    """log(sum_o exp(f_o)) of the logits f = z + b (1-D, n >= 1), in float64 (each f_o summed
-    in float64, as the reference does), shifted by the row's maximum so that nothing overflows.
-    The softmax is exp(f_o - log_sum_exp), the cross-entropy log_sum_exp - f_label."""
+    """(log(sum_o exp(f_o)), m, sum_o exp(f_o - m)) of the logits f = z + b (1-D, n >= 1), in
+    float64 (each f_o summed in float64, as the reference does), shifted by the row's maximum m
+    so that nothing overflows. The softmax is exp(f_o - m) / total, the cross-entropy
+    log_sum_exp - f_label."""
     n = z.shape[0]
     m = _F64(z[0]) + _F64(b[0])
     for o in range(1, n):
@@ -186,7 +187,7 @@ def log_sum_exp(z, b):
     ssum = 0.0
     for o in range(n):
         ssum += math.exp(_F64(z[o]) + _F64(b[o]) - m)
-    return m + math.log(ssum)
+    return m + math.log(ssum), m, ssum
 
 
 def compiled(jit) -> types.SimpleNamespace:

@@ -35,7 +35,7 @@ from .._validate import (
     check_out,
     reject_unsupported_subclass,
 )
-from .objective import check_targets
+from .objective import check_targets, dense_init
 
 __all__ = ["MLP", "ACTIVATIONS", "LOSSES"]
 
@@ -297,16 +297,7 @@ class MLP:
         rng = as_generator(rng, "rng")
         layers = []
         for n_in, n_o in zip(self.sizes[:-1], self.sizes[1:], strict=True):
-            if scheme == "xavier":
-                lim = np.sqrt(6.0 / (n_in + n_o))
-                W = rng.uniform(-lim, lim, size=(n_in, n_o))
-            elif scheme == "he":
-                W = rng.standard_normal((n_in, n_o)) * np.sqrt(2.0 / n_in)
-            else:
-                big, small = max(n_in, n_o), min(n_in, n_o)
-                q, r = np.linalg.qr(rng.standard_normal((big, small)))
-                q = q * np.where(np.diag(r) < 0, -1.0, 1.0)
-                W = q if n_in >= n_o else q.T
+            W = dense_init(rng, scheme, n_in, n_o)
             layers.append((W, np.zeros(n_o)))
         return self.pack(layers)
 

@@ -30,7 +30,7 @@ from .._validate import (
     check_out,
 )
 from ..nn import ActivationLayer, BatchNorm, Dense, Layer
-from .objective import _Prepared, check_finite, check_targets, check_v
+from .objective import _Prepared, check_finite, check_targets, check_v, dense_init
 
 __all__ = ["Network"]
 
@@ -390,16 +390,7 @@ class Network:
                 params.append((np.ones(layer.n), np.zeros(layer.n)))
                 continue
             n_in, n_o = layer.n_in, layer.n_out
-            if scheme == "xavier":
-                lim = np.sqrt(6.0 / (n_in + n_o))
-                W = rng.uniform(-lim, lim, size=(n_in, n_o))
-            elif scheme == "he":
-                W = rng.standard_normal((n_in, n_o)) * np.sqrt(2.0 / n_in)
-            else:
-                big, small = max(n_in, n_o), min(n_in, n_o)
-                q, r = np.linalg.qr(rng.standard_normal((big, small)))
-                q = q * np.where(np.diag(r) < 0, -1.0, 1.0)
-                W = q if n_in >= n_o else q.T
+            W = dense_init(rng, scheme, n_in, n_o)
             params.append((W, np.zeros(n_o)))
         return self.pack(params)
 

@@ -188,6 +188,20 @@ class _PreparedMLP(_Prepared):
         return self.model._run(theta, self.X, self.labels, self.Y, V, mode, self.backend)
 
 
+def dense_init(rng: np.random.Generator, scheme: str, n_in: int, n_out: int) -> np.ndarray:
+    """An ``(n_in, n_out)`` weight matrix of a dense layer (MLP, Network) drawn from ``rng``:
+    ``"xavier"`` (Glorot uniform), ``"he"`` (normal, variance 2 / n_in) or ``"orthogonal"``."""
+    if scheme == "xavier":
+        lim = np.sqrt(6.0 / (n_in + n_out))
+        return rng.uniform(-lim, lim, size=(n_in, n_out))
+    if scheme == "he":
+        return rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)
+    big, small = max(n_in, n_out), min(n_in, n_out)
+    q, r = np.linalg.qr(rng.standard_normal((big, small)))
+    q = q * np.where(np.diag(r) < 0, -1.0, 1.0)
+    return q if n_in >= n_out else q.T
+
+
 def check_class_labels(y: np.ndarray, n_out: int) -> None:
     """Class labels for softmax cross-entropy: an integer dtype, values in ``[0, n_out)``."""
     if y.dtype.kind not in "iu" or y.dtype == np.bool_:
