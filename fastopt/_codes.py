@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["Activation", "Loss"]
+__all__ = ["Activation", "Loss", "Mode"]
 
 
 class Activation(IntEnum):
@@ -33,6 +33,19 @@ class Loss(IntEnum):
     CROSS_ENTROPY = 0
     MSE = 1
     LOGISTIC = 2
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(member.name.lower() for member in cls)
+
+
+class Mode(IntEnum):
+    """What one call of the ElmanRNN time-step kernels computes."""
+
+    LOSS = 0
+    GRAD = 1
+    HVP = 2  # Hessian-vector product
+    GNVP = 3  # Gauss-Newton-vector product
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

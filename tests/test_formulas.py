@@ -1,6 +1,8 @@
-"""Each curvature formula is written once per language (``_formulas.pxd`` for Cython,
-``_scalar.py`` for Numba/CUDA, the numpy reference): the three agree on a grid of inputs that
-includes ±0, huge magnitudes, NaN and inf, and use the one table of codes (``fastopt._codes``)."""
+"""Each curvature formula is written once per language (``_formulas.pxd``/``_formulas.h`` for
+Cython, ``_scalar.py`` for Numba/CUDA, ``fastopt.reference.curvature`` for numpy) and used by
+every model (MLP, Network, ElmanRNN): the three agree on a grid of inputs that includes ±0, huge
+magnitudes, NaN and inf, as each model's kernels use them, no model keeps a copy of its own,
+and all use the one table of codes (``fastopt._codes``)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 from conftest import compiled_backends
 
 from fastopt import MLP, _dispatch
-from fastopt._codes import Activation, Loss
+from fastopt._codes import Activation, Loss, Mode
 from fastopt.curvature import _scalar, mlp
 from fastopt.reference import curvature as reference
 
@@ -52,21 +54,90 @@ def test_one_table_of_codes():
     assert mlp.ACTIVATIONS == Activation.names() and mlp.LOSSES == Loss.names()
     assert {n: getattr(_scalar, n) for n in acts} == acts
     assert {n: getattr(_scalar, n) for n in losses} == losses
+    modes = {m.name: int(m) for m in Mode}
+    assert {n: getattr(_scalar, "MODE_" + n) for n in modes} == modes
     if _dispatch.available("curvature", "cython"):
         from fastopt.curvature import _cython
 
         assert _cython.ACTIVATION_CODES == acts
         assert _cython.LOSS_CODES == losses
+        assert _cython.MODE_CODES == modes
+    from fastopt.curvature import rnn
+
+    assert rnn._MODES == {m.name.lower(): int(m) for m in Mode}
+
+
+CURVATURE = Path(mlp.__file__).parent
+REFERENCE = CURVATURE.parent / "reference"
+# every kernel and reference file of the three models
+KERNEL_FILES = [CURVATURE / name for name in (
+    "_cython.pyx", "_numba.py", "_rnn_cython.pyx", "_rnn_numba.py", "_cython_network.pyx",
+    "_network_numba.py", "_formulas.pxd", "_scalar.py")] + [
+    REFERENCE / name for name in ("curvature.py", "rnn.py", "network.py")]
+# the files that hold the one definition of each formula, per language
+HOMES = {CURVATURE / "_formulas.pxd", CURVATURE / "_formulas.h", CURVATURE / "_scalar.py",
+         REFERENCE / "curvature.py"}
 
 
 def test_kernels_compare_codes_by_name():
-    """No bare ``code == 1`` literals: the kernels compare against the named codes."""
-    root = Path(mlp.__file__).parent
-    pattern = re.compile(r"\b(code|act|loss)\s*==\s*\d")
-    for path in (root / "_numba.py", root / "_scalar.py", root / "_cython.pyx",
-                 root / "_formulas.pxd", root.parent / "reference" / "curvature.py"):
+    """No bare ``code == 1`` literals: the kernels of every model compare against the named
+    codes (activation, loss, RNN mode)."""
+    pattern = re.compile(r"\b(code|act|loss|mode)\s*(==|!=|>=|<=|>|<)\s*\d")
+    for path in KERNEL_FILES:
         hits = [line for line in path.read_text().splitlines() if pattern.search(line)]
         assert not hits, f"{path.name}: {hits}"
+
+
+# What a copy of a formula looks like in any of the languages: its constants (the float32 tanh's
+# clamp, GELU's sqrt(2/pi) and 0.044715), a definition of tanh/sigmoid/softplus/act/log-sum-exp,
+# or a table of codes.
+COPY_SIGNS = {
+    "float32 tanh constant": re.compile(r"7\.905311|2\.76076847742355e-16"),
+    "GELU constant": re.compile(r"0\.79788456|0\.044715\s*(\*|$|,|\))|=\s*0\.044715"),
+    "tanh/sigmoid/softplus definition": re.compile(
+        r"^\s*(cdef|cpdef|def)\b[^(]*\b_?(tanh|tanh_fast|tanh32|tanh_real|sigmoid|softplus|log1p_exp\w*)\s*\("),
+    "activation definition": re.compile(r"^\s*(cdef|cpdef|def)\b[^(]*\b_?act\s*\("),
+    "log-sum-exp": re.compile(r"log\(\s*ssum|np\.log\(np\.exp"),
+    "table of codes": re.compile(r"^\s*_?(TANH|IDENTITY|GELU|CROSS_ENTROPY)\s*=\s*\d"),
+}
+
+
+def test_each_formula_has_one_definition_per_language():
+    """Proof by construction that the models share the formulas: outside their homes
+    (``_formulas.pxd``/``.h``, ``_scalar.py``, ``reference/curvature.py``) no file of the
+    curvature family or its reference defines a formula, holds its constants or a table of
+    codes; inside, each is defined once."""
+    files = sorted(p for ext in ("*.py", "*.pyx", "*.pxd", "*.h")
+                   for folder in (CURVATURE, REFERENCE) for p in folder.glob(ext))
+    assert set(KERNEL_FILES) <= set(files)
+    for path in files:
+        if path in HOMES:
+            continue
+        lines = path.read_text().splitlines()
+        for sign, pattern in COPY_SIGNS.items():
+            hits = [f"{i + 1}: {line}" for i, line in enumerate(lines) if pattern.search(line)]
+            assert not hits, f"{path.name} has its own {sign}: {hits}"
+    for home in (CURVATURE / "_formulas.pxd", CURVATURE / "_scalar.py",
+                 REFERENCE / "curvature.py"):
+        text = home.read_text()
+        for name in ("sigmoid", "softplus", "act", "act_row", "logistic", "log_sum_exp",
+                     "activation"):
+            n = len(re.findall(rf"^(?:cdef inline \w+\*? |def )_?{name}\(", text, re.M))
+            assert n <= 1, f"{home.name} defines {name} {n} times"
+
+
+def test_the_models_import_the_shared_formulas():
+    """The kernels reach the formulas through the shared modules (a model that re-implemented
+    one under another name would fail here or in the value tests below)."""
+    src = {p.name: p.read_text() for p in KERNEL_FILES}
+    for name in ("_rnn_cython.pyx", "_cython_network.pyx", "_cython.pyx"):
+        assert "from fastopt.curvature._formulas cimport" in src[name], name
+        assert "act_row" in src[name], name
+    for name in ("_rnn_numba.py", "_network_numba.py"):
+        assert "from ._numba import" in src[name] and "_act_row" in src[name], name
+    for name in ("rnn.py", "network.py"):
+        assert "from .curvature import" in src[name], name
+    assert "log_sum_exp" in src["_rnn_cython.pyx"] and "_log_sum_exp" in src["_rnn_numba.py"]
 
 
 # ------------------------------------------------------------------------------ activations
@@ -84,6 +155,56 @@ def test_activation_agrees_with_reference(backend, dtype, code):
         assert ok.all(), f"{name} at z={z[~ok]}: {a[~ok]} vs reference {b[~ok]}"
         # where the reference is finite every backend is (GELU at huge |z| gave NaN in Cython)
         assert np.isfinite(a[np.isfinite(b)]).all()
+
+
+def _model_backends(model):
+    """(backend, kernel module) of ``model``'s kernels that load here, numpy last."""
+    from fastopt.curvature import network, rnn
+
+    pick = {"rnn": rnn._kernels, "network": network._kernels}[model]
+    out = []
+    for backend in ("cython", "numba", "numpy"):
+        try:
+            out.append((backend, pick(backend)))
+        except RuntimeError:
+            continue
+    return out
+
+
+def _model_activation(model, mod, code, z):
+    """Activation ``code`` with its derivatives on z through ``model``'s forward kernel."""
+    n, dt = z.shape[0], z.dtype
+    s, d1, d2 = (np.full((1, n), 7.0, dt) for _ in range(3))
+    with np.errstate(all="ignore"):
+        if model == "rnn":
+            e3 = np.empty((1, 0, n), dt)
+            mod.forward_step(np.zeros((1, 1, n), dt), e3, z.reshape(1, 1, n), np.zeros(n, dt),
+                             np.empty((0, n), dt), int(code), int(Mode.HVP), False, s, d1, d2,
+                             e3, e3)
+        else:
+            out = np.full((1, 1, n), 7.0, dt)
+            mod.act_forward(z.reshape(1, 1, n), int(code), 2, out, d1, d2)
+            s = out[:, 0, :]
+    return s[0], d1[0], d2[0]
+
+
+@pytest.mark.parametrize("model", ["rnn", "network"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activation_as_each_model_uses_it(model, dtype):
+    """The RNN's time step and the Network's activation layer, every backend, every code, on
+    the grid of extreme inputs: the same values as the reference's ``activation``."""
+    with np.errstate(over="ignore"):
+        z = GRID.astype(dtype)
+    for backend, mod in _model_backends(model):
+        for code in Activation:
+            got = _model_activation(model, mod, code, z)
+            want = reference.activation(code, z)
+            for name, a, b in zip(("value", "d1", "d2"), got, want, strict=True):
+                assert a.dtype == dtype
+                ok = _same(a, b, TOL[np.dtype(dtype)])
+                assert ok.all(), (f"{model}/{backend} {code.name} {name} at z={z[~ok]}: "
+                                  f"{a[~ok]} vs reference {b[~ok]}")
+                assert np.isfinite(a[np.isfinite(b)]).all(), (model, backend, code.name, name)
 
 
 @pytest.mark.parametrize("code", list(Activation), ids=lambda c: c.name.lower())
@@ -128,34 +249,101 @@ def test_logistic_pieces_agree_with_reference(backend):
         assert ok.all(), f"{name} at f={f[~ok]}: {a[~ok]} vs {b[~ok]}"
 
 
-@pytest.mark.parametrize("backend", backends())
+CE_ROWS = np.array([[0.0, 0.0, 0.0], [1e4, -1e4, 0.0], [-1e30, 0.0, 1e30], [3.0, 3.0, -1e30],
+                    [-0.0, 1e-30, -1e-30], [50.0, 49.0, -50.0]])
+CE_LABELS = np.array([0, 1, 2, 0, 1, 2], np.int64)
+
+
+def _cross_entropy(model, mod, Z, R):
+    """(loss per row (or their sum), dloss/df, H_loss R) of the logits Z (N, n) and R-logits
+    R (N, k, n) through ``model``'s output kernel, unscaled."""
+    N, k, n = R.shape
+    dt = Z.dtype
+    F = np.concatenate([Z[:, None, :], R], axis=1)  # (N, 1 + k, n)
+    if model == "mlp":
+        D = np.full((N, 1 + k, n), np.nan, dt)
+        losses = np.full(N, np.nan)
+        mod.output_forward(Z[:, None, :], np.zeros(n, dt), R, np.zeros((k, n), dt),
+                           int(Loss.CROSS_ENTROPY), 2, CE_LABELS, np.empty((0, 0), dt), D,
+                           losses, 1)
+        return losses, D[:, 0] * N, D[:, 1:] * N
+    if model == "rnn":
+        E = np.full((N, n), np.nan, dt)
+        RE = np.full((N, k, n), np.nan, dt)
+        losses = np.full(N, np.nan)
+        Sc = np.full((1 + k, n), np.nan)
+        mod.output(F, np.zeros((N, k, n), dt), np.zeros(n, dt), np.zeros((k, n), dt),
+                   int(Loss.CROSS_ENTROPY), int(Mode.HVP), CE_LABELS, np.empty((0, 0), dt), E,
+                   RE, losses, Sc, 1.0)
+        np.testing.assert_allclose(Sc[0], E.sum(axis=0, dtype=np.float64), rtol=1e-6, atol=1e-6)
+        return losses, E, RE
+    D = np.full((N, 1 + k, n), np.nan, dt)
+    total = mod.loss_forward(F, int(Loss.CROSS_ENTROPY), 2, CE_LABELS, np.empty((0, 0), dt), D)
+    return np.array([total]), D[:, 0] * N, D[:, 1:] * N
+
+
+def _ce_cases():
+    cases = [("mlp", b, _dispatch.load("curvature", b)) for b in ("cython", "numba", "numpy")
+             if _dispatch.available("curvature", b)]
+    for model in ("rnn", "network"):
+        cases += [(model, b, m) for b, m in _model_backends(model)]
+    return cases
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_softmax_cross_entropy_pieces_agree(backend, dtype):
-    """output_forward's softmax, loss, gradient and loss-Hessian on extreme logit rows, against
-    a float64 log-sum-exp written out here."""
-    mod = _dispatch.load("curvature", backend)
-    rows = np.array([[0.0, 0.0, 0.0], [1e4, -1e4, 0.0], [-1e30, 0.0, 1e30], [3.0, 3.0, -1e30],
-                     [-0.0, 1e-30, -1e-30], [50.0, 49.0, -50.0]])
-    Z = rows.astype(dtype).reshape(6, 1, 3)
-    labels = np.array([0, 1, 2, 0, 1, 2], np.int64)
+def test_softmax_cross_entropy_as_each_model_uses_it(dtype):
+    """The output kernels of the MLP, the RNN and the Network (every backend): softmax, loss,
+    gradient and loss-Hessian on extreme logit rows, against a float64 log-sum-exp written out
+    here."""
+    Z = CE_ROWS.astype(dtype)
     R = np.random.default_rng(0).standard_normal((6, 2, 3)).astype(dtype)  # 2 R-directions
-    D = np.full((6, 3, 3), np.nan, dtype)
-    losses = np.full(6, np.nan)
-    mod.output_forward(Z, np.zeros(3, dtype), R, np.zeros((2, 3), dtype), int(Loss.CROSS_ENTROPY),
-                       2, labels, np.empty((0, 0), dtype), D, losses, 1)
-    f = Z[:, 0, :].astype(np.float64)
+    f = Z.astype(np.float64)
     m = f.max(axis=1, keepdims=True)
     lse = m[:, 0] + np.log(np.exp(f - m).sum(axis=1))
     p = np.exp(f - lse[:, None])
     grad = p.copy()
-    grad[np.arange(6), labels] -= 1
+    grad[np.arange(6), CE_LABELS] -= 1
     pr = np.einsum("io,ijo->ij", p, R)
     hv = p[:, None, :] * (R - pr[:, :, None])
+    want_loss = lse - f[np.arange(6), CE_LABELS]
     tol = TOL[np.dtype(dtype)]
-    assert _same(losses, lse - f[np.arange(6), labels], tol).all()
-    assert np.isfinite(D).all()
-    assert _same(D[:, 0, :] * 6, grad, tol).all()
-    assert _same(D[:, 1:, :] * 6, hv, tol).all()
+    for model, backend, mod in _ce_cases():
+        losses, g, h = _cross_entropy(model, mod, Z, R)
+        if losses.size == 1:
+            want = np.array([want_loss.sum()])
+        else:
+            want = want_loss
+        assert _same(losses, want, tol).all(), (model, backend, losses, want)
+        assert np.isfinite(g).all() and np.isfinite(h).all(), (model, backend)
+        assert _same(g, grad, tol).all(), (model, backend, g, grad)
+        assert _same(h, hv, tol).all(), (model, backend, h, hv)
+
+
+def test_log_sum_exp_in_every_language():
+    """The one log-sum-exp per language: ``_scalar.log_sum_exp`` (plain Python and compiled by
+    Numba) and the reference's, on rows with ±0, huge, NaN and inf entries."""
+    rows = [[0.0], [-0.0, 0.0], [1e300, 1e300], [-1e300, 1e-300], [1e30, -1e30, 0.0],
+            [np.inf, 0.0], [-np.inf, 0.0], [np.nan, 1.0], [709.0, 710.0], [-745.0, -746.0]]
+    plain = _scalar.compiled(lambda f: f)
+    fns = [plain.log_sum_exp]
+    if _dispatch.available("curvature", "numba"):
+        from fastopt.curvature import _numba
+
+        fns.append(_numba._log_sum_exp)
+    for row in rows:
+        z = np.array(row)
+        with np.errstate(all="ignore"):
+            want = reference.log_sum_exp(z[None, :])[0]
+            for fn in fns:
+                got, shift, total = fn(z, np.zeros_like(z))
+                assert _same(got, want, TOL[np.dtype(np.float64)]), (row, got, want)
+                # the softmax's pieces: exp(f - shift) / total, lse = shift + log(total)
+                assert _same(shift + np.log(total), want, TOL[np.dtype(np.float64)]), row
+                # the bias is summed in float64, before the shift
+                got_b = fn(z.astype(np.float32), np.full(z.size, 0.5, np.float32))[0]
+                z64 = z.astype(np.float32).astype(np.float64)
+                want_b = reference.log_sum_exp(z64[None] + 0.5)[0]
+                assert _same(got_b, want_b, TOL[np.dtype(np.float64)]), (row, got_b, want_b)
 
 
 # ------------------------------------------------------------------------------ end to end

@@ -21,38 +21,19 @@ the next product runs as one large GEMM. Every kernel releases the GIL and runs 
 ``n_threads`` threads; no kernel validates its input (``mlp.py`` does).
 """
 
+from functools import partial
+
 from cython.parallel cimport prange
-from libc.math cimport exp, log
+from libc.math cimport exp
 
 from fastopt.curvature._formulas cimport (
     ACT_GELU, ACT_IDENTITY, ACT_RELU, ACT_SIGMOID, ACT_SOFTPLUS, ACT_TANH, LOSS_CROSS_ENTROPY,
-    LOSS_LOGISTIC, LOSS_MSE, act, logistic, real,
+    LOSS_LOGISTIC, LOSS_MSE, MODE_GNVP, MODE_GRAD, MODE_HVP, MODE_LOSS, act_row, log_sum_exp,
+    logistic, real,
 )
+from fastopt.curvature._rows cimport add_row, backward_row, rforward_row, tanh_row, transpose
 
-cdef extern from "_transpose.h":
-    void fo_transpose_f(float* dst, Py_ssize_t ldd, const float* a, Py_ssize_t lda,
-                        const float* b, Py_ssize_t ldb, Py_ssize_t R, Py_ssize_t C) noexcept nogil
-    void fo_transpose_d(double* dst, Py_ssize_t ldd, const double* a, Py_ssize_t lda,
-                        const double* b, Py_ssize_t ldb, Py_ssize_t R,
-                        Py_ssize_t C) noexcept nogil
-
-cdef extern from "_rows.h":
-    void fo_tanh_row_f(const float* z, const float* b, float* a, float* d1, float* d2,
-                       Py_ssize_t n, int need) noexcept nogil
-    void fo_tanh_row_d(const double* z, const double* b, double* a, double* d1, double* d2,
-                       Py_ssize_t n, int need) noexcept nogil
-    void fo_rforward_row_f(const float* av, const float* c, const float* zr, const float* d1,
-                           float* rz, float* ra, Py_ssize_t n) noexcept nogil
-    void fo_rforward_row_d(const double* av, const double* c, const double* zr,
-                           const double* d1, double* rz, double* ra, Py_ssize_t n) noexcept nogil
-    void fo_backward_row_f(const float* da0, const float* dar, const float* dv, const float* d1,
-                           const float* d2, const float* rz, float* out, Py_ssize_t n,
-                           int gn) noexcept nogil
-    void fo_backward_row_d(const double* da0, const double* dar, const double* dv,
-                           const double* d1, const double* d2, const double* rz, double* out,
-                           Py_ssize_t n, int gn) noexcept nogil
-    void fo_add_row_f(double* acc, const float* row, Py_ssize_t n) noexcept nogil
-    void fo_add_row_d(double* acc, const double* row, Py_ssize_t n) noexcept nogil
+from fastopt.curvature._hooks import formula_activation, formula_logistic
 
 cdef extern from "_simd.h":
     int fo_simd_level() noexcept nogil
@@ -69,35 +50,16 @@ def simd_level() -> str:
 ACTIVATION_CODES = {"IDENTITY": ACT_IDENTITY, "TANH": ACT_TANH, "SIGMOID": ACT_SIGMOID,
                     "RELU": ACT_RELU, "SOFTPLUS": ACT_SOFTPLUS, "GELU": ACT_GELU}
 LOSS_CODES = {"CROSS_ENTROPY": LOSS_CROSS_ENTROPY, "MSE": LOSS_MSE, "LOGISTIC": LOSS_LOGISTIC}
-
-
-cdef inline void _tanh_row(const real* z, const real* b, real* a, real* d1, real* d2,
-                           Py_ssize_t n, int need) noexcept nogil:
-    if real is float:
-        fo_tanh_row_f(z, b, a, d1, d2, n, need)
-    else:
-        fo_tanh_row_d(z, b, a, d1, d2, n, need)
+MODE_CODES = {"LOSS": MODE_LOSS, "GRAD": MODE_GRAD, "HVP": MODE_HVP, "GNVP": MODE_GNVP}
 
 
 cdef inline void _act_row(int code, const real* z, const real* b, real* a, real* d1, real* d2,
                           Py_ssize_t n, int need) noexcept nogil:
+    """a = act(z + b) and its derivatives: the pre-activation into a, then the shared row."""
     cdef Py_ssize_t o
-    cdef real s, g1, g2
     for o in range(n):
-        act(code, z[o] + b[o], &s, &g1, &g2)
-        a[o] = s
-        if need >= 1:
-            d1[o] = g1
-        if need == 2:
-            d2[o] = g2
-
-
-cdef inline void _rforward_row(const real* av, const real* c, const real* zr, const real* d1,
-                               real* rz, real* ra, Py_ssize_t n, bint has_zr) noexcept nogil:
-    if real is float:
-        fo_rforward_row_f(av, c, zr if has_zr else NULL, d1, rz, ra, n)
-    else:
-        fo_rforward_row_d(av, c, zr if has_zr else NULL, d1, rz, ra, n)
+        a[o] = z[o] + b[o]
+    act_row(code, a, d1, d2, n, need)
 
 
 def hidden_forward(const real[:, :, ::1] Z, const real[::1] b, const real[:, :, ::1] AV,
@@ -123,12 +85,12 @@ def hidden_forward(const real[:, :, ::1] Z, const real[::1] b, const real[:, :, 
             d1p = &D1[i, 0] if need >= 1 else NULL
             d2p = &D2[i, 0] if need == 2 else NULL
             if act == ACT_TANH:
-                _tanh_row(&Z[i, 0, 0], &b[0], &A[i, 0, 0], d1p, d2p, n, need)
+                tanh_row(&Z[i, 0, 0], &b[0], &A[i, 0, 0], d1p, d2p, n, need)
             else:
                 _act_row(act, &Z[i, 0, 0], &b[0], &A[i, 0, 0], d1p, d2p, n, need)
             for j in range(k):
-                _rforward_row(&AV[i, j, 0], &C[j, 0], &Z[i, 1 + j, 0] if kz > 1 else NULL,
-                              d1p, &RZ[i, j, 0], &A[i, 1 + j, 0], n, kz > 1)
+                rforward_row(&AV[i, j, 0], &C[j, 0], &Z[i, 1 + j, 0] if kz > 1 else NULL,
+                             d1p, &RZ[i, j, 0], &A[i, 1 + j, 0], n)
 
 
 def output_forward(const real[:, :, ::1] Z, const real[::1] b, const real[:, :, ::1] AV,
@@ -148,22 +110,14 @@ def output_forward(const real[:, :, ::1] Z, const real[::1] b, const real[:, :, 
     with nogil:
         for i in prange(N, num_threads=n_threads, schedule="static"):
             if loss == LOSS_CROSS_ENTROPY:
-                m = Z[i, 0, 0] + b[0]
-                for o in range(1, n):
-                    f = Z[i, 0, o] + b[o]
-                    if f > m:
-                        m = f
+                m = 0  # assigned here, so private to each thread
                 ssum = 0
-                for o in range(n):
-                    pr = exp(Z[i, 0, o] + b[o] - m)
-                    ssum = ssum + pr
-                    if need >= 1:
-                        D[i, 0, o] = <real>pr  # exp(f - max), normalized below
-                lse = m + log(ssum)
-                losses[i] = lse - (Z[i, 0, labels[i]] + b[labels[i]])
+                lse = log_sum_exp(&Z[i, 0, 0], &b[0], n, &m, &ssum)
+                losses[i] = lse - (<double>Z[i, 0, labels[i]] + b[labels[i]])
                 if need >= 1:
-                    for o in range(n):
-                        D[i, 0, o] = <real>(D[i, 0, o] / ssum)  # p, for now
+                    for o in range(n):  # p, for now
+                        D[i, 0, o] = <real>exp(<double>Z[i, 0, o] + b[o] - m)
+                        D[i, 0, o] = <real>(D[i, 0, o] / ssum)
                     for j in range(k):
                         pr = 0
                         for o in range(n):
@@ -209,22 +163,6 @@ def output_forward(const real[:, :, ::1] Z, const real[::1] b, const real[:, :, 
                     D[i, 1 + j, 0] = <real>(d2l * rf * inv_n)
 
 
-cdef inline void _backward_row(const real* da0, const real* dar, const real* dv,
-                               const real* d1, const real* d2, const real* rz, real* out,
-                               Py_ssize_t n, bint gn) noexcept nogil:
-    if real is float:
-        fo_backward_row_f(da0, dar, dv, d1, d2, rz, out, n, gn)
-    else:
-        fo_backward_row_d(da0, dar, dv, d1, d2, rz, out, n, gn)
-
-
-cdef inline void _add_row(double* acc, const real* row, Py_ssize_t n) noexcept nogil:
-    if real is float:
-        fo_add_row_f(acc, row, n)
-    else:
-        fo_add_row_d(acc, row, n)
-
-
 def hidden_backward(const real[:, :, ::1] DA, const real[:, :, ::1] DV, const real[:, ::1] D1,
                     const real[:, ::1] D2, const real[:, :, ::1] RZ, int gn, real[:, :, ::1] D, double[::1] S, int first,
                     int n_threads):
@@ -253,7 +191,7 @@ def hidden_backward(const real[:, :, ::1] DA, const real[:, :, ::1] DV, const re
                 acc[o] = 0
             for i in range(N):
                 _backward_one(DA, DV, D1, D2, RZ, gn, D, i)
-                _add_row(acc, &D[i, first, 0], M)
+                add_row(acc, &D[i, first, 0], M)
         else:
             for i in prange(N, num_threads=n_threads, schedule="static"):
                 _backward_one(DA, DV, D1, D2, RZ, gn, D, i)
@@ -272,14 +210,14 @@ cdef inline void _backward_one(const real[:, :, ::1] DA, const real[:, :, ::1] D
     cdef const real* d2 = NULL  # Gauss-Newton: no second-order terms
     cdef const real* dv = NULL
     cdef const real* rz = NULL
-    _backward_row(da0, da0, NULL, d1, NULL, NULL, &D[i, 0, 0], n, 1)  # delta = da * act'
+    backward_row(da0, da0, NULL, d1, NULL, NULL, &D[i, 0, 0], n, 1)  # delta = da * act'
     if not gn and kk > 1:
         d2 = &D2[i, 0]
     for j in range(kk - 1):
         if not gn:
             dv = &DV[i, j, 0]
             rz = &RZ[i, j, 0]
-        _backward_row(da0, &DA[i, 1 + j, 0], dv, d1, d2, rz, &D[i, 1 + j, 0], n, gn)
+        backward_row(da0, &DA[i, 1 + j, 0], dv, d1, d2, rz, &D[i, 1 + j, 0], n, gn)
 
 
 def colsum(const real[:, :] D, double[::1] out, int n_threads):
@@ -308,7 +246,7 @@ cdef void _colsum(const real* D, Py_ssize_t ld, Py_ssize_t N, Py_ssize_t M, doub
         m0 = blk * B
         w = M - m0 if M - m0 < B else B
         for i in range(N):
-            _add_row(&out[m0], &D[i * ld + m0], w)
+            add_row(&out[m0], &D[i * ld + m0], w)
 
 
 def batched_transpose(const real[:, :, :] a, const real[:, :, :] b, real[:, :, :] dst,
@@ -336,35 +274,10 @@ def batched_transpose(const real[:, :, :] a, const real[:, :, :] b, real[:, :, :
         return
     with nogil:
         for i in range(B):
-            if real is float:
-                fo_transpose_f(&dst[i, 0, 0], ldd, &a[i, 0, 0], lda,
-                               &b[i, 0, 0] if has_b else NULL, ldb, R, C)
-            else:
-                fo_transpose_d(&dst[i, 0, 0], ldd, &a[i, 0, 0], lda,
-                               &b[i, 0, 0] if has_b else NULL, ldb, R, C)
+            transpose(&dst[i, 0, 0], ldd, &a[i, 0, 0], lda, &b[i, 0, 0] if has_b else NULL, ldb,
+                      R, C)
 
 
-def _formula_activation(int code, z, s, d1, d2):
-    """Test-only: activation ``code`` with its derivatives on the 1-D array ``z`` into ``s``,
-    ``d1``, ``d2``, through the row loops of ``hidden_forward``."""
-    import numpy as np
-
-    n, dt = z.shape[0], z.dtype
-    hidden_forward(z.reshape(1, 1, n), np.zeros(n, dt), np.empty((1, 0, n), dt),
-                   np.empty((0, n), dt), code, 2, s.reshape(1, 1, n), d1.reshape(1, n),
-                   d2.reshape(1, n), np.empty((1, 0, n), dt), 1)
-
-
-def _formula_logistic(f, y, loss, grad, curv):
-    """Test-only: the logistic loss pieces at the float64 logits ``f`` and labels ``y``, one
-    ``output_forward`` call per entry (N = 1, so nothing is rescaled)."""
-    import numpy as np
-
-    D = np.empty((1, 2, 1))
-    one = np.ones((1, 1, 1))
-    for i in range(f.shape[0]):
-        output_forward(f[i : i + 1].reshape(1, 1, 1), np.zeros(1), one, np.zeros((1, 1)),
-                       LOSS_LOGISTIC, 2, np.empty(0, np.int64), y[i : i + 1].reshape(1, 1), D,
-                       loss[i : i + 1], 1)
-        grad[i] = D[0, 0, 0]
-        curv[i] = D[0, 1, 0]
+# test-only (tests/test_formulas.py): the formulas through this module's row loops
+_formula_activation = partial(formula_activation, hidden_forward)
+_formula_logistic = partial(formula_logistic, output_forward)

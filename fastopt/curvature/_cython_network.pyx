@@ -9,94 +9,11 @@ BLAS calls a thread team costs more than these passes (see ``fastopt.curvature.m
 (``N x n_out`` values) runs in the numpy reference.
 """
 
-from libc.math cimport exp, fabs, log1p, sqrt, tanh
+from fastopt.curvature._formulas cimport act_row, real
+from fastopt.curvature._rows cimport add_row, transpose
+from libc.math cimport sqrt
 
 from ..reference.network import loss_forward  # noqa: F401
-
-ctypedef fused real:
-    float
-    double
-
-cdef double SQRT_2_OVER_PI = 0.7978845608028654
-cdef double GELU_A = 0.044715
-
-# fastopt._codes.Activation
-cdef enum:
-    IDENTITY = 0
-    TANH = 1
-    SIGMOID = 2
-    RELU = 3
-    SOFTPLUS = 4
-    GELU = 5
-
-
-cdef inline float _tanh32(float x) noexcept nogil:
-    """float32 tanh without a libm call (vectorizes), max relative error 3.5e-7 (the MLP's)."""
-    cdef float c = 7.90531110763549805
-    if x > c:
-        x = c
-    if x < -c:
-        x = -c
-    cdef float x2 = x * x
-    cdef float p = x2 * <float>-2.76076847742355e-16 + <float>2.00018790482477e-13
-    p = p * x2 + <float>-8.60467152213735e-11
-    p = p * x2 + <float>5.12229709037114e-08
-    p = p * x2 + <float>1.48572235717979e-05
-    p = p * x2 + <float>6.37261928875436e-04
-    p = p * x2 + <float>4.89352455891786e-03
-    p = p * x
-    cdef float q = x2 * <float>1.19825839466702e-06 + <float>1.18534705686654e-04
-    q = q * x2 + <float>2.26843463243900e-03
-    q = q * x2 + <float>4.89352518554385e-03
-    return p / q
-
-
-cdef inline double _sigmoid(double z) noexcept nogil:
-    cdef double e
-    if z >= 0:
-        return 1.0 / (1.0 + exp(-z))
-    e = exp(z)
-    return e / (1.0 + e)
-
-
-cdef inline double _log1p_exp_neg_abs(double z) noexcept nogil:
-    return log1p(exp(-fabs(z)))
-
-
-cdef inline void _act(int code, double z, double* s, double* d1, double* d2) noexcept nogil:
-    """Value and first two derivatives of activation ``code`` at z (in float64)."""
-    cdef double t, u1, z2, sg
-    if code == TANH:
-        t = tanh(z)
-        s[0] = t
-        d1[0] = 1.0 - t * t
-        d2[0] = -2.0 * t * d1[0]
-    elif code == SIGMOID:
-        sg = _sigmoid(z)
-        s[0] = sg
-        d1[0] = sg * (1.0 - sg)
-        d2[0] = d1[0] * (1.0 - 2.0 * sg)
-    elif code == RELU:
-        s[0] = z if z > 0 else 0.0 * z
-        d1[0] = 1.0 if z > 0 else 0.0
-        d2[0] = 0.0
-    elif code == SOFTPLUS:
-        sg = _sigmoid(z)
-        s[0] = (z if z > 0 else 0.0) + _log1p_exp_neg_abs(z)
-        d1[0] = sg
-        d2[0] = sg * (1.0 - sg)
-    elif code == GELU:
-        z2 = z * z
-        t = tanh(SQRT_2_OVER_PI * (z + GELU_A * z2 * z))
-        u1 = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_A * z2)
-        s[0] = 0.5 * z * (1.0 + t)
-        d1[0] = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * u1
-        d2[0] = (1.0 - t * t) * (u1 - z * t * u1 * u1
-                                 + 0.5 * z * 6.0 * SQRT_2_OVER_PI * GELU_A * z)
-    else:
-        s[0] = z
-        d1[0] = 1.0
-        d2[0] = 0.0
 
 
 def dense_bias(const real[:, :, ::1] Z, const real[::1] b, const real[:, :, ::1] AV,
@@ -120,39 +37,22 @@ def act_forward(const real[:, :, ::1] X, int code, int need, real[:, :, ::1] out
                 real[:, ::1] D1, real[:, ::1] D2):
     cdef Py_ssize_t N = X.shape[0], kk = X.shape[1], n = X.shape[2]
     cdef Py_ssize_t i, j, o
-    cdef double s, d1, d2
-    cdef real t
+    cdef real* d1
+    cdef real* d2
     cdef real[::1] d1row
     import numpy as np
     d1row = np.empty(n, np.float32 if real is float else np.float64)
     with nogil:
         for i in range(N):
-            if code == TANH:
-                if real is float:
-                    for o in range(n):
-                        out[i, 0, o] = _tanh32(X[i, 0, o])
-                else:
-                    for o in range(n):
-                        out[i, 0, o] = tanh(X[i, 0, o])
-                for o in range(n):
-                    t = out[i, 0, o]
-                    d1row[o] = 1 - t * t
-                if need == 2:
-                    for o in range(n):
-                        D2[i, o] = -2 * out[i, 0, o] * d1row[o]
-            else:
-                for o in range(n):
-                    _act(code, X[i, 0, o], &s, &d1, &d2)
-                    out[i, 0, o] = <real>s
-                    d1row[o] = <real>d1
-                    if need == 2:
-                        D2[i, o] = <real>d2
-            if need >= 1:
-                for o in range(n):
-                    D1[i, o] = d1row[o]
+            for o in range(n):
+                out[i, 0, o] = X[i, 0, o]
+            # act' is needed for the R-streams even when it is not returned
+            d1 = &D1[i, 0] if need >= 1 else &d1row[0]
+            d2 = &D2[i, 0] if need == 2 else NULL
+            act_row(code, &out[i, 0, 0], d1, d2, n, 2 if need == 2 else 1)
             for j in range(1, kk):
                 for o in range(n):
-                    out[i, j, o] = d1row[o] * X[i, j, o]
+                    out[i, j, o] = d1[o] * X[i, j, o]
 
 
 def act_backward(const real[:, :, ::1] G, const real[:, ::1] D1, const real[:, ::1] D2,
@@ -323,26 +223,21 @@ def bn_backward(const real[:, :, ::1] G, const real[:, ::1] XH, const double[::1
 
 
 def colsum(const real[:, :, ::1] G, Py_ssize_t first, double[:, ::1] out):
+    """out (m - first, n) float64 = column sums of slots ``first..`` of G (N, m, n), row order."""
     cdef Py_ssize_t N = G.shape[0], m = G.shape[1], n = G.shape[2]
-    cdef Py_ssize_t i, j, o
+    cdef Py_ssize_t i, M = (m - first) * n
+    out[:, :] = 0
+    if M == 0:
+        return
     with nogil:
-        for j in range(m - first):
-            for o in range(n):
-                out[j, o] = 0.0
         for i in range(N):
-            for j in range(m - first):
-                for o in range(n):
-                    out[j, o] += G[i, first + j, o]
+            add_row(&out[0, 0], &G[i, first, 0], M)
 
 
 def transpose2d(const real[:, ::1] A, real[:, ::1] dst):
     """dst = A.T in 32 x 32 tiles (numpy's copy of a transposed view reads down columns)."""
-    cdef Py_ssize_t R = A.shape[0], C = A.shape[1], r0, c0, r1, c1, r, c
+    cdef Py_ssize_t R = A.shape[0], C = A.shape[1]
+    if R == 0 or C == 0:
+        return
     with nogil:
-        for r0 in range(0, R, 32):
-            r1 = r0 + 32 if r0 + 32 < R else R
-            for c0 in range(0, C, 32):
-                c1 = c0 + 32 if c0 + 32 < C else C
-                for r in range(r0, r1):
-                    for c in range(c0, c1):
-                        dst[c, r] = A[r, c]
+        transpose(&dst[0, 0], R, &A[0, 0], C, NULL, 0, R, C)

@@ -1,10 +1,11 @@
-# Scalar formulas of the curvature models for the compiled C/Cython side, written once: each
-# activation with its first and second derivatives, the logistic loss pieces (the float32 tanh
+# Scalar formulas of the curvature models (MLP, Network, ElmanRNN) for the compiled C/Cython
+# side, written once: each activation with its first and second derivatives (per value and over
+# a row), the logistic loss pieces, the log-sum-exp of softmax cross-entropy (the float32 tanh
 # is C, in _formulas.h, shared with the row loops of _rows.h).
 # The Numba/CUDA copy is _scalar.py, the numpy one fastopt/reference/curvature.py;
 # tests/test_formulas.py holds the three to the same values on a grid of extreme inputs.
 # Everything is inline, nogil and never raises; float32 arguments compute in float32.
-from libc.math cimport exp, expf, fabs, fabsf, log1p, log1pf, tanh
+from libc.math cimport exp, expf, fabs, fabsf, log, log1p, log1pf, tanh
 
 ctypedef fused real:
     float
@@ -24,6 +25,13 @@ cdef enum:
     LOSS_CROSS_ENTROPY = 0
     LOSS_MSE = 1
     LOSS_LOGISTIC = 2
+
+# fastopt._codes.Mode: what an ElmanRNN time-step kernel computes
+cdef enum:
+    MODE_LOSS = 0
+    MODE_GRAD = 1
+    MODE_HVP = 2
+    MODE_GNVP = 3
 
 # GELU's constants sqrt(2/pi) and 0.044715 appear as literals in act (a module-level cdef
 # double in a .pxd is never initialized). Beyond |z| = 10 (GELU_SATURATION in _scalar.py) GELU's
@@ -128,3 +136,56 @@ cdef inline void logistic(double f, double y, double* loss, double* grad,
     loss[0] = softplus(f) - y * f
     grad[0] = sg - y
     curv[0] = sg * (1 - sg)
+
+
+cdef inline void act_row(int code, real* h, real* d1, real* d2, Py_ssize_t n,
+                         int need) noexcept nogil:
+    """h (holding the pre-activations z on entry) <- act(z) over a row of n values; need >= 1:
+    d1 <- act'(z); need == 2: d2 <- act''(z) (d1, d2 unused, may be NULL, below that)."""
+    cdef Py_ssize_t o
+    cdef real s, g1, g2
+    if code == ACT_TANH:
+        # one array written per loop: gcc vectorizes these (a loop writing h, d1 and d2 at once
+        # needs too many run-time alias checks)
+        for o in range(n):
+            h[o] = tanh_real(h[o])
+        if need >= 1:
+            for o in range(n):
+                d1[o] = 1 - h[o] * h[o]
+        if need == 2:
+            for o in range(n):
+                d2[o] = -2 * h[o] * d1[o]
+    elif code == ACT_IDENTITY:
+        if need >= 1:
+            for o in range(n):
+                d1[o] = 1
+        if need == 2:
+            for o in range(n):
+                d2[o] = 0
+    else:
+        for o in range(n):
+            act(code, h[o], &s, &g1, &g2)
+            h[o] = s
+            if need >= 1:
+                d1[o] = g1
+            if need == 2:
+                d2[o] = g2
+
+
+cdef inline double log_sum_exp(const real* z, const real* b, Py_ssize_t n, double* shift,
+                               double* total) noexcept nogil:
+    """log(sum_o exp(f_o)) of the logits f = z + b (n >= 1), in float64 (each f_o is summed in
+    float64, as the reference does), shifted by the row's maximum so that nothing overflows:
+    ``shift`` gets that maximum m and ``total`` sum_o exp(f_o - m), so that the softmax is
+    exp(f_o - m) / total and the cross-entropy log_sum_exp - f_label."""
+    cdef Py_ssize_t o
+    cdef double m = <double>z[0] + b[0], f, ssum = 0
+    for o in range(1, n):
+        f = <double>z[o] + b[o]
+        if f > m:
+            m = f
+    for o in range(n):
+        ssum = ssum + exp(<double>z[o] + b[o] - m)
+    shift[0] = m
+    total[0] = ssum
+    return m + log(ssum)

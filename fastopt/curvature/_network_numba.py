@@ -16,29 +16,7 @@ import numpy as np
 from numba import njit
 
 from ..reference.network import loss_forward  # noqa: F401  (N x n_out: numpy is enough)
-from ._numba import _act
-
-_F32 = np.float32
-
-
-@njit(cache=True, inline="always", error_model="numpy", nogil=True)
-def _tanh32(x):
-    """float32 tanh without a libm call (vectorizes), max relative error 3.5e-7; the same
-    rational approximation as the MLP's float32 kernels."""
-    c = _F32(7.90531110763549805)
-    x = min(max(x, -c), c)
-    x2 = x * x
-    p = x2 * _F32(-2.76076847742355e-16) + _F32(2.00018790482477e-13)
-    p = p * x2 + _F32(-8.60467152213735e-11)
-    p = p * x2 + _F32(5.12229709037114e-08)
-    p = p * x2 + _F32(1.48572235717979e-05)
-    p = p * x2 + _F32(6.37261928875436e-04)
-    p = p * x2 + _F32(4.89352455891786e-03)
-    p = p * x
-    q = x2 * _F32(1.19825839466702e-06) + _F32(1.18534705686654e-04)
-    q = q * x2 + _F32(2.26843463243900e-03)
-    q = q * x2 + _F32(4.89352518554385e-03)
-    return p / q
+from ._numba import _COLSUM_BLOCK, _act_row, _batched_transpose, _colsum_blocks
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -60,36 +38,16 @@ def dense_bias(Z, b, AV, C, out):
 @njit(cache=True, error_model="numpy", nogil=True)
 def _act_forward(X, code, need, out, D1, D2, fast):
     N, kk, n = X.shape
-    one = X.dtype.type(1)
-    two = X.dtype.type(2)
-    d1row = np.empty(n, X.dtype)
+    d1row = np.empty(n, X.dtype)  # act' is needed for the R-streams even when not returned
     for i in range(N):
-        if code == 1:  # tanh: branch-free loops over the feature axis (they vectorize)
-            if fast:
-                for o in range(n):
-                    out[i, 0, o] = _tanh32(X[i, 0, o])
-            else:
-                for o in range(n):
-                    out[i, 0, o] = math.tanh(X[i, 0, o])
-            for o in range(n):
-                t = out[i, 0, o]
-                d1row[o] = one - t * t
-            if need == 2:
-                for o in range(n):
-                    D2[i, o] = -two * out[i, 0, o] * d1row[o]
-        else:
-            for o in range(n):
-                s, d1, d2 = _act(code, X[i, 0, o])
-                out[i, 0, o] = s
-                d1row[o] = d1
-                if need == 2:
-                    D2[i, o] = d2
-        if need >= 1:
-            for o in range(n):
-                D1[i, o] = d1row[o]
+        h = out[i, 0]
+        for o in range(n):
+            h[o] = X[i, 0, o]
+        d1 = D1[i] if need >= 1 else d1row
+        _act_row(code, h, d1, D2[i] if need == 2 else h, 2 if need == 2 else 1, fast)
         for j in range(1, kk):
             for o in range(n):
-                out[i, j, o] = d1row[o] * X[i, j, o]
+                out[i, j, o] = d1[o] * X[i, j, o]
 
 
 def act_forward(X, code, need, out, D1, D2):
@@ -251,26 +209,21 @@ def bn_backward(G, XH, invstd, gamma, RXH, c, VG, training, rmode, out, dgamma, 
                                     + a5[j, o] * XH[i, o] + a6[j, o])
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
 def colsum(G, first, out):
+    """out (m - first, n) float64 = column sums of slots ``first..`` of G (N, m, n): the MLP's
+    column sums (blocks of columns, float64, row order)."""
     N, m, n = G.shape
-    for j in range(m - first):
-        for o in range(n):
-            out[j, o] = 0.0
-    for i in range(N):
-        for j in range(m - first):
-            for o in range(n):
-                out[j, o] += G[i, first + j, o]
+    M = (m - first) * n
+    flat = out.reshape(M)  # a view: out is C-contiguous
+    if M == 0 or N == 0:
+        flat[:] = 0.0
+        return
+    _colsum_blocks(G.reshape(N, m * n)[:, first * n:], flat, 0, (M + _COLSUM_BLOCK - 1)
+                   // _COLSUM_BLOCK)
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
 def transpose2d(A, dst):
-    """dst = A.T in 32 x 32 tiles (numpy's copy of a transposed view reads down columns)."""
-    R, C = A.shape
-    for r0 in range(0, R, 32):
-        r1 = min(r0 + 32, R)
-        for c0 in range(0, C, 32):
-            c1 = min(c0 + 32, C)
-            for r in range(r0, r1):
-                for c in range(c0, c1):
-                    dst[c, r] = A[r, c]
+    """dst = A.T in 32 x 32 tiles (numpy's copy of a transposed view reads down columns): the
+    MLP's tiled transpose."""
+    a = A.reshape((1,) + A.shape)
+    _batched_transpose(a, a, dst.reshape((1,) + dst.shape), False)

@@ -9,12 +9,14 @@ error model's check made the float32 tanh loop 8x slower).
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 from numba import njit, prange
 
 from .._threads import apply_numba_threads, get_num_threads
 from . import _scalar
+from ._hooks import formula_activation, formula_logistic
 
 # The scalar formulas (``_scalar.py``), compiled for the CPU and inlined into the loops: the
 # names below are what the kernels (and other curvature models' Numba kernels) call.
@@ -23,9 +25,10 @@ _sigmoid = _formulas.sigmoid
 _softplus = _formulas.softplus
 _tanh_fast = _formulas.tanh_fast  # float32 tanh that vectorizes
 _act = _formulas.act  # (code, z) -> (value, d1, d2)
+_act_row = _formulas.act_row  # (code, h, d1, d2, need, fast): h <- act(h) in place
 _logistic = _formulas.logistic  # (f, y) -> (loss, dloss, d2loss)
+_log_sum_exp = _formulas.log_sum_exp  # (z, b) -> (log sum exp(z + b), max, sum exp(z + b - max))
 
-_TANH = _scalar.TANH
 _CROSS_ENTROPY = _scalar.CROSS_ENTROPY
 _MSE = _scalar.MSE
 _COLSUM_BLOCK = 256  # columns per block of the float64 column sums
@@ -35,30 +38,11 @@ _COLSUM_BLOCK = 256  # columns per block of the float64 column sums
 def _hidden_forward_rows(Z, b, AV, C, act, need, A, D1, D2, RZ, fast, i0, i1):
     N, kz, n = Z.shape
     k = AV.shape[1] if need == 2 else 0
-    one = Z.dtype.type(1)  # keeps float32 arithmetic in float32 (an int literal promotes)
-    two = Z.dtype.type(2)
     for i in range(i0, i1):
-        if act == _TANH:  # branch-free loops over the feature axis (they vectorize)
-            if fast:
-                for o in range(n):
-                    A[i, 0, o] = _tanh_fast(Z[i, 0, o] + b[o])
-            else:
-                for o in range(n):
-                    A[i, 0, o] = math.tanh(Z[i, 0, o] + b[o])
-            if need >= 1:
-                for o in range(n):
-                    D1[i, o] = one - A[i, 0, o] * A[i, 0, o]
-            if need == 2:
-                for o in range(n):
-                    D2[i, o] = -two * A[i, 0, o] * D1[i, o]
-        else:
-            for o in range(n):
-                s, d1, d2 = _act(act, Z[i, 0, o] + b[o])
-                A[i, 0, o] = s
-                if need >= 1:
-                    D1[i, o] = d1
-                if need == 2:
-                    D2[i, o] = d2
+        a = A[i, 0]
+        for o in range(n):
+            a[o] = Z[i, 0, o] + b[o]
+        _act_row(act, a, D1[i] if need >= 1 else a, D2[i] if need == 2 else a, need, fast)
         for j in range(k):
             if kz > 1:
                 for o in range(n):
@@ -79,23 +63,13 @@ def _output_forward_rows(Z, b, AV, C, loss, need, labels, Y, D, losses, i0, i1):
     inv_n = 1.0 / N
     for i in range(i0, i1):
         if loss == _CROSS_ENTROPY:
-            m = np.float64(Z[i, 0, 0] + b[0])
-            for o in range(1, n):
-                f = np.float64(Z[i, 0, o] + b[o])
-                if f > m:
-                    m = f
-            ssum = 0.0
-            for o in range(n):
-                e = math.exp(np.float64(Z[i, 0, o] + b[o]) - m)
-                ssum += e
-                if need >= 1:
-                    D[i, 0, o] = e  # exp(f - max), normalized below
-            lse = m + math.log(ssum)
+            lse, m, ssum = _log_sum_exp(Z[i, 0], b)
             lab = labels[i]
-            losses[i] = lse - np.float64(Z[i, 0, lab] + b[lab])
+            losses[i] = lse - (np.float64(Z[i, 0, lab]) + b[lab])
             if need >= 1:
-                for o in range(n):
-                    D[i, 0, o] = D[i, 0, o] / ssum  # p, for now
+                for o in range(n):  # p, for now
+                    D[i, 0, o] = math.exp(np.float64(Z[i, 0, o]) + b[o] - m)
+                    D[i, 0, o] = D[i, 0, o] / ssum
                 for j in range(k):
                     pr = 0.0
                     for o in range(n):
@@ -312,23 +286,6 @@ def batched_transpose(a, b, dst, n_threads):
     _batched_transpose(a, b, dst, b.shape[0] != 0)
 
 
-def _formula_activation(code, z, s, d1, d2):
-    """Test-only: activation ``code`` with its derivatives on the 1-D array ``z`` into ``s``,
-    ``d1``, ``d2``, through the row loops of ``hidden_forward``."""
-    n, dt = z.shape[0], z.dtype
-    hidden_forward(z.reshape(1, 1, n), np.zeros(n, dt), np.empty((1, 0, n), dt),
-                   np.empty((0, n), dt), code, 2, s.reshape(1, 1, n), d1.reshape(1, n),
-                   d2.reshape(1, n), np.empty((1, 0, n), dt), 1)
-
-
-def _formula_logistic(f, y, loss, grad, curv):
-    """Test-only: the logistic loss pieces at the float64 logits ``f`` and labels ``y``, one
-    ``output_forward`` call per entry (N = 1, so nothing is rescaled)."""
-    D = np.empty((1, 2, 1))
-    one = np.ones((1, 1, 1))
-    for i in range(f.shape[0]):
-        output_forward(f[i : i + 1].reshape(1, 1, 1), np.zeros(1), one, np.zeros((1, 1)),
-                       _scalar.LOGISTIC, 2, np.empty(0, np.int64), y[i : i + 1].reshape(1, 1),
-                       D, loss[i : i + 1], 1)
-        grad[i] = D[0, 0, 0]
-        curv[i] = D[0, 1, 0]
+# test-only (tests/test_formulas.py): the formulas through this module's row loops
+_formula_activation = partial(formula_activation, hidden_forward)
+_formula_logistic = partial(formula_logistic, output_forward)

@@ -19,147 +19,11 @@ thread team to pay off next to the BLAS calls around it. No kernel validates its
 (``rnn.py`` does).
 """
 
-from libc.math cimport exp, fabs, fabsf, expf, log, log1p, log1pf, tanh
-
-ctypedef fused real:
-    float
-    double
-
-cdef double SQRT_2_OVER_PI = 0.7978845608028654
-cdef double GELU_A = 0.044715
-
-# activation codes: fastopt._codes.Activation (tests/test_rnn.py checks every one)
-cdef enum:
-    IDENTITY = 0
-    TANH = 1
-    SIGMOID = 2
-    RELU = 3
-    SOFTPLUS = 4
-    GELU = 5
-
-cdef enum:
-    M_LOSS = 0
-    M_GRAD = 1
-    M_HVP = 2
-    M_GNVP = 3
-
-
-cdef inline float _tanh_fast(float x) noexcept nogil:
-    """tanh in float32 without a libm call, so that loops over it vectorize (the rational
-    approximation of ``fastopt.curvature._cython``: max relative error 3.5e-7)."""
-    cdef float x2, p, q, c = <float>7.90531110763549805
-    x = c if x > c else x
-    x = -c if x < -c else x
-    x2 = x * x
-    p = x2 * <float>-2.76076847742355e-16 + <float>2.00018790482477e-13
-    p = p * x2 + <float>-8.60467152213735e-11
-    p = p * x2 + <float>5.12229709037114e-08
-    p = p * x2 + <float>1.48572235717979e-05
-    p = p * x2 + <float>6.37261928875436e-04
-    p = p * x2 + <float>4.89352455891786e-03
-    p = p * x
-    q = x2 * <float>1.19825839466702e-06 + <float>1.18534705686654e-04
-    q = q * x2 + <float>2.26843463243900e-03
-    q = q * x2 + <float>4.89352518554385e-03
-    return p / q
-
-
-cdef inline real _tanh(real z) noexcept nogil:
-    if real is float:
-        return _tanh_fast(z)
-    else:
-        return tanh(z)
-
-
-cdef inline real _sigmoid(real z) noexcept nogil:
-    cdef real e
-    if real is float:
-        if z >= 0:
-            return 1.0 / (1.0 + expf(-z))
-        e = expf(z)
-        return e / (1.0 + e)
-    else:
-        if z >= 0:
-            return 1.0 / (1.0 + exp(-z))
-        e = exp(z)
-        return e / (1.0 + e)
-
-
-cdef inline void _act(int code, real z, real* s, real* d1, real* d2) noexcept nogil:
-    """Activation value and its first and second derivatives at z."""
-    cdef real t, u1, sg, z2, m
-    if code == TANH:
-        t = _tanh(z)
-        s[0] = t
-        d1[0] = 1 - t * t
-        d2[0] = -2 * t * d1[0]
-    elif code == SIGMOID:
-        sg = _sigmoid(z)
-        s[0] = sg
-        d1[0] = sg * (1 - sg)
-        d2[0] = d1[0] * (1 - 2 * sg)
-    elif code == RELU:
-        if z > 0:
-            s[0] = z
-            d1[0] = 1
-        else:
-            s[0] = 0
-            d1[0] = 0
-        d2[0] = 0
-    elif code == SOFTPLUS:
-        sg = _sigmoid(z)
-        m = z if z > 0 else 0
-        if real is float:
-            s[0] = m + log1pf(expf(-fabsf(z)))
-        else:
-            s[0] = m + log1p(exp(-fabs(z)))
-        d1[0] = sg
-        d2[0] = sg * (1 - sg)
-    elif code == GELU:
-        z2 = z * z
-        t = _tanh(<real>SQRT_2_OVER_PI * (z + <real>GELU_A * z2 * z))
-        u1 = <real>SQRT_2_OVER_PI * (1 + 3 * <real>GELU_A * z2)
-        s[0] = <real>0.5 * z * (1 + t)
-        d1[0] = <real>0.5 * (1 + t) + <real>0.5 * z * (1 - t * t) * u1
-        d2[0] = (1 - t * t) * (u1 - z * t * u1 * u1
-                               + <real>0.5 * z * <real>(6 * SQRT_2_OVER_PI * GELU_A) * z)
-    else:  # identity
-        s[0] = z
-        d1[0] = 1
-        d2[0] = 0
-
-
-cdef inline void _act_row(int act, real* h, real* d1, real* d2, Py_ssize_t n,
-                          int need) noexcept nogil:
-    """h (holding z on entry) <- act(z); d1, d2 <- act', act'' (need: 0 none, 1 d1, 2 both)."""
-    cdef Py_ssize_t o
-    cdef real t, s, g1, g2
-    if act == TANH:
-        # one array written per loop: gcc vectorizes these (a loop writing h, d1 and d2 at once
-        # needs too many run-time alias checks)
-        for o in range(n):
-            h[o] = _tanh(h[o])
-        if need >= 1:
-            for o in range(n):
-                d1[o] = 1 - h[o] * h[o]
-        if need == 2:
-            for o in range(n):
-                d2[o] = -2 * h[o] * d1[o]
-    elif act == IDENTITY:
-        if need >= 1:
-            for o in range(n):
-                d1[o] = 1
-        if need == 2:
-            for o in range(n):
-                d2[o] = 0
-    else:
-        for o in range(n):
-            _act(act, h[o], &s, &g1, &g2)
-            h[o] = s
-            if need >= 1:
-                d1[o] = g1
-            if need == 2:
-                d2[o] = g2
+from fastopt.curvature._formulas cimport (
+    LOSS_CROSS_ENTROPY, MODE_GNVP, MODE_GRAD, MODE_HVP, MODE_LOSS, act_row, log_sum_exp, real,
+)
+from fastopt.curvature._rows cimport add_row
+from libc.math cimport exp
 
 
 def forward_step(const real[:, :, ::1] ZZ, const real[:, :, ::1] RZW, const real[:, :, ::1] XUU,
@@ -172,9 +36,9 @@ def forward_step(const real[:, :, ::1] ZZ, const real[:, :, ::1] RZW, const real
     may have any stride), D1, D2 (N, n), RZ (mode 2), RH (N, k, n).
     """
     cdef Py_ssize_t N = XUU.shape[0], n = XUU.shape[2]
-    cdef Py_ssize_t k = XUU.shape[1] - 1 if mode >= M_HVP else 0
+    cdef Py_ssize_t k = XUU.shape[1] - 1 if mode >= MODE_HVP else 0
     cdef Py_ssize_t i, j, o
-    cdef int need = 2 if mode == M_HVP else (1 if mode >= M_GRAD else 0)
+    cdef int need = 2 if mode == MODE_HVP else (1 if mode >= MODE_GRAD else 0)
     cdef real* h
     cdef real* d1
     cdef real* d2
@@ -199,10 +63,10 @@ def forward_step(const real[:, :, ::1] ZZ, const real[:, :, ::1] RZW, const real
                     h[o] = x[o] + b[o]
             d1 = &D1[i, 0] if need >= 1 else NULL
             d2 = &D2[i, 0] if need == 2 else NULL
-            _act_row(act, h, d1, d2, n, need)
+            act_row(act, h, d1, d2, n, need)
             for j in range(k):
                 rh = &RH[i, j, 0]
-                r = &RZ[i, j, 0] if mode == M_HVP else rh
+                r = &RZ[i, j, 0] if mode == MODE_HVP else rh
                 x = &XUU[i, 1 + j, 0]
                 cb = &Cb[j, 0]
                 if has_rec:
@@ -223,26 +87,19 @@ def output(const real[:, :, ::1] FF, const real[:, :, ::1] RFV, const real[::1] 
            double[:, ::1] Sc, double scale):
     """Output rows (see ``fastopt.reference.rnn.output``): loss 0 softmax cross-entropy, 1 mse."""
     cdef Py_ssize_t M = FF.shape[0], no = FF.shape[2]
-    cdef Py_ssize_t k = FF.shape[1] - 1 if mode >= M_HVP else 0
+    cdef Py_ssize_t k = FF.shape[1] - 1 if mode >= MODE_HVP else 0
     cdef Py_ssize_t i, j, q, lab
-    cdef double mx, f, ssum, pr, rf, val
+    cdef double lse, mx, f, ssum, pr, rf, val
     with nogil:
         for j in range(Sc.shape[0]):
             for q in range(no):
                 Sc[j, q] = 0
         for i in range(M):
-            if loss == 0:
-                mx = <double>FF[i, 0, 0] + c[0]
-                for q in range(1, no):
-                    f = <double>FF[i, 0, q] + c[q]
-                    if f > mx:
-                        mx = f
-                ssum = 0
-                for q in range(no):
-                    ssum = ssum + exp(<double>FF[i, 0, q] + c[q] - mx)
+            if loss == LOSS_CROSS_ENTROPY:
+                lse = log_sum_exp(&FF[i, 0, 0], &c[0], no, &mx, &ssum)
                 lab = labels[i]
-                losses[i] = mx + log(ssum) - (<double>FF[i, 0, lab] + c[lab])
-                if mode == M_LOSS:
+                losses[i] = lse - (<double>FF[i, 0, lab] + c[lab])
+                if mode == MODE_LOSS:
                     continue
                 for q in range(no):  # p, for now
                     E[i, q] = <real>(exp(<double>FF[i, 0, q] + c[q] - mx) / ssum)
@@ -265,7 +122,7 @@ def output(const real[:, :, ::1] FF, const real[:, :, ::1] RFV, const real[::1] 
                 for q in range(no):
                     f = <double>FF[i, 0, q] + c[q] - Y[i, q]
                     ssum = ssum + f * f
-                    if mode >= M_GRAD:
+                    if mode >= MODE_GRAD:
                         E[i, q] = <real>(f * scale)
                         Sc[0, q] += E[i, q]
                 losses[i] = 0.5 * ssum
@@ -289,12 +146,6 @@ cdef inline void _sum4(real* out, const real* a, const real* b, const real* c, c
         out[o] = a[o] + b[o] + c[o] + d[o]
 
 
-cdef inline void _accumulate(double* acc, const real* row, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t o
-    for o in range(n):
-        acc[o] = acc[o] + row[o]
-
-
 def backward_step(const real[:, :, ::1] A, const real[:, :, ::1] B, const real[:, :, ::1] EA,
                   const real[:, :, ::1] EB, const real[:, ::1] D1, const real[:, ::1] D2,
                   const real[:, :, ::1] RZ, int mode, bint has_rec, bint has_out,
@@ -306,7 +157,7 @@ def backward_step(const real[:, :, ::1] A, const real[:, :, ::1] B, const real[:
     empty, and adds the column sums to S (float64).
     """
     cdef Py_ssize_t N = D1.shape[0], n = D1.shape[1]
-    cdef Py_ssize_t k = RDl.shape[1] if mode >= M_HVP else 0
+    cdef Py_ssize_t k = RDl.shape[1] if mode >= MODE_HVP else 0
     cdef Py_ssize_t i, j, o
     cdef bint store_g = G.shape[0] != 0
     cdef real* g
@@ -317,7 +168,7 @@ def backward_step(const real[:, :, ::1] A, const real[:, :, ::1] B, const real[:
     with nogil:
         for i in range(N):
             d1 = &D1[i, 0]
-            if mode == M_GNVP:
+            if mode == MODE_GNVP:
                 for j in range(k):
                     r = &RDl[i, j, 0]
                     if has_rec and has_out:
@@ -330,7 +181,7 @@ def backward_step(const real[:, :, ::1] A, const real[:, :, ::1] B, const real[:
                             r[o] = EB[i, j, o]
                     for o in range(n):
                         r[o] = r[o] * d1[o]
-                    _accumulate(&S[j, 0], r, n)
+                    add_row(&S[j, 0], r, n)
                 continue
             g = &Dl[i, 0]  # holds g until the end of the row, then delta = g act'
             if has_rec and has_out:
@@ -344,7 +195,7 @@ def backward_step(const real[:, :, ::1] A, const real[:, :, ::1] B, const real[:
             if store_g:
                 for o in range(n):
                     G[i, o] = g[o]
-            if mode == M_HVP:
+            if mode == MODE_HVP:
                 d2 = &D2[i, 0]
                 for j in range(k):
                     r = &RDl[i, j, 0]
@@ -357,8 +208,8 @@ def backward_step(const real[:, :, ::1] A, const real[:, :, ::1] B, const real[:
                         _sum2(r, &EA[i, 1 + j, 0], &EB[i, j, 0], n)
                     for o in range(n):
                         r[o] = r[o] * d1[o] + g[o] * d2[o] * rz[o]
-                    _accumulate(&S[j, 0], r, n)
+                    add_row(&S[j, 0], r, n)
             for o in range(n):
                 g[o] = g[o] * d1[o]
-            if mode == M_GRAD:
-                _accumulate(&S[0, 0], g, n)
+            if mode == MODE_GRAD:
+                add_row(&S[0, 0], g, n)

@@ -14,31 +14,12 @@ import math
 import numpy as np
 from numba import njit
 
-from ._numba import _act
+from . import _scalar
+from ._numba import _act_row, _log_sum_exp
 
-_F32 = np.float32
-_TANH = 1
-_IDENTITY = 0
-_GRAD, _HVP, _GNVP = 1, 2, 3
-
-
-@njit(cache=True, inline="always", error_model="numpy", nogil=True)
-def _tanh_fast(x):
-    """float32 tanh without a libm call (vectorizes); see ``_rnn_cython._tanh_fast``."""
-    c = _F32(7.90531110763549805)
-    x = min(max(x, -c), c)
-    x2 = x * x
-    p = x2 * _F32(-2.76076847742355e-16) + _F32(2.00018790482477e-13)
-    p = p * x2 + _F32(-8.60467152213735e-11)
-    p = p * x2 + _F32(5.12229709037114e-08)
-    p = p * x2 + _F32(1.48572235717979e-05)
-    p = p * x2 + _F32(6.37261928875436e-04)
-    p = p * x2 + _F32(4.89352455891786e-03)
-    p = p * x
-    q = x2 * _F32(1.19825839466702e-06) + _F32(1.18534705686654e-04)
-    q = q * x2 + _F32(2.26843463243900e-03)
-    q = q * x2 + _F32(4.89352518554385e-03)
-    return p / q
+_CROSS_ENTROPY = _scalar.CROSS_ENTROPY
+_LOSS, _GRAD = _scalar.MODE_LOSS, _scalar.MODE_GRAD
+_HVP, _GNVP = _scalar.MODE_HVP, _scalar.MODE_GNVP
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -48,8 +29,6 @@ def forward_step(ZZ, RZW, XUU, b, Cb, act, mode, has_rec, H, D1, D2, RZ, RH):
     k = kk - 1 if mode >= _HVP else 0
     need = 2 if mode == _HVP else (1 if mode >= _GRAD else 0)
     fast = H.itemsize == 4
-    one = H.dtype.type(1)  # keeps float32 arithmetic in float32 (a float literal promotes)
-    two = H.dtype.type(2)
     for i in range(N):
         h = H[i]
         if has_rec:
@@ -58,34 +37,7 @@ def forward_step(ZZ, RZW, XUU, b, Cb, act, mode, has_rec, H, D1, D2, RZ, RH):
         else:
             for o in range(n):
                 h[o] = XUU[i, 0, o] + b[o]
-        if act == _TANH:
-            if fast:
-                for o in range(n):
-                    h[o] = _tanh_fast(h[o])
-            else:
-                for o in range(n):
-                    h[o] = math.tanh(h[o])
-            if need >= 1:
-                for o in range(n):
-                    D1[i, o] = one - h[o] * h[o]
-            if need == 2:
-                for o in range(n):
-                    D2[i, o] = -two * h[o] * D1[i, o]
-        elif act == _IDENTITY:
-            if need >= 1:
-                for o in range(n):
-                    D1[i, o] = one
-            if need == 2:
-                for o in range(n):
-                    D2[i, o] = 0
-        else:
-            for o in range(n):
-                s, d1, d2 = _act(act, h[o])
-                h[o] = s
-                if need >= 1:
-                    D1[i, o] = d1
-                if need == 2:
-                    D2[i, o] = d2
+        _act_row(act, h, D1[i] if need >= 1 else h, D2[i] if need == 2 else h, need, fast)
         for j in range(k):
             r = RZ[i, j] if mode == _HVP else RH[i, j]
             if has_rec:
@@ -105,18 +57,11 @@ def output(FF, RFV, c, Cc, loss, mode, labels, Y, E, RE, losses, Sc, scale):
     k = kk - 1 if mode >= _HVP else 0
     Sc[:, :] = 0.0
     for i in range(M):
-        if loss == 0:
-            mx = np.float64(FF[i, 0, 0]) + c[0]
-            for q in range(1, no):
-                f = np.float64(FF[i, 0, q]) + c[q]
-                if f > mx:
-                    mx = f
-            ssum = 0.0
-            for q in range(no):
-                ssum += math.exp(np.float64(FF[i, 0, q]) + c[q] - mx)
+        if loss == _CROSS_ENTROPY:
+            lse, mx, ssum = _log_sum_exp(FF[i, 0], c)
             lab = labels[i]
-            losses[i] = mx + math.log(ssum) - (np.float64(FF[i, 0, lab]) + c[lab])
-            if mode == 0:
+            losses[i] = lse - (np.float64(FF[i, 0, lab]) + c[lab])
+            if mode == _LOSS:
                 continue
             for q in range(no):  # p, for now
                 E[i, q] = math.exp(np.float64(FF[i, 0, q]) + c[q] - mx) / ssum

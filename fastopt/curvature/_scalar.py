@@ -1,7 +1,9 @@
-"""Scalar formulas of the curvature models for the Numba (and numba.cuda) kernels.
+"""Scalar formulas of the curvature models (MLP, Network, ElmanRNN) for the Numba (and
+numba.cuda) kernels.
 
-Each activation with its first and second derivatives, and the logistic loss pieces, written
-once as plain Python functions of scalars (``math`` only, so any Numba target compiles them).
+Each activation with its first and second derivatives (per value, and over a row in place),
+the logistic loss pieces and the log-sum-exp of softmax cross-entropy, written once as plain
+Python functions (``math`` only, so any Numba target compiles them).
 :func:`compiled` turns the module into a namespace of compiled functions whose calls to each
 other resolve to the compiled versions: ``_numba.py`` uses ``compiled(njit(...))``, a CUDA kernel
 would use ``compiled(cuda.jit(device=True))``. The C/Cython side has its own single copy
@@ -22,7 +24,7 @@ import types
 
 import numpy as np
 
-from .._codes import Activation, Loss
+from .._codes import Activation, Loss, Mode
 
 IDENTITY = int(Activation.IDENTITY)
 TANH = int(Activation.TANH)
@@ -35,6 +37,11 @@ CROSS_ENTROPY = int(Loss.CROSS_ENTROPY)
 MSE = int(Loss.MSE)
 LOGISTIC = int(Loss.LOGISTIC)
 
+MODE_LOSS = int(Mode.LOSS)
+MODE_GRAD = int(Mode.GRAD)
+MODE_HVP = int(Mode.HVP)
+MODE_GNVP = int(Mode.GNVP)
+
 SQRT_2_OVER_PI = 0.7978845608028654
 GELU_A = 0.044715
 # Beyond |z| = 10 the tanh inside GELU is 1 to far below float64 rounding (its argument is over
@@ -43,9 +50,10 @@ GELU_A = 0.044715
 GELU_SATURATION = 10.0
 
 _F32 = np.float32
+_F64 = np.float64
 
 # the formulas, in dependency order (a function may call only those before it)
-FORMULAS = ("sigmoid", "softplus", "tanh_fast", "act", "logistic")
+FORMULAS = ("sigmoid", "softplus", "tanh_fast", "act", "act_row", "logistic", "log_sum_exp")
 
 
 def sigmoid(z):
@@ -121,10 +129,65 @@ def act(code, z):
     return z, 1.0, 0.0
 
 
+def act_row(code, h, d1, d2, need, fast):
+    """h (1-D, holding the pre-activations z on entry) <- act(z) in place; need >= 1:
+    d1 <- act'(z); need == 2: d2 <- act''(z) (unused below that). ``fast``: h is float32, tanh
+    is ``tanh_fast``. tanh and identity run as branch-free loops over the row (they vectorize).
+    """
+    n = h.shape[0]
+    one = h.dtype.type(1)  # keeps float32 arithmetic in float32 (an int literal promotes)
+    two = h.dtype.type(2)
+    if code == TANH:
+        if fast:
+            for o in range(n):
+                h[o] = tanh_fast(h[o])
+        else:
+            for o in range(n):
+                h[o] = math.tanh(h[o])
+        if need >= 1:
+            for o in range(n):
+                d1[o] = one - h[o] * h[o]
+        if need == 2:
+            for o in range(n):
+                d2[o] = -two * h[o] * d1[o]
+    elif code == IDENTITY:
+        if need >= 1:
+            for o in range(n):
+                d1[o] = one
+        if need == 2:
+            for o in range(n):
+                d2[o] = 0
+    else:
+        for o in range(n):
+            s, g1, g2 = act(code, h[o])
+            h[o] = s
+            if need >= 1:
+                d1[o] = g1
+            if need == 2:
+                d2[o] = g2
+
+
 def logistic(f, y):
     """Binary cross-entropy on the logit f with label y: (loss, dloss/df, d2loss/df2)."""
     s = sigmoid(f)
     return softplus(f) - y * f, s - y, s * (1.0 - s)
+
+
+def log_sum_exp(z, b):
+    """(log(sum_o exp(f_o)), m, sum_o exp(f_o - m)) of the logits f = z + b (1-D, n >= 1), in
+    float64 (each f_o summed in float64, as the reference does), shifted by the row's maximum m
+    so that nothing overflows. The softmax is exp(f_o - m) / total, the cross-entropy
+    log_sum_exp - f_label."""
+    n = z.shape[0]
+    m = _F64(z[0]) + _F64(b[0])
+    for o in range(1, n):
+        f = _F64(z[o]) + _F64(b[o])
+        if f > m:
+            m = f
+    ssum = 0.0
+    for o in range(n):
+        ssum += math.exp(_F64(z[o]) + _F64(b[o]) - m)
+    return m + math.log(ssum), m, ssum
 
 
 def compiled(jit) -> types.SimpleNamespace:

@@ -35,6 +35,7 @@ from .._validate import (
     check_out,
     reject_unsupported_subclass,
 )
+from .objective import check_targets, dense_init
 
 __all__ = ["MLP", "ACTIVATIONS", "LOSSES"]
 
@@ -296,16 +297,7 @@ class MLP:
         rng = as_generator(rng, "rng")
         layers = []
         for n_in, n_o in zip(self.sizes[:-1], self.sizes[1:], strict=True):
-            if scheme == "xavier":
-                lim = np.sqrt(6.0 / (n_in + n_o))
-                W = rng.uniform(-lim, lim, size=(n_in, n_o))
-            elif scheme == "he":
-                W = rng.standard_normal((n_in, n_o)) * np.sqrt(2.0 / n_in)
-            else:
-                big, small = max(n_in, n_o), min(n_in, n_o)
-                q, r = np.linalg.qr(rng.standard_normal((big, small)))
-                q = q * np.where(np.diag(r) < 0, -1.0, 1.0)
-                W = q if n_in >= n_o else q.T
+            W = dense_init(rng, scheme, n_in, n_o)
             layers.append((W, np.zeros(n_o)))
         return self.pack(layers)
 
@@ -337,43 +329,8 @@ class MLP:
     def _check_y(self, y: object, N: int) -> tuple[np.ndarray, np.ndarray]:
         """(labels int64 (N,) or empty, targets (N, n_out) of dtype or empty)."""
         reject_unsupported_subclass(y, "y")
-        y = np.asarray(y)
-        n_out = self.sizes[-1]
-        empty_l = np.empty(0, dtype=np.int64)
-        empty_y = np.empty((0, 0), dtype=self.dtype)
-        if self.loss_name == "cross_entropy":
-            if y.dtype.kind not in "iu" or y.dtype == np.bool_:
-                raise TypeError(
-                    f"y: cross_entropy needs integer class labels, got dtype {y.dtype}; "
-                    "convert with y.astype(np.int64) if the values are whole numbers"
-                )
-            if y.shape != (N,):
-                raise ValueError(f"y: expected shape ({N},) (one label per sample), got {y.shape}")
-            if y.size and (y.min() < 0 or y.max() >= n_out):
-                raise ValueError(
-                    f"y: labels must lie in [0, {n_out}), got values in [{y.min()}, {y.max()}]"
-                )
-            return np.ascontiguousarray(y, dtype=np.int64), empty_y
-        if y.dtype.kind in "biu":
-            y = y.astype(self.dtype)
-        y = self._as_model_array(y, "y")
-        if self.loss_name == "mse":
-            if y.shape == (N,) and n_out == 1:
-                y = y.reshape(N, 1)
-            if y.shape != (N, n_out):
-                raise ValueError(f"y: expected shape ({N}, {n_out}) for mse, got {y.shape}")
-            check_all_finite(y, "y")
-            return empty_l, y
-        if y.shape == (N,):
-            y = y.reshape(N, 1)
-        if y.shape != (N, 1):
-            raise ValueError(f"y: expected shape ({N},) or ({N}, 1) for logistic, got {y.shape}")
-        check_all_finite(y, "y")
-        if y.size and (y.min() < 0 or y.max() > 1):
-            raise ValueError(
-                f"y: logistic labels must lie in [0, 1], got values in [{y.min()}, {y.max()}]"
-            )
-        return empty_l, y
+        return check_targets(y, N, self.sizes[-1], self.loss_name, self.dtype,
+                             self._as_model_array)
 
     def _check_v(self, v: object) -> tuple[np.ndarray, bool]:
         v = self._as_model_array(v, "v")

@@ -30,7 +30,7 @@ from .._validate import (
     check_out,
 )
 from ..nn import ActivationLayer, BatchNorm, Dense, Layer
-from .objective import _Prepared, check_finite, check_v
+from .objective import _Prepared, check_finite, check_targets, check_v, dense_init
 
 __all__ = ["Network"]
 
@@ -80,46 +80,6 @@ def _check_out(out: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarr
         raise TypeError(f"out: must be a plain numpy.ndarray, got {type(out).__name__}; pass "
                         "np.asarray(out)")
     return check_out(out, shape, dtype)
-
-
-def _check_targets(y: object, N: int, n_out: int, loss: str, dtype: np.dtype):
-    """(labels int64 (N,) or empty, targets (N, n_out) of dtype or empty), as MLP's."""
-    y = np.asarray(y)
-    empty_l = np.empty(0, dtype=np.int64)
-    empty_y = np.empty((0, 0), dtype=dtype)
-    if loss == "cross_entropy":
-        if y.dtype.kind not in "iu" or y.dtype == np.bool_:
-            raise TypeError(
-                f"y: cross_entropy needs integer class labels, got dtype {y.dtype}; "
-                "convert with y.astype(np.int64) if the values are whole numbers"
-            )
-        if y.shape != (N,):
-            raise ValueError(f"y: expected shape ({N},) (one label per sample), got {y.shape}")
-        if y.size and (y.min() < 0 or y.max() >= n_out):
-            raise ValueError(
-                f"y: labels must lie in [0, {n_out}), got values in [{y.min()}, {y.max()}]"
-            )
-        return np.ascontiguousarray(y, dtype=np.int64), empty_y
-    if y.dtype.kind in "biu":
-        y = y.astype(dtype)
-    y = as_float_array(y, "y", dtype=dtype)
-    if loss == "mse":
-        if y.shape == (N,) and n_out == 1:
-            y = y.reshape(N, 1)
-        if y.shape != (N, n_out):
-            raise ValueError(f"y: expected shape ({N}, {n_out}) for mse, got {y.shape}")
-        check_all_finite(y, "y")
-        return empty_l, y
-    if y.shape == (N,):
-        y = y.reshape(N, 1)
-    if y.shape != (N, 1):
-        raise ValueError(f"y: expected shape ({N},) or ({N}, 1) for logistic, got {y.shape}")
-    check_all_finite(y, "y")
-    if y.size and (y.min() < 0 or y.max() > 1):
-        raise ValueError(
-            f"y: logistic labels must lie in [0, 1], got values in [{y.min()}, {y.max()}]"
-        )
-    return empty_l, y
 
 
 class Network:
@@ -430,16 +390,7 @@ class Network:
                 params.append((np.ones(layer.n), np.zeros(layer.n)))
                 continue
             n_in, n_o = layer.n_in, layer.n_out
-            if scheme == "xavier":
-                lim = np.sqrt(6.0 / (n_in + n_o))
-                W = rng.uniform(-lim, lim, size=(n_in, n_o))
-            elif scheme == "he":
-                W = rng.standard_normal((n_in, n_o)) * np.sqrt(2.0 / n_in)
-            else:
-                big, small = max(n_in, n_o), min(n_in, n_o)
-                q, r = np.linalg.qr(rng.standard_normal((big, small)))
-                q = q * np.where(np.diag(r) < 0, -1.0, 1.0)
-                W = q if n_in >= n_o else q.T
+            W = dense_init(rng, scheme, n_in, n_o)
             params.append((W, np.zeros(n_o)))
         return self.pack(params)
 
@@ -473,7 +424,7 @@ class Network:
         theta = self._check_theta(theta)
         check_finite(theta, "theta")
         X = self._check_X(X, training)
-        labels, Y = _check_targets(y, X.shape[0], self.n_out, self.loss_name, self.dtype)
+        labels, Y = check_targets(y, X.shape[0], self.n_out, self.loss_name, self.dtype)
         return theta, X, labels, Y, training, self._state[1]
 
     def _prepared(self, X, y, backend, copy):
@@ -825,7 +776,7 @@ class _PreparedNetwork(_Prepared):
         self.training = net.training
         self.stats = net._state[1]  # immutable snapshot: updates replace the tuple
         X = net._check_X(X, self.training)
-        labels, Y = _check_targets(y, X.shape[0], net.n_out, net.loss_name, net.dtype)
+        labels, Y = check_targets(y, X.shape[0], net.n_out, net.loss_name, net.dtype)
         if copy:
             X, labels, Y = X.copy(), labels.copy(), Y.copy()
         self.X, self.labels, self.Y, self.backend = X, labels, Y, backend

@@ -188,6 +188,70 @@ class _PreparedMLP(_Prepared):
         return self.model._run(theta, self.X, self.labels, self.Y, V, mode, self.backend)
 
 
+def dense_init(rng: np.random.Generator, scheme: str, n_in: int, n_out: int) -> np.ndarray:
+    """An ``(n_in, n_out)`` weight matrix of a dense layer (MLP, Network) drawn from ``rng``:
+    ``"xavier"`` (Glorot uniform), ``"he"`` (normal, variance 2 / n_in) or ``"orthogonal"``."""
+    if scheme == "xavier":
+        lim = np.sqrt(6.0 / (n_in + n_out))
+        return rng.uniform(-lim, lim, size=(n_in, n_out))
+    if scheme == "he":
+        return rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)
+    big, small = max(n_in, n_out), min(n_in, n_out)
+    q, r = np.linalg.qr(rng.standard_normal((big, small)))
+    q = q * np.where(np.diag(r) < 0, -1.0, 1.0)
+    return q if n_in >= n_out else q.T
+
+
+def check_class_labels(y: np.ndarray, n_out: int) -> None:
+    """Class labels for softmax cross-entropy: an integer dtype, values in ``[0, n_out)``."""
+    if y.dtype.kind not in "iu" or y.dtype == np.bool_:
+        raise TypeError(
+            f"y: cross_entropy needs integer class labels, got dtype {y.dtype}; "
+            "convert with y.astype(np.int64) if the values are whole numbers"
+        )
+    if y.size and (y.min() < 0 or y.max() >= n_out):
+        raise ValueError(
+            f"y: labels must lie in [0, {n_out}), got values in [{y.min()}, {y.max()}]"
+        )
+
+
+def check_targets(y: object, N: int, n_out: int, loss: str, dtype: np.dtype,
+                  as_array=None) -> tuple[np.ndarray, np.ndarray]:
+    """The targets of a feed-forward model (MLP, Network) with N samples as the kernels take
+    them: ``(labels int64 (N,) or empty, targets (N, n_out) of dtype or empty)``.
+
+    ``as_array(y, "y")`` converts float targets (default: ``as_float_array`` to ``dtype``).
+    """
+    y = np.asarray(y)
+    empty_l = np.empty(0, dtype=np.int64)
+    empty_y = np.empty((0, 0), dtype=dtype)
+    if loss == "cross_entropy":
+        check_class_labels(y, n_out)
+        if y.shape != (N,):
+            raise ValueError(f"y: expected shape ({N},) (one label per sample), got {y.shape}")
+        return np.ascontiguousarray(y, dtype=np.int64), empty_y
+    if y.dtype.kind in "biu":
+        y = y.astype(dtype)
+    y = as_array(y, "y") if as_array is not None else as_float_array(y, "y", dtype=dtype)
+    if loss == "mse":
+        if y.shape == (N,) and n_out == 1:
+            y = y.reshape(N, 1)
+        if y.shape != (N, n_out):
+            raise ValueError(f"y: expected shape ({N}, {n_out}) for mse, got {y.shape}")
+        check_all_finite(y, "y")
+        return empty_l, y
+    if y.shape == (N,):
+        y = y.reshape(N, 1)
+    if y.shape != (N, 1):
+        raise ValueError(f"y: expected shape ({N},) or ({N}, 1) for logistic, got {y.shape}")
+    check_all_finite(y, "y")
+    if y.size and (y.min() < 0 or y.max() > 1):
+        raise ValueError(
+            f"y: logistic labels must lie in [0, 1], got values in [{y.min()}, {y.max()}]"
+        )
+    return empty_l, y
+
+
 def check_v(v: object, P: int, dtype: np.dtype) -> tuple[np.ndarray, bool]:
     """``v`` as a ``(P, k)`` array of ``dtype`` (``k >= 1``) and whether it was one vector."""
     v = as_float_array(v, "v", dtype=dtype)

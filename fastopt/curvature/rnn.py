@@ -37,7 +37,7 @@ from types import ModuleType
 import numpy as np
 
 from .. import _dispatch
-from .._codes import Activation, Loss
+from .._codes import Activation, Loss, Mode
 from .._validate import (
     as_float_array,
     as_generator,
@@ -47,6 +47,7 @@ from .._validate import (
     check_int,
     check_out,
 )
+from .objective import check_class_labels, check_v
 
 __all__ = ["ElmanRNN"]
 
@@ -57,7 +58,7 @@ INIT_SCHEMES = ("orthogonal", "identity", "xavier", "normal")
 REDUCTIONS = ("norm", "mean")
 PARAM_NAMES = ("W", "U", "b", "V", "c")
 
-_MODES = {"loss": 0, "grad": 1, "hvp": 2, "gnvp": 3}
+_MODES = {m.name.lower(): int(m) for m in Mode}
 _KERNELS = {
     "cython": "fastopt.curvature._rnn_cython",
     "numba": "fastopt.curvature._rnn_numba",
@@ -358,16 +359,10 @@ class ElmanRNN:
         empty_l = np.empty(0, dtype=np.int64)
         empty_y = np.empty((0, 0), dtype=self.dtype)
         if self.loss_name == "cross_entropy":
-            if y.dtype.kind not in "iu" or y.dtype == np.bool_:
-                raise TypeError(
-                    f"y: cross_entropy needs integer class labels, got dtype {y.dtype}; "
-                    "convert with y.astype(np.int64) if the values are whole numbers")
+            check_class_labels(y, o)
             if y.shape != rows:
                 raise ValueError(f"y: expected shape {rows} (labels {what}, output="
                                  f"{self.output!r}), got {y.shape}")
-            if y.min() < 0 or y.max() >= o:
-                raise ValueError(
-                    f"y: labels must lie in [0, {o}), got values in [{y.min()}, {y.max()}]")
             labels = np.ascontiguousarray(y if self.output == "last" else y.T, dtype=np.int64)
             if not labels.flags.writeable:  # the Numba kernels would compile again for it
                 labels = labels.copy()
@@ -385,15 +380,6 @@ class ElmanRNN:
         if not Y.flags.writeable:
             Y = Y.copy()
         return empty_l, Y.reshape(-1, o)
-
-    def _check_v(self, v: object) -> tuple[np.ndarray, bool]:
-        v = as_float_array(v, "v", dtype=self.dtype)
-        P = self.num_params
-        if v.ndim == 1 and v.shape[0] == P:
-            return v.reshape(P, 1), True
-        if v.ndim == 2 and v.shape[0] == P and v.shape[1] >= 1:
-            return v, False
-        raise ValueError(f"v: expected shape ({P},) or ({P}, k) with k >= 1, got {v.shape}")
 
     def _prepare(self, theta, X, y):
         """Validated ``(theta, X, labels, Y)`` for :meth:`_run` (the diagnostics call it once and
@@ -688,8 +674,7 @@ class ElmanRNN:
 
     def _product(self, theta, X, y, v, mode, backend, out):
         theta, X, labels, Y = self._prepare(theta, X, y)
-        V, single = self._check_v(v)
-        check_all_finite(V, "v")
+        V, single = check_v(v, self.num_params, self.dtype)
         shape = (self.num_params,) if single else V.shape
         out = check_out(out, shape, self.dtype)
         _, _, hv = self._run(theta, X, labels, Y, V, mode, backend, out)

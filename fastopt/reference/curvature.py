@@ -7,9 +7,15 @@ vectorized over whole arrays; ``n_threads`` is ignored.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from .._codes import Activation, Loss
+from ..curvature._hooks import formula_activation, formula_logistic
+
+# the formulas that the other models' references (network.py, rnn.py) share with the kernels
+FORMULAS = ("activation", "logistic", "log_sum_exp", "softmax_cross_entropy", "softmax_hessian")
 
 _SQRT_2_OVER_PI = 0.7978845608028654
 _GELU_A = 0.044715
@@ -70,6 +76,26 @@ def logistic(f: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return _softplus(f) - y * f, s - y, s * (1 - s)
 
 
+def log_sum_exp(f: np.ndarray) -> np.ndarray:
+    """log(sum exp) of each row of the float64 logits f (N, n), shifted by the row maximum."""
+    m = f.max(axis=1, keepdims=True)
+    return m[:, 0] + np.log(np.exp(f - m).sum(axis=1))
+
+
+def softmax_cross_entropy(f: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax cross-entropy of the float64 logits f (N, n) with integer labels: (loss per row,
+    softmax p)."""
+    lse = log_sum_exp(f)
+    return lse - f[np.arange(f.shape[0]), labels], np.exp(f - lse[:, None])
+
+
+def softmax_hessian(p: np.ndarray, rf: np.ndarray) -> np.ndarray:
+    """The softmax cross-entropy Hessian (diag(p) - p p^T) applied to the R-logits rf
+    (N, k, n): p (rf - <p, rf>)."""
+    pr = np.einsum("io,ijo->ij", p, rf)
+    return p[:, None, :] * (rf - pr[:, :, None])
+
+
 def hidden_forward(Z, b, AV, C, act, need, A, D1, D2, RZ, n_threads):
     """Bias + activation (+ derivatives, + R-forward) of one hidden layer; see the Cython kernel."""
     s, d1, d2 = activation(act, Z[:, 0, :] + b)
@@ -98,15 +124,11 @@ def output_forward(Z, b, AV, C, loss, need, labels, Y, D, losses, n_threads):
             rf = rf + Z[:, 1:, :]
     loss = Loss(loss)
     if loss is Loss.CROSS_ENTROPY:
-        m = f.max(axis=1, keepdims=True)
-        lse = m[:, 0] + np.log(np.exp(f - m).sum(axis=1))
-        losses[...] = lse - f[np.arange(N), labels]
-        p = np.exp(f - lse[:, None])
+        losses[...], p = softmax_cross_entropy(f, labels)
         grad = p.copy()
         grad[np.arange(N), labels] -= 1
         if k:
-            pr = np.einsum("io,ijo->ij", p, rf)
-            D[:, 1:, :] = p[:, None, :] * (rf - pr[:, :, None]) / N
+            D[:, 1:, :] = softmax_hessian(p, rf) / N
     elif loss is Loss.MSE:
         r = f - Y
         losses[...] = 0.5 * (r * r).sum(axis=1)
@@ -151,15 +173,6 @@ def batched_transpose(a, b, dst, n_threads):
         dst[...] = t
 
 
-def _formula_activation(code, z, s, d1, d2):
-    """Test-only: activation ``code`` with its derivatives on the 1-D array ``z`` into ``s``,
-    ``d1``, ``d2``, through ``hidden_forward`` (as the compiled backends' wrappers)."""
-    n, dt = z.shape[0], z.dtype
-    hidden_forward(z.reshape(1, 1, n), np.zeros(n, dt), np.empty((1, 0, n), dt),
-                   np.empty((0, n), dt), code, 2, s.reshape(1, 1, n), d1.reshape(1, n),
-                   d2.reshape(1, n), np.empty((1, 0, n), dt), 1)
-
-
-def _formula_logistic(f, y, loss, grad, curv):
-    """Test-only: the logistic loss pieces at the float64 logits ``f`` and labels ``y``."""
-    loss[...], grad[...], curv[...] = logistic(f, y)
+# test-only (tests/test_formulas.py): the formulas through this module's row loops
+_formula_activation = partial(formula_activation, hidden_forward)
+_formula_logistic = partial(formula_logistic, output_forward)

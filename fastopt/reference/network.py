@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .curvature import activation
+from .curvature import activation, output_forward
 
 
 def dense_bias(Z, b, AV, C, out):
@@ -149,39 +149,13 @@ def colsum(G, first, out):
 
 
 def loss_forward(F, loss, need, labels, Y, D):
-    """Loss of the logits F[:, 0] (float64 per sample, returned), ``D[:, 0] = dL/df / N`` and
-    ``D[:, j] = H_loss Rf_j / N`` for the R-streams F[:, j] (D (N, 1 + k, n), or empty)."""
-    N = F.shape[0]
-    f = F[:, 0, :].astype(np.float64)
-    rf = F[:, 1:, :].astype(np.float64)
-    k = rf.shape[1] if need == 2 else 0
-    if loss == 0:
-        m = f.max(axis=1, keepdims=True)
-        lse = m[:, 0] + np.log(np.exp(f - m).sum(axis=1))
-        losses = lse - f[np.arange(N), labels]
-        p = np.exp(f - lse[:, None])
-        grad = p.copy()
-        grad[np.arange(N), labels] -= 1
-        if k:
-            pr = np.einsum("io,ijo->ij", p, rf)
-            D[:, 1:, :] = p[:, None, :] * (rf - pr[:, :, None]) / N
-    elif loss == 1:
-        r = f - Y
-        losses = 0.5 * (r * r).sum(axis=1)
-        grad = r
-        if k:
-            D[:, 1:, :] = rf / N
-    else:
-        yv = Y[:, 0].astype(np.float64)
-        f0 = f[:, 0]
-        losses = np.maximum(f0, 0) + np.log1p(np.exp(-np.abs(f0))) - yv * f0
-        s = np.where(f0 >= 0, 1 / (1 + np.exp(-np.abs(f0))), np.exp(-np.abs(f0))
-                     / (1 + np.exp(-np.abs(f0))))
-        grad = (s - yv)[:, None]
-        if k:
-            D[:, 1:, :] = (s * (1 - s))[:, None, None] * rf / N
-    if need >= 1:
-        D[:, 0, :] = grad / N
+    """Loss of the logits F[:, 0] (float64 per sample, summed and returned), ``D[:, 0] = dL/df /
+    N`` and ``D[:, j] = H_loss Rf_j / N`` for the R-streams F[:, j] (D (N, 1 + k, n), or empty):
+    the MLP's output layer (``fastopt.reference.curvature.output_forward``) with a zero bias."""
+    N, kk, n = F.shape
+    losses = np.empty(N)
+    output_forward(F[:, :1, :], np.zeros(n), F[:, 1:, :], np.zeros((kk - 1, n)), loss, need,
+                   labels, Y, D, losses, 1)
     return float(losses.sum())
 
 

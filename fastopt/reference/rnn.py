@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .curvature import activation
+from .._codes import Loss, Mode
+from .curvature import activation, softmax_cross_entropy, softmax_hessian
 
-LOSS, GRAD, HVP, GNVP = 0, 1, 2, 3
+LOSS, GRAD, HVP, GNVP = Mode.LOSS, Mode.GRAD, Mode.HVP, Mode.GNVP
 
 
 def forward_step(ZZ, RZW, XUU, b, Cb, act, mode, has_rec, H, D1, D2, RZ, RH):
@@ -53,11 +54,9 @@ def output(FF, RFV, c, Cc, loss, mode, labels, Y, E, RE, losses, Sc, scale):
     M = FF.shape[0]
     f = FF[:, 0, :].astype(np.float64) + c
     k = RFV.shape[1] if mode >= HVP else 0
-    if loss == 0:
-        mx = f.max(axis=1, keepdims=True)
-        lse = mx[:, 0] + np.log(np.exp(f - mx).sum(axis=1))
-        losses[...] = lse - f[np.arange(M), labels]
-        p = np.exp(f - lse[:, None])
+    cross_entropy = Loss(loss) is Loss.CROSS_ENTROPY
+    if cross_entropy:
+        losses[...], p = softmax_cross_entropy(f, labels)
         grad = p.copy()
         grad[np.arange(M), labels] -= 1
     else:
@@ -69,11 +68,7 @@ def output(FF, RFV, c, Cc, loss, mode, labels, Y, E, RE, losses, Sc, scale):
         Sc[0] = E.sum(axis=0, dtype=np.float64)
     if k:
         rf = FF[:, 1:, :].astype(np.float64) + RFV + Cc[None, :, :]
-        if loss == 0:
-            pr = np.einsum("io,ijo->ij", p, rf)
-            hr = p[:, None, :] * (rf - pr[:, :, None])
-        else:
-            hr = rf
+        hr = softmax_hessian(p, rf) if cross_entropy else rf
         RE[...] = hr * scale
         Sc[1:] = RE.sum(axis=0, dtype=np.float64)
 
