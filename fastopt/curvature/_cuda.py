@@ -33,6 +33,7 @@ def _kernels(tpb: int):
     f = _scalar.compiled(cuda.jit(device=True))
     act_fn = f.act
     logistic_fn = f.logistic
+    log_sum_exp = f.log_sum_exp
     CE, MSE = _scalar.CROSS_ENTROPY, _scalar.MSE
 
     @cuda.jit
@@ -64,16 +65,9 @@ def _kernels(tpb: int):
             return
         inv_n = 1.0 / N
         if loss == CE:
-            m = float64(Z0[i, 0]) + float64(b[0])
-            for o in range(1, n):
-                fo = float64(Z0[i, o]) + float64(b[o])
-                if fo > m:
-                    m = fo
-            ssum = 0.0
-            for o in range(n):
-                ssum += math.exp(float64(Z0[i, o]) + float64(b[o]) - m)
+            lse, m, ssum = log_sum_exp(Z0[i], b)
             lab = labels[i]
-            losses[i] = m + math.log(ssum) - (float64(Z0[i, lab]) + float64(b[lab]))
+            losses[i] = lse - (float64(Z0[i, lab]) + float64(b[lab]))
             if need >= 1:
                 for j in range(k):
                     pr = 0.0
