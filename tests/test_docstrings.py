@@ -15,12 +15,17 @@ MODULES = sorted(
 )
 
 
+# module (or package) -> the optional package it imports (fastopt.distributed.sharded's
+# examples also start a dask cluster)
+NEEDS = {"fastopt.torch": "torch", "fastopt.distributed.sharded": "distributed",
+         "fastopt.demo._plots": "matplotlib"}
+
+
 @pytest.mark.parametrize("name", MODULES)
 def test_examples_run(name):
-    if name == "fastopt.torch" or name.startswith("fastopt.torch."):
-        pytest.importorskip("torch")
-    if name == "fastopt.distributed.sharded":  # its examples run on a dask cluster
-        pytest.importorskip("distributed")
+    for prefix, package in NEEDS.items():  # modules that import an optional package
+        if name == prefix or name.startswith(prefix + "."):
+            pytest.importorskip(package)
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
