@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import math
 import struct
-import types
 import zlib
 
 import numpy as np
@@ -193,56 +192,20 @@ def test_batchnorm_mlp_matches_torch():
     np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12)
 
 
-# ------------------------------------------------------------------------------ stand-ins
-class _Spec:
-    def __init__(self, kind, *args):
-        self.kind, self.args = kind, args
-
-
-class _FakeNetwork:
-    """fastopt.Network's fixed API, for the demo's network only (loss and gradient by the
-    demo's own numpy code, HVP by central differences): enough to run the exact-HVP path."""
-
-    def __init__(self, layers, loss="cross_entropy", dtype=np.float64, shuffle=False):
-        dense = [s.args for s in layers if s.kind == "dense"]
-        sizes = [dense[0][0]] + [n_out for _, n_out in dense]
-        self._net = _batchnorm.BatchNormMLP(sizes)
-        self.num_params = self._net.num_params
-        self._shuffle = shuffle
-
-    def loss_and_grad(self, theta, X, y):
-        if self._shuffle:  # a different parameter layout
-            theta = theta[::-1].copy()
-        return self._net.loss_and_grad(theta, X, y)
-
-    def hvp(self, theta, X, y, v):
-        return fastopt.hvp_fd(lambda t: self.loss_and_grad(t, X, y)[1], theta, v)
-
-
-def _fake_nn():
-    return types.SimpleNamespace(Dense=lambda i, o: _Spec("dense", i, o),
-                                 BatchNorm=lambda n: _Spec("bn", n), Tanh=lambda: _Spec("tanh"))
-
-
-def test_network_layout_check(monkeypatch):
+def test_the_demos_batch_norm_network_is_fastopt_network():
+    # part 3 trains its hand-written network and measures sharpness with fastopt.Network's exact
+    # HVP on the same theta: the two must be one function with one parameter layout
     X, y = _digits_batch()
     plain = fastopt.MLP(SIZES)
     net = _batchnorm.BatchNormMLP(SIZES)
     theta = net.init_from(plain.init(0), plain)
-    monkeypatch.delattr(fastopt, "Network", raising=False)
-    assert _batchnorm._exact_network(net, theta, X, y)[0] is None
-    monkeypatch.setattr(fastopt, "nn", _fake_nn(), raising=False)
-    monkeypatch.setattr(fastopt, "Network", lambda layers, **kw: _FakeNetwork(
-        layers, shuffle=True, **kw), raising=False)
-    exact, why = _batchnorm._exact_network(net, theta, X, y)
-    assert exact is None and "layout" in why
-    monkeypatch.setattr(fastopt, "Network", _FakeNetwork, raising=False)
-    exact, why = _batchnorm._exact_network(net, theta, X, y)
-    # until the models issue, hessian_extremes takes only an MLP: the demo says so
-    if why is not None:
-        assert "hessian_extremes" in why
-    else:
-        assert isinstance(exact, _FakeNetwork)
+    theta += 0.05 * np.random.default_rng(3).standard_normal(theta.size)
+    exact = _batchnorm.exact_network(net)
+    assert exact.num_params == net.num_params
+    loss, g = exact.loss_and_grad(theta, X, y)
+    ref_loss, ref_g = net.loss_and_grad(theta, X, y)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    np.testing.assert_allclose(g, ref_g, rtol=1e-9, atol=1e-12)
 
 
 def test_recurrent_and_symmetry_parts_draw_their_figures(tmp_path, capsys):

@@ -7,8 +7,8 @@ accuracy and sharpness (the Hessian's largest eigenvalue) over training.
 The batch-norm network is written here in numpy around fastopt's batch-norm kernels: the
 layer ``fastopt.BatchNorm`` (running statistics for evaluation) in training, the functions
 ``batch_norm_forward`` / ``batch_norm_backward`` for the loss as a pure function of theta. Its
-exact Hessian-vector product comes with ``fastopt.Network``; until then its sharpness is
-measured by Lanczos on central-difference HVPs of that gradient (``fastopt.hvp_fd``).
+sharpness comes from the exact Hessian-vector products of ``fastopt.Network`` with the same
+layers and the same parameter layout (tests/test_demo.py checks that the two agree).
 """
 
 from __future__ import annotations
@@ -134,49 +134,16 @@ class BatchNormMLP:
         return self._pass(theta, X, None, "eval")
 
 
-def _exact_network(bn_net: BatchNormMLP, theta: np.ndarray, X, y):
-    """``fastopt.Network`` for the same architecture when it is available and its parameter
-    layout is the one above (checked on the loss and gradient); else ``(None, reason)``."""
-    import fastopt
-    from fastopt import hessian_extremes
+def exact_network(bn_net: BatchNormMLP):
+    """``fastopt.Network`` with the demo's layers (Dense, BatchNorm, Tanh per hidden layer) and
+    its parameter layout, for exact HVPs through training-mode batch norm."""
+    from .. import Network, nn
 
-    if not hasattr(fastopt, "Network") or not hasattr(fastopt, "nn"):
-        return None, "not available yet"
-    nn = fastopt.nn
     layers = []
     for n_in, n_out in zip(bn_net.sizes[:-2], bn_net.sizes[1:-1], strict=True):
         layers += [nn.Dense(n_in, n_out), nn.BatchNorm(n_out), nn.Tanh()]
     layers.append(nn.Dense(bn_net.sizes[-2], bn_net.sizes[-1]))
-    try:
-        net = fastopt.Network(layers, loss="cross_entropy", dtype=np.float64)
-        if net.num_params != bn_net.num_params:
-            return None, (f"fastopt.Network has {net.num_params} parameters, the demo's network "
-                          f"{bn_net.num_params}")
-        loss, g = net.loss_and_grad(theta, X, y)
-    except Exception as exc:  # an API that differs from the one coded against: say so
-        return None, f"fastopt.Network failed: {type(exc).__name__}: {exc}"
-    ref_loss, ref_g = bn_net.loss_and_grad(theta, X, y)
-    if not (np.isclose(loss, ref_loss, rtol=1e-8) and np.allclose(g, ref_g, rtol=1e-6,
-                                                                   atol=1e-10)):
-        return None, "fastopt.Network's parameter layout differs from the demo's"
-    try:  # the diagnostics accept a Network once the models issue lands
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            hessian_extremes(net, theta, X, y, tol=1e-2, maxiter=3)
-    except TypeError as exc:
-        return None, f"hessian_extremes does not take a Network yet ({exc})"
-    return net, None
-
-
-def _sharpness_fd(bn_net: BatchNormMLP, theta, X, y, seed: int) -> float:
-    from .. import hvp_fd, lanczos_extremes
-
-    def grad(t):
-        return bn_net.loss_and_grad(t, X, y)[1]
-
-    res = lanczos_extremes(lambda v: hvp_fd(grad, theta, v), bn_net.num_params,
-                           which="largest", tol=1e-3, maxiter=60, seed=seed)
-    return float(res.largest[0])
+    return Network(layers, loss="cross_entropy", dtype=np.float64)
 
 
 def run(ctx: Context) -> str:
@@ -189,16 +156,13 @@ def run(ctx: Context) -> str:
     bn_net = BatchNormMLP(SIZES)
     theta_bn = bn_net.init_from(theta_plain, plain)
     Xm, ym = ctx.measure_batch()
-    exact, why_not = _exact_network(bn_net, theta_bn, Xm, ym)
-    method = ("exact HVPs (fastopt.Network)" if exact is not None else
-              "central-difference HVPs (fastopt.hvp_fd)")
+    exact = exact_network(bn_net)
+    method = "exact HVPs (fastopt.Network)"
     ctx.say(f"MLP {SIZES} tanh, with and without batch norm before each tanh "
             f"({plain.num_params} and {bn_net.num_params} parameters), from the same weights: "
             f"SGD, learning rate {LEARNING_RATE}, minibatch {BATCH}, {epochs} epochs.")
     ctx.say(f"Sharpness lambda_max on {len(ym)} training images: plain network by Lanczos on "
             f"exact HVPs; batch-norm network (batch statistics, training mode) by {method}.")
-    if why_not:
-        ctx.say(f"  (the exact HVP through batch norm needs fastopt.Network: {why_not})")
     which = sorted({0, epochs // 4, epochs // 2, (3 * epochs) // 4, epochs})
     # Part 1 trained this very plain network (same weights, minibatches and rate) and part 2
     # measured its sharpness at the same epochs: reuse them instead of computing them twice.
@@ -221,10 +185,7 @@ def run(ctx: Context) -> str:
             else:
                 sp = hessian_extremes(plain, theta_plain, Xm, ym, tol=1e-3, maxiter=80,
                                       backend="cython").lambda_max
-            if exact is not None:
-                sb = hessian_extremes(exact, theta_bn, Xm, ym, tol=1e-3, maxiter=80).lambda_max
-            else:
-                sb = _sharpness_fd(bn_net, theta_bn, Xm, ym, ctx.seed)
+            sb = hessian_extremes(exact, theta_bn, Xm, ym, tol=1e-3, maxiter=80).lambda_max
         sharp["epoch"].append(epoch)
         sharp["plain"].append(sp)
         sharp["bn"].append(sb)
@@ -273,4 +234,4 @@ def run(ctx: Context) -> str:
     return (f"part 3: final training loss {rec['loss_plain'][-1]:.4f} plain vs "
             f"{rec['loss_bn'][-1]:.4f} with batch norm, test accuracy {rec['acc_plain'][-1]:.3f}"
             f" vs {rec['acc_bn'][-1]:.3f}; sharpness at the end {sharp['plain'][-1]:.3g} vs "
-            f"{sharp['bn'][-1]:.3g}" + ("" if exact is not None else " (finite differences)"))
+            f"{sharp['bn'][-1]:.3g}")
