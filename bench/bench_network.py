@@ -234,36 +234,15 @@ def ratios(table: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:  # pragma: no cover - the driver, as bench/run.py's main
-    import argparse
+def main(argv: list[str]) -> int:  # pragma: no cover - the driver
+    """``python bench/run.py --family network`` (every contender in its own process, then the
+    table and :func:`ratios`)."""
     import sys
-    from pathlib import Path
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import run
 
-    parser = argparse.ArgumentParser(description="fastopt.Network benchmarks")
-    parser.add_argument("--contender", action="append",
-                        choices=HVP_CONTENDERS)
-    parser.add_argument("-k", help="pytest -k expression (e.g. 'bn' or 'tiny')")
-    parser.add_argument("--passes", type=int, default=1)
-    parser.add_argument("--stat", choices=("median", "min"), default="median")
-    parser.add_argument("--out", default=str(Path(run.HERE) / "results"))
-    args = parser.parse_args(argv)
-    outdir = Path(args.out)
-    outdir.mkdir(parents=True, exist_ok=True)
-    extra = ["-k", args.k] if args.k else []
-    paths = []
-    for rep in range(args.passes):
-        for contender in args.contender or HVP_CONTENDERS:
-            print(f"running network / {contender} (pass {rep + 1}) ...", file=sys.stderr,
-                  flush=True)
-            paths += run.run_one("network", contender, extra, outdir, tag=f"-{rep}")
-    table = run.merge(paths, args.stat)
-    text = run.report(table, args.stat) + "\n\nnetwork:\n" + ratios(table)
-    (outdir / "report-network.md").write_text(text + "\n")
-    print(text)
-    return 0
+    return run.main(["--family", "network", *argv])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -238,36 +238,16 @@ def ratios(table: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    """Every contender in its own process (``bench/run.py``'s ``run_one``), then the table."""
-    import argparse
+def main(argv: list[str]) -> int:  # pragma: no cover - the driver
+    """``python bench/run.py --family rnn`` (every contender in its own process, then the
+    table and :func:`ratios`)."""
     import sys
     from pathlib import Path
 
-    here = Path(__file__).resolve().parent
-    sys.path.insert(0, str(here))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import run
 
-    parser = argparse.ArgumentParser(description="Elman RNN HVP benchmark (issue 12)")
-    parser.add_argument("--contender", action="append", choices=HVP_CONTENDERS)
-    parser.add_argument("-k", help="pytest -k expression")
-    parser.add_argument("--out", default=str(here / "results"))
-    parser.add_argument("--passes", type=int, default=1)
-    parser.add_argument("--stat", choices=("median", "min"), default="median")
-    args = parser.parse_args(argv)
-    outdir = Path(args.out)
-    outdir.mkdir(parents=True, exist_ok=True)
-    extra = ["-k", args.k] if args.k else []
-    paths = []
-    for rep in range(args.passes):
-        for contender in args.contender or HVP_CONTENDERS:
-            print(f"running rnn / {contender} (pass {rep + 1}) ...", file=sys.stderr, flush=True)
-            paths += run.run_one("rnn", contender, extra, outdir, tag=f"-{rep}")
-    table = run.merge(paths, args.stat)
-    text = run.report(table, args.stat) + "\n\nrnn:\n" + ratios(table)
-    (outdir / "report-rnn.md").write_text(text + "\n")
-    print(text)
-    return 0
+    return run.main(["--family", "rnn", *argv])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FAMILIES = ("batchnorm", "spectral", "curvature")
+FAMILIES = ("batchnorm", "spectral", "curvature", "network", "rnn")
 CONTENDERS = ("fastopt-cython", "fastopt-numba", "numpy", "torch", "jax", "scipy", "floor")
 BASELINES = ("torch", "jax", "scipy", "numpy")
 
@@ -103,8 +103,9 @@ def report(table: dict[str, dict[str, float]], stat: str = "median") -> str:
 
 def _suite(family: str):
     """The ``bench_<family>`` module (imported for its optional ``ratios(table)``)."""
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
+    for path in (HERE, HERE.parent):  # the suites import fastopt from this checkout too
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
     return importlib.import_module(f"bench_{family}")
 
 
