@@ -35,6 +35,7 @@ from .._validate import (
     check_out,
     reject_unsupported_subclass,
 )
+from ._workspace import ThreadWorkspace
 from .objective import check_targets, dense_init
 
 __all__ = ["MLP", "ACTIVATIONS", "LOSSES"]
@@ -106,7 +107,7 @@ def _blas_threads(n: int) -> Iterator[None]:
                 _blas_state["limiter"] = None
 
 
-class MLP:
+class MLP(ThreadWorkspace):
     """A multilayer perceptron whose parameters are one flat vector ``theta``.
 
     Layer ``l`` computes ``act(a @ W_l + b_l)`` (the last layer has no activation); the loss is
@@ -349,25 +350,6 @@ class MLP:
         return theta, X, labels, Y
 
     # ------------------------------------------------------------------ core
-    def _workspace(self) -> dict[str, np.ndarray]:
-        ws = getattr(self._tls, "buffers", None)
-        if ws is None:
-            ws = self._tls.buffers = {}
-        return ws
-
-    def clear_workspace(self) -> None:
-        """Free the scratch buffers this thread keeps between calls (see the class notes).
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from fastopt import MLP
-        >>> net = MLP([3, 4, 2])
-        >>> _ = net.loss_and_grad(net.init(0), np.ones((5, 3)), np.array([0, 1, 1, 0, 1]))
-        >>> net.clear_workspace()   # the next call allocates its buffers again
-        """
-        self._tls.buffers = {}
-
     def _run(self, theta, X, labels, Y, V, mode, backend, out=None):
         """Forward (+ backward (+ R passes)) on validated inputs. mode: "loss", "grad", "hvp",
         "gnvp". Returns (loss, gradient or None, products or None); with a validated ``out=``

@@ -30,6 +30,7 @@ from .._validate import (
     check_out,
 )
 from ..nn import ActivationLayer, BatchNorm, Dense, Layer
+from ._workspace import ThreadWorkspace
 from .objective import _Prepared, check_finite, check_targets, check_v, dense_init
 
 __all__ = ["Network"]
@@ -82,7 +83,7 @@ def _check_out(out: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarr
     return check_out(out, shape, dtype)
 
 
-class Network:
+class Network(ThreadWorkspace):
     """A feed-forward network of :mod:`fastopt.nn` layers whose parameters are one flat vector.
 
     Same conventions as :class:`~fastopt.MLP` (an MLP is the network ``[Dense, act, Dense, act,
@@ -430,22 +431,6 @@ class Network:
     def _prepared(self, X, y, backend, copy):
         """The validated-once hook of :func:`fastopt.curvature.objective.prepare`."""
         return _PreparedNetwork(self, X, y, backend, copy)
-
-    def _workspace(self) -> dict[str, np.ndarray]:
-        ws = getattr(self._tls, "buffers", None)
-        if ws is None:
-            ws = self._tls.buffers = {}
-        return ws
-
-    def clear_workspace(self) -> None:
-        """Free the scratch buffers this thread keeps between calls.
-
-        Examples
-        --------
-        >>> from fastopt import Network, nn
-        >>> Network([nn.Dense(2, 2)], loss="mse").clear_workspace()
-        """
-        self._tls.buffers = {}
 
     # ------------------------------------------------------------------ core
     def _run(self, theta, X, labels, Y, V, mode, backend, training, stats, dest=None):

@@ -47,6 +47,7 @@ from .._validate import (
     check_int,
     check_out,
 )
+from ._workspace import ThreadWorkspace
 from .objective import check_class_labels, check_v
 
 __all__ = ["ElmanRNN"]
@@ -102,7 +103,7 @@ def _kernels(backend: str) -> ModuleType:
     return _load(backend)
 
 
-class ElmanRNN:
+class ElmanRNN(ThreadWorkspace):
     """An Elman (vanilla) recurrent network whose parameters are one flat vector ``theta``.
 
     ``h_t = act(h_{t-1} W + x_t U + b)`` for ``t = 1..T`` with ``h_0 = 0``, outputs
@@ -391,25 +392,6 @@ class ElmanRNN:
         return theta, X, labels, Y
 
     # ------------------------------------------------------------------ core
-    def _workspace(self) -> dict[str, np.ndarray]:
-        ws = getattr(self._tls, "buffers", None)
-        if ws is None:
-            ws = self._tls.buffers = {}
-        return ws
-
-    def clear_workspace(self) -> None:
-        """Free the scratch buffers this thread keeps between calls (see the class notes).
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from fastopt import ElmanRNN
-        >>> rnn = ElmanRNN(2, 3, 2)
-        >>> _ = rnn.loss(rnn.init(0), np.ones((4, 5, 2)), np.array([0, 1, 1, 0]))
-        >>> rnn.clear_workspace()   # the next call allocates its buffers again
-        """
-        self._tls.buffers = {}
-
     def _run(self, theta, X, labels, Y, V, mode, backend, dest=None, grad_h=None):
         """Forward (+ backward (+ R passes)) through time. ``mode``: "loss", "grad", "hvp",
         "gnvp"; ``V`` (P, k) for the products. Returns ``(loss, grad or None, products or
