@@ -57,59 +57,20 @@ static inline void fo_stream_fence(void)
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4")
 #define FO_LEVEL 4
-#define FO_T float
-#define FO_SFX f32
-#define FO_IS_F32 1
-#include "_kernels_impl.h"
-#undef FO_T
-#undef FO_SFX
-#undef FO_IS_F32
-#define FO_T double
-#define FO_SFX f64
-#define FO_IS_F32 0
-#include "_kernels_impl.h"
-#undef FO_T
-#undef FO_SFX
-#undef FO_IS_F32
+#include "_kernels_types.h"
 #undef FO_LEVEL
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v3")
 #define FO_LEVEL 3
-#define FO_T float
-#define FO_SFX f32
-#define FO_IS_F32 1
-#include "_kernels_impl.h"
-#undef FO_T
-#undef FO_SFX
-#undef FO_IS_F32
-#define FO_T double
-#define FO_SFX f64
-#define FO_IS_F32 0
-#include "_kernels_impl.h"
-#undef FO_T
-#undef FO_SFX
-#undef FO_IS_F32
+#include "_kernels_types.h"
 #undef FO_LEVEL
 #pragma GCC pop_options
 #endif
 
 #define FO_LEVEL 0
-#define FO_T float
-#define FO_SFX f32
-#define FO_IS_F32 1
-#include "_kernels_impl.h"
-#undef FO_T
-#undef FO_SFX
-#undef FO_IS_F32
-#define FO_T double
-#define FO_SFX f64
-#define FO_IS_F32 0
-#include "_kernels_impl.h"
-#undef FO_T
-#undef FO_SFX
-#undef FO_IS_F32
+#include "_kernels_types.h"
 #undef FO_LEVEL
 
 #if defined(__GNUC__) && !defined(__clang__)
