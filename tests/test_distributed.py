@@ -78,6 +78,19 @@ def client(cluster):
     c.close()
 
 
+@pytest.fixture
+def killable_client():
+    """A cluster of its own for a test that kills workers, so that a worker its nanny is slow
+    to restart cannot leave the shared cluster short for the tests after it."""
+    from fastopt.distributed._cluster import LOOPBACK_HTTP
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None,
+                                  scheduler_kwargs=LOOPBACK_HTTP) as cl, \
+            distributed.Client(cl) as c:
+        yield c
+
+
 def _problem(dtype=np.float64, loss="cross_entropy", sizes=(5, 7, 3), n=N):
     net = MLP(list(sizes), activation="tanh", loss=loss, dtype=dtype)
     rng = np.random.default_rng(7)
@@ -257,6 +270,7 @@ def test_diagnostics_accept_the_objective(sharded, curvature):
 def _run_with_a_kill(client, run, obj, at):
     """``run()`` with one worker process SIGKILLed (its nanny starts a new one) from another
     thread while product ``at + 1`` is computed (at the latest right after it)."""
+    client.wait_for_workers(2, timeout=120)  # both workers up (a previous kill's restart done)
     victim = sorted(client.run(os.getpid).values())[0]
     killer = threading.Thread(target=lambda: (time.sleep(0.005), os.kill(victim, signal.SIGKILL)),
                               daemon=True)
@@ -277,12 +291,12 @@ def _run_with_a_kill(client, run, obj, at):
     assert not killer.is_alive() and killer.ident is not None, "no worker was killed"
     with pytest.raises(ProcessLookupError):
         os.kill(victim, 0)
-    client.wait_for_workers(2, timeout=120)
     return out
 
 
 @pytest.mark.parametrize("what", ["extremes", "density"])
-def test_a_worker_killed_mid_run_changes_nothing(client, what):
+def test_a_worker_killed_mid_run_changes_nothing(killable_client, what):
+    client = killable_client
     net, X, y, theta = _problem(sizes=SMALL)
     P = net.num_params
     z = np.random.default_rng(10).standard_normal(P)
@@ -300,7 +314,8 @@ def test_a_worker_killed_mid_run_changes_nothing(client, what):
 
 
 @needs_protocol
-def test_a_worker_killed_during_spectral_density(client):
+def test_a_worker_killed_during_spectral_density(killable_client):
+    client = killable_client
     net, X, y, theta = _problem()
     with ShardedObjective(net, X, y, client=client, shard_size=SHARD) as obj:
         def run():
