@@ -73,6 +73,8 @@ def _child_overhead(spec: dict) -> dict:
         return _timeit(run, rounds, inner=20)
     if spec["contender"] == "torch":
         bn = torch.nn.BatchNorm2d(shape[1])
+    elif spec["contender"] == "noop-custom-op":
+        bn = _noop_custom_op_module(shape[1])
     else:
         import fastopt.torch
 
@@ -82,6 +84,40 @@ def _child_overhead(spec: dict) -> dict:
         bn(x).backward(dy)
 
     return _timeit(step, rounds, inner=20)
+
+
+def _noop_custom_op_module(channels: int):
+    """The floor of any batch norm written in Python behind torch.library: a module whose op
+    (registered with torch.library.custom_op and register_autograd, as torch's docs show)
+    computes nothing; forward + backward of it is the dispatch and autograd cost alone."""
+    import torch
+
+    @torch.library.custom_op("fastopt_bench::noop_bn", mutates_args=(),
+                             schema="(Tensor x, Tensor weight, Tensor bias) -> "
+                                    "(Tensor, Tensor, Tensor)")
+    def noop_bn(x, weight, bias):
+        return torch.empty_like(x), x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
+
+    @torch.library.custom_op("fastopt_bench::noop_bn_backward", mutates_args=(),
+                             schema="(Tensor g, Tensor x, Tensor weight) -> "
+                                    "(Tensor, Tensor, Tensor)")
+    def noop_bn_backward(g, x, weight):
+        return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1])
+
+    def backward(ctx, gy, _gm, _gi):
+        x, weight = ctx.saved_tensors
+        return noop_bn_backward(gy, x, weight)
+
+    torch.library.register_autograd("fastopt_bench::noop_bn", backward, setup_context=setup)
+
+    class NoopBatchNorm(torch.nn.BatchNorm2d):
+        def forward(self, x):
+            return noop_bn(x, self.weight, self.bias)[0]
+
+    return NoopBatchNorm(channels)
 
 
 def _child_bn(spec: dict) -> dict:
@@ -160,7 +196,7 @@ CHILDREN = {"overhead": _child_overhead, "bn": _child_bn, "step": _child_step}
 def _specs(quick: bool, only: list[str], compile_: bool) -> list[dict]:
     specs = []
     if "overhead" in only:
-        for contender in ("torch", "fastopt", "numpy-functions"):
+        for contender in ("torch", "fastopt", "numpy-functions", "noop-custom-op"):
             specs.append({"bench": "overhead", "contender": contender, "shape": [8, 16, 4, 4],
                           "rounds": 10 if quick else 50})
     if "bn" in only:
@@ -208,7 +244,13 @@ def report(results: list[tuple[dict, dict]]) -> str:
             lines += ["", f"- op overhead over fastopt's numpy functions: {(f - n) / 2:.1f} µs "
                       "per call", f"- fastopt's module minus torch's module: {(f - t) / 2:.1f} µs"
                       " per call", f"- fastopt's numpy functions (validation + kernels): "
-                      f"{n / 2:.1f} µs per call", ""]
+                      f"{n / 2:.1f} µs per call"]
+            if "median" in over.get("noop-custom-op", {}):
+                z = over["noop-custom-op"]["median"] * 1e6
+                lines += [f"- a no-op torch.library.custom_op with register_autograd (the floor "
+                          f"of a Python op): {z:.1f} µs fwd + bwd; fastopt's module minus it: "
+                          f"{(f - z) / 2:.1f} µs per call"]
+            lines.append("")
     bn = {(s["layout"], s["contender"]): (s, r) for s, r in results if s["bench"] == "bn"}
     if bn:
         lines += ["## BatchNorm2d training forward + backward, float32", "",

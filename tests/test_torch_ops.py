@@ -96,24 +96,24 @@ def test_matches_torch_and_keeps_layout(layout, training):
 @pytest.mark.parametrize("fmt", [None, torch.channels_last])
 def test_contiguous_and_channels_last_reach_the_kernel_without_copies(monkeypatch, fmt):
     seen = {}
-    real_fwd, real_bwd = _ops._np_forward, _ops._np_backward
+    real_fwd, real_bwd = _ops.forward_unchecked, _ops.backward_unchecked
 
-    def fwd(x, *args, **kwargs):
-        seen["fwd"] = (x, kwargs["axis"], kwargs["out"])
-        return real_fwd(x, *args, **kwargs)
+    def fwd(x, w64, b64, axis, training, rm, rv, momentum, eps, y, backend):
+        seen["fwd"] = (x, axis, y)
+        return real_fwd(x, w64, b64, axis, training, rm, rv, momentum, eps, y, backend)
 
-    def bwd(dy, x, *args, **kwargs):
-        seen["bwd"] = (dy, x, kwargs["axis"], kwargs["out"])
-        return real_bwd(dy, x, *args, **kwargs)
+    def bwd(dy, x, mean64, invstd64, w64, axis, training, dx, backend):
+        seen["bwd"] = (dy, x, axis, dx)
+        return real_bwd(dy, x, mean64, invstd64, w64, axis, training, dx, backend)
 
-    monkeypatch.setattr(_ops, "_np_forward", fwd)
-    monkeypatch.setattr(_ops, "_np_backward", bwd)
+    monkeypatch.setattr(_ops, "forward_unchecked", fwd)
+    monkeypatch.setattr(_ops, "backward_unchecked", bwd)
     x = make_x((4, 3, 5, 6), fmt, torch.float32).requires_grad_()
     dy = make_x((4, 3, 5, 6), fmt, torch.float32, seed=3)
     y = fastopt.torch.batch_norm(x)
     y.backward(dy)
     xn, axis, yn = seen["fwd"]
-    want_axis = 1 if fmt is None else -1
+    want_axis = 1 if fmt is None else 3  # channels-last memory is (N, H, W, C)
     assert axis == want_axis
     assert xn.ctypes.data == x.data_ptr() and xn.flags.c_contiguous
     assert yn.ctypes.data == y.data_ptr()
@@ -187,3 +187,21 @@ def test_bad_inputs_to_the_op():
     with pytest.raises(ValueError):
         OPS.batch_norm(torch.randn(4, 3), None, None, rm, torch.ones(3), True, 1.5, 1e-5)
     assert np.array_equal(rm.numpy(), np.zeros(3))  # a rejected call changes nothing
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"weight: expected shape \(3,\)"):
+        OPS.batch_norm(x, torch.ones(4), None, None, None, True, 0.1, 1e-5)
+    with pytest.raises(ValueError, match="bias: dtype torch.float64"):
+        OPS.batch_norm(x, None, torch.zeros(3, dtype=torch.float64), None, None, True, 0.1, 1e-5)
+    with pytest.raises(ValueError, match="give both or neither"):
+        OPS.batch_norm(x, None, None, rm, None, True, 0.1, 1e-5)
+    with pytest.raises(ValueError, match="eps"):
+        OPS.batch_norm(x, None, None, None, None, True, 0.1, 0.0)
+    with pytest.raises(ValueError, match="backend: 'cuda'"):
+        OPS.batch_norm(x, None, None, None, None, True, 0.1, 1e-5, "cuda")
+    with pytest.raises(ValueError, match="is empty"):
+        OPS.batch_norm(torch.randn(0, 3), None, None, None, None, True, 0.1, 1e-5)
+    _, mean, invstd, _, _ = OPS.batch_norm(x, None, None, None, None, True, 0.1, 1e-5)
+    with pytest.raises(ValueError, match="grad_out: shape"):
+        OPS.batch_norm_backward(torch.randn(4, 4), x, None, mean, invstd, True)
+    with pytest.raises(ValueError, match="invstd: expected"):
+        OPS.batch_norm_backward(torch.randn(4, 3), x, None, mean, invstd[:2], True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -247,17 +248,8 @@ def batch_norm_forward(
         y = cuda.device_array(x.shape, x.dtype) if out is None or host else out
     else:
         y = np.empty_like(x) if out is None else out
-    x3 = x.reshape(outer, channels, inner)
-    y3 = y.reshape(outer, channels, inner)
-    if training:
-        mean, var, invstd = np.empty(channels), np.empty(channels), np.empty(channels)
-        kernels.forward_train(x3, w64, b64, eps, y3, mean, var, invstd, plan)
-        if rm is not None:
-            _update_running(rm, rv, mean, var, momentum, n)
-    else:
-        mean = rm.astype(np.float64)
-        invstd = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
-        kernels.forward_eval(x3, mean, invstd, w64, b64, y3, plan)
+    mean, invstd = _run_forward(kernels, x.reshape(outer, channels, inner), w64, b64, training,
+                                rm, rv, momentum, eps, y.reshape(outer, channels, inner), plan)
     mean, invstd = mean.astype(x.dtype), invstd.astype(x.dtype)
     if device:
         if host:
@@ -267,19 +259,82 @@ def batch_norm_forward(
     return BatchNormOutput(y, mean, invstd)
 
 
+def _run_forward(kernels, x3, w64, b64, training: bool, rm, rv, momentum: float, eps: float,
+                 y3, plan, defer_interrupts: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The forward on validated (outer, C, inner) arrays: y3 filled, running statistics
+    updated; returns the float64 (mean, invstd)."""
+    channels = x3.shape[1]
+    if training:
+        mean, var, invstd = np.empty(channels), np.empty(channels), np.empty(channels)
+        kernels.forward_train(x3, w64, b64, eps, y3, mean, var, invstd, plan)
+        if rm is not None:
+            _update_running(rm, rv, mean, var, momentum, x3.shape[0] * x3.shape[2],
+                            defer_interrupts)
+    else:
+        mean = rm.astype(np.float64)
+        invstd = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
+        kernels.forward_eval(x3, mean, invstd, w64, b64, y3, plan)
+    return mean, invstd
+
+
+def forward_unchecked(x: np.ndarray, w64: np.ndarray, b64: np.ndarray, axis: int,
+                      training: bool, rm: np.ndarray | None, rv: np.ndarray | None,
+                      momentum: float, eps: float, y: np.ndarray, backend: str
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`batch_norm_forward` for a front end that has checked its inputs itself (the
+    torch ops): C-contiguous host x and y of one shape and float dtype, ``axis`` in range,
+    float64 (C,) w64/b64, x-dtype (C,) contiguous running statistics (both or neither; required
+    in eval), more than one value per channel in training. Returns x-dtype (mean, invstd).
+
+    The running statistics are written without holding back interrupts: the caller passes
+    arrays of its own (the torch op's fresh copies), not the user's buffers."""
+    outer, channels, inner = _view3(x.shape, axis)
+    name = _resolve(backend, x, outer, channels, inner)
+    plan = _plan_for(outer, channels, inner, x.dtype.itemsize, 2)
+    mean, invstd = _run_forward(_dispatch.load(FAMILY, name), x.reshape(outer, channels, inner),
+                                w64, b64, training, rm, rv, momentum, eps,
+                                y.reshape(outer, channels, inner), plan, defer_interrupts=False)
+    return mean.astype(x.dtype), invstd.astype(x.dtype)
+
+
+def backward_unchecked(dy: np.ndarray, x: np.ndarray, mean64: np.ndarray, invstd64: np.ndarray,
+                       w64: np.ndarray, axis: int, training: bool, dx: np.ndarray, backend: str
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`batch_norm_backward` for a front end that has checked its inputs itself:
+    C-contiguous host dy, x and dx of one shape and float dtype, float64 (C,) statistics and
+    weight. Fills dx; returns x-dtype (dweight, dbias)."""
+    outer, channels, inner = _view3(x.shape, axis)
+    name = _resolve(backend, x, outer, channels, inner)
+    plan = _plan_for(outer, channels, inner, x.dtype.itemsize, 3)
+    shape3 = (outer, channels, inner)
+    dweight, dbias = np.empty(channels), np.empty(channels)
+    _dispatch.load(FAMILY, name).backward(
+        dy.reshape(shape3), x.reshape(shape3), mean64, invstd64, w64, bool(training),
+        dx.reshape(shape3), dweight, dbias, plan)
+    return dweight.astype(x.dtype), dbias.astype(x.dtype)
+
+
+_cached_plan = functools.lru_cache(maxsize=256)(make_plan)
+
+
 def _plan_for(outer: int, channels: int, inner: int, itemsize: int, n_arrays: int):
     """The work split for the configured thread count (which fixes the results), run on the
     threads other processes leave free (``threads_for_call``)."""
-    plan = make_plan(outer, channels, inner, get_num_threads(), itemsize, n_arrays)
+    plan = _cached_plan(outer, channels, inner, get_num_threads(), itemsize, n_arrays)
     return plan._replace(n_threads=threads_for_call(plan.n_threads))
 
 
-def _update_running(rm, rv, mean, var, momentum: float, n: int) -> None:
+def _update_running(rm, rv, mean, var, momentum: float, n: int,
+                    defer_interrupts: bool = True) -> None:
     """The running-statistics update, computed into temporaries, then committed together (an
     interrupt lands before or after the commit, never between the two arrays)."""
     new_mean = (rm * (1.0 - momentum) + (momentum * mean).astype(rm.dtype)).astype(rm.dtype)
     new_var = (rv * (1.0 - momentum) + (momentum * var * (n / (n - 1))).astype(rv.dtype)).astype(
         rv.dtype)
+    if not defer_interrupts:
+        rm[...] = new_mean
+        rv[...] = new_var
+        return
     with deferred_interrupts():
         rm[...] = new_mean
         rv[...] = new_var

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..batchnorm.api import batch_norm_backward as _np_backward
-from ..batchnorm.api import batch_norm_forward as _np_forward
+from .._validate import check_fraction, check_positive
+from ..batchnorm.api import backward_unchecked, forward_unchecked
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
@@ -57,10 +57,8 @@ def _as_layout(t: Tensor, axis: int) -> Tensor:
     return t.permute(_perm_last(t.dim())).contiguous()
 
 
-def _np(t: Tensor | None):
-    if t is None:
-        return None
-    return t.detach().numpy() if t.requires_grad else t.numpy()
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().numpy()
 
 
 def _check_tensor(t: Tensor, name: str) -> None:
@@ -75,6 +73,71 @@ def _check_tensor(t: Tensor, name: str) -> None:
     if t.dim() < 2:
         raise ValueError(f"{name}: expected at least 2 dimensions (N, C, ...), got shape "
                          f"{tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name}: is empty (shape {tuple(t.shape)})")
+
+
+def _check_vector(t: Tensor | None, name: str, x: Tensor) -> None:
+    if t is None:
+        return
+    if t.shape != (x.shape[1],):
+        raise ValueError(f"{name}: expected shape ({x.shape[1]},), got {tuple(t.shape)}")
+    if t.dtype != x.dtype or t.device != x.device:
+        raise ValueError(f"{name}: dtype {t.dtype} on {t.device} does not match x's dtype "
+                         f"{x.dtype} on {x.device}")
+
+
+_CPU_BACKENDS = ("auto", "cython", "numba", "numpy")
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in _CPU_BACKENDS:
+        raise ValueError(f"backend: {backend!r} is not one of "
+                         f"{', '.join(map(repr, _CPU_BACKENDS))} (the op runs on CPU tensors)")
+
+
+def _check_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                   running_mean: Tensor | None, running_var: Tensor | None, training: bool,
+                   momentum: float, eps: float, backend: str) -> None:
+    """Every check of the forward op's arguments, before anything is computed (a rejected call
+    changes nothing); the kernels behind the op check nothing again."""
+    _check_tensor(x, "x")
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        _check_vector(t, name, x)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var: give both or neither")
+    if not training and running_mean is None:
+        raise ValueError("running_mean/running_var: required when training=False")
+    if training and x.numel() == x.shape[1]:
+        raise ValueError("x: expected more than 1 value per channel when training, got input "
+                         f"shape {tuple(x.shape)}")
+    check_positive(eps, "eps")
+    check_fraction(momentum, "momentum")
+    _check_backend(backend)
+
+
+def _check_backward(grad_out: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor,
+                    invstd: Tensor, backend: str) -> None:
+    """Every check of the backward op's arguments (the kernels check nothing again)."""
+    _check_tensor(x, "x")
+    _check_tensor(grad_out, "grad_out")
+    if grad_out.shape != x.shape or grad_out.dtype != x.dtype:
+        raise ValueError(f"grad_out: shape {tuple(grad_out.shape)} and dtype {grad_out.dtype} "
+                         f"do not match x's {tuple(x.shape)} and {x.dtype}")
+    _check_vector(weight, "weight", x)
+    for name, t in (("mean", mean), ("invstd", invstd)):
+        if t.shape != (x.shape[1],) or t.dtype not in SUPPORTED_DTYPES or t.device != x.device:
+            raise ValueError(f"{name}: expected a float32/float64 CPU tensor of shape "
+                             f"({x.shape[1]},), got {t.dtype} {tuple(t.shape)} on {t.device}")
+    _check_backend(backend)
+
+
+def _as64(t: Tensor | None, channels: int, fill: float) -> np.ndarray:
+    """A per-channel tensor as the float64 numpy vector the kernels take (fill where None)."""
+    if t is None:
+        return np.full(channels, fill)
+    return t.detach().numpy().astype(np.float64)
 
 
 def _empty_like(x: Tensor) -> Tensor:
@@ -120,7 +183,7 @@ def _batch_norm_cpu(x: Tensor, weight: Tensor | None, bias: Tensor | None,
                     momentum: float, eps: float, backend: str = "auto"
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Batch-norm forward with fastopt's fused kernels (see the module docstring)."""
-    _check_tensor(x, "x")
+    _check_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, backend)
     y = _empty_like(x)
     view = _channel_view(y)
     target = y
@@ -131,13 +194,14 @@ def _batch_norm_cpu(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     xv = _as_layout(x, axis)
     track = training and running_mean is not None
     new_rm = running_mean.clone() if track else _empty_stats(x)
-    new_rv = running_var.clone() if track and running_var is not None else _empty_stats(x)
+    new_rv = running_var.clone() if track else _empty_stats(x)
     rm = new_rm if track else (None if training else running_mean)
     rv = new_rv if track else (None if training else running_var)
-    _, mean, invstd = _np_forward(
-        _np(xv), _np(weight), _np(bias), axis=axis, training=training,
-        running_mean=_np(rm), running_var=_np(rv), momentum=momentum, eps=eps,
-        out=yv.numpy(), backend=backend)
+    channels = x.shape[1]
+    mean, invstd = forward_unchecked(
+        _np(xv), _as64(weight, channels, 1.0), _as64(bias, channels, 0.0),
+        1 if axis == 1 else xv.dim() - 1, training, None if rm is None else _np(rm),
+        None if rv is None else _np(rv), momentum, eps, yv.numpy(), backend)
     if target is not y:
         y.copy_(target)
     return y, torch.from_numpy(mean), torch.from_numpy(invstd), new_rm, new_rv
@@ -157,7 +221,7 @@ def _batch_norm_backward_cpu(grad_out: Tensor, x: Tensor, weight: Tensor | None,
                              mean: Tensor, invstd: Tensor, training: bool, backend: str = "auto"
                              ) -> tuple[Tensor, Tensor, Tensor]:
     """fastopt's fused batch-norm backward: (grad_x, grad_weight, grad_bias)."""
-    _check_tensor(x, "x")
+    _check_backward(grad_out, x, weight, mean, invstd, backend)
     dx = _empty_like(x)
     view = _channel_view(dx)
     target = dx
@@ -167,8 +231,10 @@ def _batch_norm_backward_cpu(grad_out: Tensor, x: Tensor, weight: Tensor | None,
     dxv, axis = view
     xv = _as_layout(x, axis)
     gv = _as_layout(grad_out, axis)
-    _, dw, db = _np_backward(_np(gv), _np(xv), _np(mean), _np(invstd), _np(weight), axis=axis,
-                             training=training, out=dxv.numpy(), backend=backend)
+    channels = x.shape[1]
+    dw, db = backward_unchecked(_np(gv), _np(xv), _as64(mean, channels, 0.0),
+                                _as64(invstd, channels, 1.0), _as64(weight, channels, 1.0),
+                                1 if axis == 1 else xv.dim() - 1, training, dxv.numpy(), backend)
     if target is not dx:
         dx.copy_(target)
     return dx, torch.from_numpy(dw), torch.from_numpy(db)
@@ -279,13 +345,77 @@ def _backward_backward(ctx, a, beta, gamma):
             None, None)
 
 
+_AFTER_AUTOGRAD = torch._C._after_autograd_keyset
+
+
+def _below_autograd(op, cpu_kernel, keyset, args):
+    """The op's kernel below autograd. When that is the CPU kernel (no fake tensors, modes or
+    functionalization in the key set) it is called directly: the dispatcher's Python round trip
+    to the same function costs more than fastopt's kernel on a small input."""
+    below = keyset & _AFTER_AUTOGRAD
+    if below.highestPriorityTypeId() == torch._C.DispatchKey.CPU:
+        return cpu_kernel(*args)
+    return op.redispatch(below, *args)
+
+
+class _BatchNormFunction(torch.autograd.Function):
+    """The forward op's autograd: the op below autograd, then its saved state."""
+
+    @staticmethod
+    def forward(ctx, *args_and_keyset):
+        *args, keyset = args_and_keyset
+        output = _below_autograd(batch_norm_op, _batch_norm_cpu, keyset, args)
+        _forward_setup(ctx, args, output)
+        return output
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (*_forward_backward(ctx, *grads), None)
+
+
+class _BatchNormBackwardFunction(torch.autograd.Function):
+    """The backward op's autograd (what makes a double backward exact)."""
+
+    @staticmethod
+    def forward(ctx, *args_and_keyset):
+        *args, keyset = args_and_keyset
+        output = _below_autograd(batch_norm_backward_op, _batch_norm_backward_cpu, keyset, args)
+        _backward_setup(ctx, args, output)
+        return output
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (*_backward_backward(ctx, *grads), None)
+
+
+def _needs_graph(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _batch_norm_autograd(keyset, x, weight, bias, running_mean, running_var, training, momentum,
+                         eps, backend="auto"):
+    args = (x, weight, bias, running_mean, running_var, training, momentum, eps, backend)
+    if _needs_graph(x, weight, bias):
+        return _BatchNormFunction.apply(*args, keyset)
+    return _below_autograd(batch_norm_op, _batch_norm_cpu, keyset, args)  # no graph to record
+
+
+def _batch_norm_backward_autograd(keyset, grad_out, x, weight, mean, invstd, training,
+                                  backend="auto"):
+    args = (grad_out, x, weight, mean, invstd, training, backend)
+    if _needs_graph(grad_out, x, weight, mean, invstd):
+        return _BatchNormBackwardFunction.apply(*args, keyset)
+    return _below_autograd(batch_norm_backward_op, _batch_norm_backward_cpu, keyset, args)
+
+
 _LIB.impl("batch_norm", _batch_norm_cpu, "CPU")
 _LIB.impl("batch_norm_backward", _batch_norm_backward_cpu, "CPU")
 torch.library.register_fake("fastopt::batch_norm", _batch_norm_fake, lib=_LIB)
 torch.library.register_fake("fastopt::batch_norm_backward", _batch_norm_backward_fake, lib=_LIB)
-torch.library.register_autograd("fastopt::batch_norm", _forward_backward,
-                                setup_context=_forward_setup, lib=_LIB)
-torch.library.register_autograd("fastopt::batch_norm_backward", _backward_backward,
-                                setup_context=_backward_setup, lib=_LIB)
+# Autograd kernels registered directly, with the setup inside forward: register_autograd and a
+# separate setup_context both bind every call's arguments with inspect.signature, which cost
+# about 100 us per small call.
+_LIB.impl("batch_norm", _batch_norm_autograd, "Autograd", with_keyset=True)
+_LIB.impl("batch_norm_backward", _batch_norm_backward_autograd, "Autograd", with_keyset=True)
 batch_norm_op = torch.ops.fastopt.batch_norm.default
 batch_norm_backward_op = torch.ops.fastopt.batch_norm_backward.default

@@ -86,7 +86,7 @@ def batch_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
                       "(CPU float32/float64); using torch.nn.functional.batch_norm",
                       FallbackWarning, stacklevel=2)
         return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
-    y, _, _, new_rm, new_rv = torch.ops.fastopt.batch_norm(
+    y, _, _, new_rm, new_rv = _ops.batch_norm_op(
         x, weight, bias, running_mean, running_var, training, momentum, eps, backend)
     if training and running_mean is not None:
         with torch.no_grad():
@@ -134,7 +134,7 @@ class _Fastopt:
         keep = not self.training or self.track_running_stats
         rm = self.running_mean if keep else None
         rv = self.running_var if keep else None
-        y, _, _, new_rm, new_rv = torch.ops.fastopt.batch_norm(
+        y, _, _, new_rm, new_rv = _ops.batch_norm_op(
             input, self.weight, self.bias, rm, rv, use_batch, factor, self.eps,
             getattr(self, "backend", "auto"))
         if use_batch and rm is not None:
