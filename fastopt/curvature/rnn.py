@@ -413,7 +413,7 @@ class ElmanRNN(ThreadWorkspace):
 
         N, T, m = X.shape
         n, o = self.n_hidden, self.n_out
-        k = V.shape[1] if code >= 2 else 0
+        k = V.shape[1] if code in (Mode.HVP, Mode.GNVP) else 0
         kk = 1 + k
         TN = T * N
         last = self.output == "last"
@@ -454,9 +454,9 @@ class ElmanRNN(ThreadWorkspace):
         np.matmul(HX[:T, :, n:].reshape(TN, m), UUc2, out=XUU.reshape(TN, kk * n))
 
         # ---- forward and R-forward, one time loop
-        D1 = buf("D1", (T, N, n)) if code >= 1 else None
-        D2 = buf("D2", (T, N, n)) if code == 2 else None
-        RZ = buf("RZ", (T, N, k, n)) if code == 2 else None
+        D1 = buf("D1", (T, N, n)) if code != Mode.LOSS else None
+        D2 = buf("D2", (T, N, n)) if code == Mode.HVP else None
+        RZ = buf("RZ", (T, N, k, n)) if code == Mode.HVP else None
         RH = buf("RH", (T, N, k, n)) if k else None
         ZZ = buf("ZZ", (N, kk, n))
         ZZ2 = ZZ.reshape(N, kk * n)
@@ -483,18 +483,18 @@ class ElmanRNN(ThreadWorkspace):
             np.matmul(RHrows.reshape(M * k, n), Vo, out=RFV.reshape(M * k, o))
         else:
             RFV = e3
-        E = buf("E", (M, o)) if code >= 1 else e2
+        E = buf("E", (M, o)) if code != Mode.LOSS else e2
         RE = buf("RE", (M, k, o)) if k else e3
         losses = buf("losses", (M,), f64)
         Sc = buf("Sc", (kk, o), f64)
         mod.output(FF, RFV, c, Cc, self._loss_code, code, labels, Y, E, RE, losses, Sc, 1.0 / M)
         loss = float(losses.sum() / M)
-        if code == 0:
+        if code == Mode.LOSS:
             return loss, None, None
 
         # ---- backward and R-backward through time, one time loop
-        hvp = code == 2
-        if code in (1, 2):  # the backward of the outputs: e [V^T | V'^T_1 ..] (gradient: e V^T)
+        hvp = code == Mode.HVP
+        if code in (Mode.GRAD, Mode.HVP):  # output backward: e [V^T | V'^T_1 ..] (gradient: e V^T)
             if hvp:
                 VTc = buf("VTc", (o, kk, n))
                 VTc[:, 0, :] = Vo.T
@@ -552,7 +552,7 @@ class ElmanRNN(ThreadWorkspace):
         sl = self._slices
         nWU = (n + m) * n
         HXrows = HX[:T].reshape(TN, n + m)
-        if code == 1:
+        if code == Mode.GRAD:
             result = np.empty(P, dt) if dest is None else dest
             np.matmul(HXrows.T, Dl.reshape(TN, n), out=result[:nWU].reshape(n + m, n))
             result[sl["b"]] = S[0]
