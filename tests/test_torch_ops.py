@@ -205,3 +205,18 @@ def test_bad_inputs_to_the_op():
         OPS.batch_norm_backward(torch.randn(4, 4), x, None, mean, invstd, True)
     with pytest.raises(ValueError, match="invstd: expected"):
         OPS.batch_norm_backward(torch.randn(4, 3), x, None, mean, invstd[:2], True)
+
+
+def test_a_call_without_a_graph_skips_autograd_and_matches_one_with_it():
+    x = torch.randn(6, 3, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        y0, m0, i0, _, _ = OPS.batch_norm(x, w, None, None, None, True, 0.1, 1e-5)
+    y1, m1, i1, _, _ = OPS.batch_norm(x, w, None, None, None, True, 0.1, 1e-5)
+    assert y0.grad_fn is None and not y0.requires_grad
+    assert y1.grad_fn is not None and m1.grad_fn is not None
+    for a, b in ((y0, y1), (m0, m1), (i0, i1)):
+        assert torch.equal(a, b.detach())
+    # a first-order backward records no graph through the backward op
+    (gx,) = torch.autograd.grad(y1.sum() + (y1 ** 2).sum(), x)
+    assert gx.grad_fn is None
