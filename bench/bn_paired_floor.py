@@ -6,7 +6,10 @@ that drift. Here fastopt's kernel and the floor (``_floor.py``: the same passes 
 arrays, no arithmetic) alternate in one process, on the same arrays and thread count, with a
 short sleep before every call so each starts with idle worker threads; the ratio of each pair
 is taken and the median and quartiles of the ratios are reported. Only fastopt's own code and
-the floor run here, so no other library shares the process.
+the floor run here, so no other library shares the process. A second forward floor widens
+every value to float64 and sums it and its square in its read pass (``_floor.py``'s
+``forward_floor_float64_stats``): the arithmetic float64 statistics cannot avoid, which is what
+bounds inputs that stay in cache.
 
 Usage::
 
@@ -29,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _floor import backward_floor, forward_floor  # noqa: E402
+from _floor import backward_floor, forward_floor, forward_floor_float64_stats  # noqa: E402
 from bench_batchnorm import SHAPES, make  # noqa: E402
 
 import fastopt  # noqa: E402
@@ -70,6 +73,9 @@ def measure(shape: tuple[int, ...], axis: int, backend: str, pairs: int) -> dict
         "forward": paired(
             lambda: fastopt.batch_norm_forward(x, w, b, axis=axis, out=y, backend=backend),
             lambda: forward_floor(x, y), pairs),
+        "forward (float64-stats floor)": paired(
+            lambda: fastopt.batch_norm_forward(x, w, b, axis=axis, out=y, backend=backend),
+            lambda: forward_floor_float64_stats(x, y), pairs),
         "backward": paired(
             lambda: fastopt.batch_norm_backward(dy, x, mean, invstd, w, axis=axis, out=dx,
                                                 backend=backend),
