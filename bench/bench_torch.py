@@ -75,6 +75,8 @@ def _child_overhead(spec: dict) -> dict:
         bn = torch.nn.BatchNorm2d(shape[1])
     elif spec["contender"] == "noop-custom-op":
         bn = _noop_custom_op_module(shape[1])
+    elif spec["contender"] == "noop-library-op":
+        bn = _noop_library_op_module(shape[1])
     else:
         import fastopt.torch
 
@@ -117,6 +119,53 @@ def _noop_custom_op_module(channels: int):
         def forward(self, x):
             return noop_bn(x, self.weight, self.bias)[0]
 
+    return NoopBatchNorm(channels)
+
+
+def _noop_library_op_module(channels: int):
+    """The floor of fastopt's own registration: ops defined with torch.library.Library, an
+    Autograd kernel (with the dispatch key set) around an autograd.Function that calls the CPU
+    kernel directly, as fastopt/torch/_ops.py does; the kernels compute nothing."""
+    import torch
+
+    lib = torch.library.Library("fastopt_bench_lib", "DEF")
+    lib.define("bn(Tensor x, Tensor? weight, Tensor? bias) -> (Tensor, Tensor, Tensor)")
+    lib.define("bn_backward(Tensor g, Tensor x, Tensor? weight) -> (Tensor, Tensor, Tensor)")
+
+    def bn_cpu(x, weight, bias):
+        return torch.empty_like(x), x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
+
+    def bn_backward_cpu(g, x, weight):
+        return torch.empty_like(x), x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
+
+    class Function(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias, keyset):
+            ctx.save_for_backward(x, weight)
+            return bn_cpu(x, weight, bias)
+
+        @staticmethod
+        def backward(ctx, gy, _gm, _gi):
+            x, weight = ctx.saved_tensors
+            return (*torch.ops.fastopt_bench_lib.bn_backward.default(gy, x, weight), None)
+
+    def bn_autograd(keyset, x, weight, bias):
+        return Function.apply(x, weight, bias, keyset)
+
+    def bn_backward_autograd(keyset, g, x, weight):
+        return bn_backward_cpu(g, x, weight)
+
+    lib.impl("bn", bn_cpu, "CPU")
+    lib.impl("bn_backward", bn_backward_cpu, "CPU")
+    lib.impl("bn", bn_autograd, "Autograd", with_keyset=True)
+    lib.impl("bn_backward", bn_backward_autograd, "Autograd", with_keyset=True)
+    op = torch.ops.fastopt_bench_lib.bn.default
+
+    class NoopBatchNorm(torch.nn.BatchNorm2d):
+        def forward(self, x):
+            return op(x, self.weight, self.bias)[0]
+
+    NoopBatchNorm.lib = lib  # keep the registration alive
     return NoopBatchNorm(channels)
 
 
@@ -196,7 +245,8 @@ CHILDREN = {"overhead": _child_overhead, "bn": _child_bn, "step": _child_step}
 def _specs(quick: bool, only: list[str], compile_: bool) -> list[dict]:
     specs = []
     if "overhead" in only:
-        for contender in ("torch", "fastopt", "numpy-functions", "noop-custom-op"):
+        for contender in ("torch", "fastopt", "numpy-functions", "noop-custom-op",
+                          "noop-library-op"):
             specs.append({"bench": "overhead", "contender": contender, "shape": [8, 16, 4, 4],
                           "rounds": 10 if quick else 50})
     if "bn" in only:
@@ -250,6 +300,12 @@ def report(results: list[tuple[dict, dict]]) -> str:
                 lines += [f"- a no-op torch.library.custom_op with register_autograd (the floor "
                           f"of a Python op): {z:.1f} µs fwd + bwd; fastopt's module minus it: "
                           f"{(f - z) / 2:.1f} µs per call"]
+            if "median" in over.get("noop-library-op", {}):
+                z = over["noop-library-op"]["median"] * 1e6
+                lines += [f"- a no-op op registered as fastopt's are (Library, Autograd kernel, "
+                          f"Function): {z:.1f} µs fwd + bwd, {(z - t) / 2:.1f} µs per call over "
+                          f"torch's module; fastopt's module minus it: {(f - z) / 2:.1f} µs per "
+                          "call"]
             lines.append("")
     bn = {(s["layout"], s["contender"]): (s, r) for s, r in results if s["bench"] == "bn"}
     if bn:

@@ -6,7 +6,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import fastopt.torch  # noqa: E402, F401  (registers torch.ops.fastopt.*)
+from fastopt import _dispatch  # noqa: E402
 from fastopt.torch import _ops  # noqa: E402
+
+HAVE_CYTHON = _dispatch.available("batchnorm", "cython")
 
 OPS = torch.ops.fastopt
 
@@ -93,33 +96,40 @@ def test_matches_torch_and_keeps_layout(layout, training):
     torch.testing.assert_close(wa.grad, wb.grad, rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.skipif(not HAVE_CYTHON, reason="the Cython extensions are not built")
 @pytest.mark.parametrize("fmt", [None, torch.channels_last])
 def test_contiguous_and_channels_last_reach_the_kernel_without_copies(monkeypatch, fmt):
     seen = {}
-    real_fwd, real_bwd = _ops.forward_unchecked, _ops.backward_unchecked
+    real_kernels_for = _ops.kernels_for
 
-    def fwd(x, w64, b64, axis, training, rm, rv, momentum, eps, y, backend):
-        seen["fwd"] = (x, axis, y)
-        return real_fwd(x, w64, b64, axis, training, rm, rv, momentum, eps, y, backend)
+    class Spy:  # records the addresses the op hands to the Cython kernels
+        def __init__(self, kernels):
+            self.kernels = kernels
 
-    def bwd(dy, x, mean64, invstd64, w64, axis, training, dx, backend):
-        seen["bwd"] = (dy, x, axis, dx)
-        return real_bwd(dy, x, mean64, invstd64, w64, axis, training, dx, backend)
+        def forward_at(self, x, y, outer, c, inner, *args):
+            seen["fwd"] = (x, y, (outer, c, inner))
+            return self.kernels.forward_at(x, y, outer, c, inner, *args)
 
-    monkeypatch.setattr(_ops, "forward_unchecked", fwd)
-    monkeypatch.setattr(_ops, "backward_unchecked", bwd)
+        def backward_at(self, dy, x, outer, c, inner, *args):
+            seen["bwd"] = (dy, x, args[6], (outer, c, inner))
+            return self.kernels.backward_at(dy, x, outer, c, inner, *args)
+
+    def kernels_for(*args):
+        kernels, plan = real_kernels_for(*args)
+        return Spy(kernels), plan
+
+    monkeypatch.setattr(_ops, "kernels_for", kernels_for)
     x = make_x((4, 3, 5, 6), fmt, torch.float32).requires_grad_()
     dy = make_x((4, 3, 5, 6), fmt, torch.float32, seed=3)
     y = fastopt.torch.batch_norm(x)
     y.backward(dy)
-    xn, axis, yn = seen["fwd"]
-    want_axis = 1 if fmt is None else 3  # channels-last memory is (N, H, W, C)
-    assert axis == want_axis
-    assert xn.ctypes.data == x.data_ptr() and xn.flags.c_contiguous
-    assert yn.ctypes.data == y.data_ptr()
-    gn, xn2, axis2, dxn = seen["bwd"]
-    assert axis2 == want_axis and xn2.ctypes.data == x.data_ptr()
-    assert gn.ctypes.data == dy.data_ptr() and dxn.ctypes.data == x.grad.data_ptr()
+    want = (4, 3, 30) if fmt is None else (4 * 5 * 6, 3, 1)  # channels-last: (N*H*W, C, 1)
+    xa, ya, shape = seen["fwd"]
+    assert shape == want and xa == x.data_ptr() and ya == y.data_ptr()
+    ga, xa2, dxa, shape2 = seen["bwd"]
+    assert shape2 == want and xa2 == x.data_ptr()
+    assert ga == dy.data_ptr() and dxa == x.grad.data_ptr()
+
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -220,3 +230,32 @@ def test_a_call_without_a_graph_skips_autograd_and_matches_one_with_it():
     # a first-order backward records no graph through the backward op
     (gx,) = torch.autograd.grad(y1.sum() + (y1 ** 2).sum(), x)
     assert gx.grad_fn is None
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba", "numpy"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("training", [True, False])
+def test_the_op_gives_the_numpy_functions_values_bit_for_bit(backend, dtype, training):
+    if backend == "cython" and not HAVE_CYTHON:
+        pytest.skip("the Cython extensions are not built")
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 4, 3, 5, generator=g, dtype=dtype) * 3 + 1
+    dy = torch.randn(6, 4, 3, 5, generator=g, dtype=dtype)
+    w, b = torch.rand(4, generator=g, dtype=dtype) + 0.5, torch.randn(4, generator=g, dtype=dtype)
+    rm, rv = torch.randn(4, generator=g, dtype=dtype), torch.rand(4, generator=g, dtype=dtype) + 1
+    rm0, rv0 = rm.clone(), rv.clone()
+    y, mean, invstd, new_rm, new_rv = OPS.batch_norm(x, w, b, rm, rv, training, 0.3, 1e-3,
+                                                     backend)
+    dx, dw, db = OPS.batch_norm_backward(dy, x, w, mean, invstd, training, backend)
+    rm_np, rv_np = rm.numpy().copy(), rv.numpy().copy()
+    want = fastopt.batch_norm_forward(x.numpy(), w.numpy(), b.numpy(), training=training,
+                                      running_mean=rm_np, running_var=rv_np, momentum=0.3,
+                                      eps=1e-3, backend=backend)
+    grads = fastopt.batch_norm_backward(dy.numpy(), x.numpy(), want.mean, want.invstd,
+                                        w.numpy(), training=training, backend=backend)
+    for got, ref in ((y, want.y), (mean, want.mean), (invstd, want.invstd), (dx, grads.dx),
+                     (dw, grads.dweight), (db, grads.dbias)):
+        assert np.array_equal(got.numpy(), ref)
+    if training:
+        assert np.array_equal(new_rm.numpy(), rm_np) and np.array_equal(new_rv.numpy(), rv_np)
+    assert torch.equal(rm, rm0) and torch.equal(rv, rv0)  # the op itself is functional

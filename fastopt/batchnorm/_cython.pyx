@@ -15,6 +15,7 @@ The ``nogil`` C-level entry points (``forward_train_f32`` and friends) are decla
 
 from cython.parallel cimport prange
 from cython cimport floating
+from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free
 
 
@@ -352,6 +353,115 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
                               &mean[0], &invstd[0], &weight[0], training, &dx[0, 0, 0],
                               &dweight[0], &dbias[0], per_channel, n_chunks, n_threads, stream,
                               row_block)
+    if status:
+        raise MemoryError("batch norm: no memory for the partial sums")
+
+
+# ---------------------------------------------------------------- the same on raw addresses
+# For a front end that owns its buffers and has checked them (fastopt.torch's op): addresses of
+# C-contiguous arrays instead of memoryviews (whose acquisition and fused-type dispatch cost
+# more than the kernel on a small input), per-channel vectors in x's dtype, converted here.
+
+cdef double* _widened(size_t p, Py_ssize_t C, bint is_f32, double fill, double* out) noexcept nogil:
+    """The x-dtype (C,) vector at p (or fill where p is 0) as float64, into out."""
+    cdef Py_ssize_t c
+    for c in range(C):
+        if p == 0:
+            out[c] = fill
+        elif is_f32:
+            out[c] = (<const float*>p)[c]
+        else:
+            out[c] = (<const double*>p)[c]
+    return out
+
+
+cdef void _narrowed(const double* v, Py_ssize_t C, bint is_f32, size_t p) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(C):
+        if is_f32:
+            (<float*>p)[c] = <float>v[c]
+        else:
+            (<double*>p)[c] = v[c]
+
+
+def forward_at(size_t x, size_t y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+               bint is_f32, size_t weight, size_t bias, bint training, size_t running_mean,
+               size_t running_var, double eps, size_t stats, size_t mean_out, size_t invstd_out,
+               plan):
+    """``forward_train`` (training) or ``forward_eval`` on addresses. IN x, weight, bias,
+    running_mean, running_var: x's dtype (float32 if is_f32, else float64), a 0 weight/bias
+    meaning ones/zeros, the running statistics read only in eval. OUT y; stats: float64 (3, C)
+    mean, var, invstd (var unset in eval); mean_out, invstd_out: x's dtype (C,)."""
+    cdef bint per_channel = plan.per_channel, stream = plan.stream
+    cdef Py_ssize_t n_chunks = plan.n_chunks, c
+    cdef int n_threads = plan.n_threads, row_block = plan.row_block, status = -1
+    cdef double* mean = <double*>stats
+    cdef double* var = mean + C
+    cdef double* invstd = var + C
+    cdef double* params = <double*>calloc(2 * C, sizeof(double))
+    if params == NULL:
+        raise MemoryError("batch norm: no memory for the parameters")
+    with nogil:
+        _widened(weight, C, is_f32, 1.0, params)
+        _widened(bias, C, is_f32, 0.0, params + C)
+        if training:
+            if is_f32:
+                status = run_forward_train(<const float*>x, outer, C, inner, params, params + C,
+                                           eps, <float*>y, mean, var, invstd, per_channel,
+                                           n_chunks, n_threads, stream, row_block)
+            else:
+                status = run_forward_train(<const double*>x, outer, C, inner, params,
+                                           params + C, eps, <double*>y, mean, var, invstd,
+                                           per_channel, n_chunks, n_threads, stream, row_block)
+        else:
+            _widened(running_mean, C, is_f32, 0.0, mean)
+            _widened(running_var, C, is_f32, 0.0, invstd)
+            for c in range(C):
+                invstd[c] = 1.0 / sqrt(invstd[c] + eps)
+            if is_f32:
+                status = run_forward_eval(<const float*>x, outer, C, inner, mean, invstd, params,
+                                          params + C, <float*>y, n_chunks, n_threads, stream)
+            else:
+                status = run_forward_eval(<const double*>x, outer, C, inner, mean, invstd,
+                                          params, params + C, <double*>y, n_chunks, n_threads,
+                                          stream)
+        if status == 0:
+            _narrowed(mean, C, is_f32, mean_out)
+            _narrowed(invstd, C, is_f32, invstd_out)
+    free(params)
+    if status:
+        raise MemoryError("batch norm: no memory for the partial sums")
+
+
+def backward_at(size_t dy, size_t x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                bint is_f32, size_t mean, size_t invstd, bint stats_f32, size_t weight,
+                bint training, size_t dx, size_t dweight_out, size_t dbias_out, plan):
+    """``backward`` on addresses. IN dy, x, weight (0: ones): x's dtype; mean, invstd: float32
+    if stats_f32, else float64. OUT dx; dweight_out, dbias_out: x's dtype (C,)."""
+    cdef bint per_channel = plan.per_channel, stream = plan.stream
+    cdef Py_ssize_t n_chunks = plan.n_chunks
+    cdef int n_threads = plan.n_threads, row_block = plan.row_block, status
+    cdef double* work = <double*>calloc(5 * C, sizeof(double))
+    if work == NULL:
+        raise MemoryError("batch norm: no memory for the statistics")
+    with nogil:
+        _widened(mean, C, stats_f32, 0.0, work)
+        _widened(invstd, C, stats_f32, 0.0, work + C)
+        _widened(weight, C, is_f32, 1.0, work + 2 * C)
+        if is_f32:
+            status = run_backward(<const float*>dy, <const float*>x, outer, C, inner, work,
+                                  work + C, work + 2 * C, training, <float*>dx, work + 3 * C,
+                                  work + 4 * C, per_channel, n_chunks, n_threads, stream,
+                                  row_block)
+        else:
+            status = run_backward(<const double*>dy, <const double*>x, outer, C, inner, work,
+                                  work + C, work + 2 * C, training, <double*>dx, work + 3 * C,
+                                  work + 4 * C, per_channel, n_chunks, n_threads, stream,
+                                  row_block)
+        if status == 0:
+            _narrowed(work + 3 * C, C, is_f32, dweight_out)
+            _narrowed(work + 4 * C, C, is_f32, dbias_out)
+    free(work)
     if status:
         raise MemoryError("batch norm: no memory for the partial sums")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from types import ModuleType
 from typing import NamedTuple
 
 import numpy as np
@@ -23,7 +24,7 @@ from .._validate import (
     reject_unsupported_subclass,
 )
 from ._atomic import deferred_interrupts
-from ._plan import make_plan
+from ._plan import Plan, make_plan
 
 FAMILY = "batchnorm"
 
@@ -260,7 +261,7 @@ def batch_norm_forward(
 
 
 def _run_forward(kernels, x3, w64, b64, training: bool, rm, rv, momentum: float, eps: float,
-                 y3, plan, defer_interrupts: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                 y3, plan) -> tuple[np.ndarray, np.ndarray]:
     """The forward on validated (outer, C, inner) arrays: y3 filled, running statistics
     updated; returns the float64 (mean, invstd)."""
     channels = x3.shape[1]
@@ -268,8 +269,7 @@ def _run_forward(kernels, x3, w64, b64, training: bool, rm, rv, momentum: float,
         mean, var, invstd = np.empty(channels), np.empty(channels), np.empty(channels)
         kernels.forward_train(x3, w64, b64, eps, y3, mean, var, invstd, plan)
         if rm is not None:
-            _update_running(rm, rv, mean, var, momentum, x3.shape[0] * x3.shape[2],
-                            defer_interrupts)
+            _update_running(rm, rv, mean, var, momentum, x3.shape[0] * x3.shape[2])
     else:
         mean = rm.astype(np.float64)
         invstd = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
@@ -277,41 +277,14 @@ def _run_forward(kernels, x3, w64, b64, training: bool, rm, rv, momentum: float,
     return mean, invstd
 
 
-def forward_unchecked(x: np.ndarray, w64: np.ndarray, b64: np.ndarray, axis: int,
-                      training: bool, rm: np.ndarray | None, rv: np.ndarray | None,
-                      momentum: float, eps: float, y: np.ndarray, backend: str
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`batch_norm_forward` for a front end that has checked its inputs itself (the
-    torch ops): C-contiguous host x and y of one shape and float dtype, ``axis`` in range,
-    float64 (C,) w64/b64, x-dtype (C,) contiguous running statistics (both or neither; required
-    in eval), more than one value per channel in training. Returns x-dtype (mean, invstd).
-
-    The running statistics are written without holding back interrupts: the caller passes
-    arrays of its own (the torch op's fresh copies), not the user's buffers."""
-    outer, channels, inner = _view3(x.shape, axis)
-    name = _resolve(backend, x, outer, channels, inner)
-    plan = _plan_for(outer, channels, inner, x.dtype.itemsize, 2)
-    mean, invstd = _run_forward(_dispatch.load(FAMILY, name), x.reshape(outer, channels, inner),
-                                w64, b64, training, rm, rv, momentum, eps,
-                                y.reshape(outer, channels, inner), plan, defer_interrupts=False)
-    return mean.astype(x.dtype), invstd.astype(x.dtype)
-
-
-def backward_unchecked(dy: np.ndarray, x: np.ndarray, mean64: np.ndarray, invstd64: np.ndarray,
-                       w64: np.ndarray, axis: int, training: bool, dx: np.ndarray, backend: str
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`batch_norm_backward` for a front end that has checked its inputs itself:
-    C-contiguous host dy, x and dx of one shape and float dtype, float64 (C,) statistics and
-    weight. Fills dx; returns x-dtype (dweight, dbias)."""
-    outer, channels, inner = _view3(x.shape, axis)
-    name = _resolve(backend, x, outer, channels, inner)
-    plan = _plan_for(outer, channels, inner, x.dtype.itemsize, 3)
-    shape3 = (outer, channels, inner)
-    dweight, dbias = np.empty(channels), np.empty(channels)
-    _dispatch.load(FAMILY, name).backward(
-        dy.reshape(shape3), x.reshape(shape3), mean64, invstd64, w64, bool(training),
-        dx.reshape(shape3), dweight, dbias, plan)
-    return dweight.astype(x.dtype), dbias.astype(x.dtype)
+def kernels_for(outer: int, channels: int, inner: int, itemsize: int, n_arrays: int,
+                backend: str) -> tuple[ModuleType, Plan]:
+    """The host kernel module and the work plan of a call on an (outer, C, inner) array, for a
+    front end that holds its own buffers and has checked its inputs (fastopt.torch's op).
+    ``n_arrays``: 2 for a forward, 3 for a backward; ``backend``: "auto" or a CPU backend."""
+    name = _dispatch.resolve(FAMILY, backend, prefer=lambda: _prefer(outer, channels, inner),
+                             cuda_input=False, supported=("cython", "numba", "numpy"))
+    return _dispatch.load(FAMILY, name), _plan_for(outer, channels, inner, itemsize, n_arrays)
 
 
 _cached_plan = functools.lru_cache(maxsize=256)(make_plan)
@@ -324,17 +297,22 @@ def _plan_for(outer: int, channels: int, inner: int, itemsize: int, n_arrays: in
     return plan._replace(n_threads=threads_for_call(plan.n_threads))
 
 
-def _update_running(rm, rv, mean, var, momentum: float, n: int,
-                    defer_interrupts: bool = True) -> None:
+def running_update(rm: np.ndarray, rv: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                   momentum: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The updated running statistics as new arrays (rm's dtype): ``(1 - momentum) * rm +
+    momentum * mean`` and the same for rv with the unbiased batch variance ``var * n / (n - 1)``
+    (float64 mean and var, rounded to rm's dtype before the sum)."""
+    new_mean = rm * (1.0 - momentum)
+    new_mean += (momentum * mean).astype(rm.dtype)
+    new_var = rv * (1.0 - momentum)
+    new_var += (momentum * var * (n / (n - 1))).astype(rv.dtype)
+    return new_mean, new_var
+
+
+def _update_running(rm, rv, mean, var, momentum: float, n: int) -> None:
     """The running-statistics update, computed into temporaries, then committed together (an
     interrupt lands before or after the commit, never between the two arrays)."""
-    new_mean = (rm * (1.0 - momentum) + (momentum * mean).astype(rm.dtype)).astype(rm.dtype)
-    new_var = (rv * (1.0 - momentum) + (momentum * var * (n / (n - 1))).astype(rv.dtype)).astype(
-        rv.dtype)
-    if not defer_interrupts:
-        rm[...] = new_mean
-        rv[...] = new_var
-        return
+    new_mean, new_var = running_update(rm, rv, mean, var, momentum, n)
     with deferred_interrupts():
         rm[...] = new_mean
         rv[...] = new_var

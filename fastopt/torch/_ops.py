@@ -25,12 +25,14 @@ of ``x`` in training mode, so a double backward is the exact second derivative.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
 
 from .._validate import check_fraction, check_positive
-from ..batchnorm.api import backward_unchecked, forward_unchecked
+from ..batchnorm.api import kernels_for, running_update
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
@@ -127,9 +129,11 @@ def _check_backward(grad_out: Tensor, x: Tensor, weight: Tensor | None, mean: Te
                          f"do not match x's {tuple(x.shape)} and {x.dtype}")
     _check_vector(weight, "weight", x)
     for name, t in (("mean", mean), ("invstd", invstd)):
-        if t.shape != (x.shape[1],) or t.dtype not in SUPPORTED_DTYPES or t.device != x.device:
+        if (t.shape != (x.shape[1],) or t.dtype not in SUPPORTED_DTYPES or t.device != x.device
+                or t.dtype != mean.dtype):
             raise ValueError(f"{name}: expected a float32/float64 CPU tensor of shape "
-                             f"({x.shape[1]},), got {t.dtype} {tuple(t.shape)} on {t.device}")
+                             f"({x.shape[1]},) (mean and invstd of one dtype), got {t.dtype} "
+                             f"{tuple(t.shape)} on {t.device}")
     _check_backend(backend)
 
 
@@ -178,6 +182,23 @@ _LIB.define("batch_norm_backward(Tensor grad_out, Tensor x, Tensor? weight, Tens
             tags=(torch.Tag.pt2_compliant_tag,))
 
 
+def _shape3(t: Tensor, axis: int) -> tuple[int, int, int]:
+    """(outer, C, inner) of a C-contiguous tensor with its channels on ``axis`` (1 or last)."""
+    shape = t.shape
+    if axis == 1:
+        return shape[0], shape[1], math.prod(shape[2:])
+    return math.prod(shape[:-1]), shape[-1], 1
+
+
+def _address(t: Tensor | None) -> int:
+    """The data address of a C-contiguous tensor (0 for None): the Cython kernels' argument."""
+    return 0 if t is None else t.data_ptr()
+
+
+def _contiguous(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
+
+
 def _batch_norm_cpu(x: Tensor, weight: Tensor | None, bias: Tensor | None,
                     running_mean: Tensor | None, running_var: Tensor | None, training: bool,
                     momentum: float, eps: float, backend: str = "auto"
@@ -192,19 +213,37 @@ def _batch_norm_cpu(x: Tensor, weight: Tensor | None, bias: Tensor | None,
         view = (target, 1)
     yv, axis = view
     xv = _as_layout(x, axis)
-    track = training and running_mean is not None
-    new_rm = running_mean.clone() if track else _empty_stats(x)
-    new_rv = running_var.clone() if track else _empty_stats(x)
-    rm = new_rm if track else (None if training else running_mean)
-    rv = new_rv if track else (None if training else running_var)
-    channels = x.shape[1]
-    mean, invstd = forward_unchecked(
-        _np(xv), _as64(weight, channels, 1.0), _as64(bias, channels, 0.0),
-        1 if axis == 1 else xv.dim() - 1, training, None if rm is None else _np(rm),
-        None if rv is None else _np(rv), momentum, eps, yv.numpy(), backend)
+    outer, channels, inner = _shape3(xv, axis)
+    kernels, plan = kernels_for(outer, channels, inner, x.element_size(), 2, backend)
+    mean, invstd = x.new_empty(channels), x.new_empty(channels)
+    stats = np.empty((3, channels))  # float64 mean, var, invstd
+    w, b = _contiguous(weight), _contiguous(bias)
+    rm = None if training else _contiguous(running_mean)
+    rv = None if training else _contiguous(running_var)
+    if hasattr(kernels, "forward_at"):  # addresses: no numpy views to build (Cython)
+        kernels.forward_at(xv.data_ptr(), yv.data_ptr(), outer, channels, inner,
+                           x.dtype == torch.float32, _address(w), _address(b), training,
+                           _address(rm), _address(rv), eps, stats.ctypes.data, mean.data_ptr(),
+                           invstd.data_ptr(), plan)
+    else:
+        x3 = _np(xv).reshape(outer, channels, inner)
+        y3 = yv.numpy().reshape(outer, channels, inner)
+        w64, b64 = _as64(weight, channels, 1.0), _as64(bias, channels, 0.0)
+        if training:
+            kernels.forward_train(x3, w64, b64, eps, y3, stats[0], stats[1], stats[2], plan)
+        else:
+            stats[0] = _np(rm)
+            stats[2] = 1.0 / np.sqrt(_np(rv).astype(np.float64) + eps)
+            kernels.forward_eval(x3, stats[0], stats[2], w64, b64, y3, plan)
+        mean.copy_(torch.from_numpy(stats[0]))
+        invstd.copy_(torch.from_numpy(stats[2]))
     if target is not y:
         y.copy_(target)
-    return y, torch.from_numpy(mean), torch.from_numpy(invstd), new_rm, new_rv
+    if training and running_mean is not None:
+        new_rm, new_rv = running_update(_np(running_mean), _np(running_var), stats[0], stats[1],
+                                        momentum, outer * inner)
+        return y, mean, invstd, torch.from_numpy(new_rm), torch.from_numpy(new_rv)
+    return y, mean, invstd, _empty_stats(x), _empty_stats(x)
 
 
 def _batch_norm_fake(x, weight, bias, running_mean, running_var, training, momentum, eps,
@@ -231,13 +270,27 @@ def _batch_norm_backward_cpu(grad_out: Tensor, x: Tensor, weight: Tensor | None,
     dxv, axis = view
     xv = _as_layout(x, axis)
     gv = _as_layout(grad_out, axis)
-    channels = x.shape[1]
-    dw, db = backward_unchecked(_np(gv), _np(xv), _as64(mean, channels, 0.0),
-                                _as64(invstd, channels, 1.0), _as64(weight, channels, 1.0),
-                                1 if axis == 1 else xv.dim() - 1, training, dxv.numpy(), backend)
+    outer, channels, inner = _shape3(xv, axis)
+    kernels, plan = kernels_for(outer, channels, inner, x.element_size(), 3, backend)
+    dw, db = x.new_empty(channels), x.new_empty(channels)
+    if hasattr(kernels, "backward_at"):  # addresses: no numpy views to build (Cython)
+        m, s, w = mean.contiguous(), invstd.contiguous(), _contiguous(weight)
+        kernels.backward_at(gv.data_ptr(), xv.data_ptr(), outer, channels, inner,
+                            x.dtype == torch.float32, m.data_ptr(), s.data_ptr(),
+                            mean.dtype == torch.float32, _address(w), training, dxv.data_ptr(),
+                            dw.data_ptr(), db.data_ptr(), plan)
+    else:
+        shape3 = (outer, channels, inner)
+        dw64, db64 = np.empty(channels), np.empty(channels)
+        kernels.backward(_np(gv).reshape(shape3), _np(xv).reshape(shape3),
+                         _as64(mean, channels, 0.0), _as64(invstd, channels, 1.0),
+                         _as64(weight, channels, 1.0), bool(training),
+                         dxv.numpy().reshape(shape3), dw64, db64, plan)
+        dw.copy_(torch.from_numpy(dw64))
+        db.copy_(torch.from_numpy(db64))
     if target is not dx:
         dx.copy_(target)
-    return dx, torch.from_numpy(dw), torch.from_numpy(db)
+    return dx, dw, db
 
 
 def _batch_norm_backward_fake(grad_out, x, weight, mean, invstd, training, backend="auto"):
