@@ -31,6 +31,10 @@ class FallbackWarning(UserWarning):
 
 def _unsupported(x: Tensor, *tensors: Tensor | None) -> str | None:
     """Why fastopt's op cannot take these tensors (None when it can)."""
+    dtype = x.dtype
+    if x.is_cpu and dtype in _ops.SUPPORTED_DTYPES and all(
+            t is None or (t.is_cpu and t.dtype == dtype) for t in tensors):
+        return None
     if x.device.type != "cpu":
         return f"input on {x.device}"
     if x.dtype not in _ops.SUPPORTED_DTYPES:
@@ -121,26 +125,29 @@ class _Fastopt:
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's parameter name)
         self._check_input_dim(input)
-        why = _unsupported(input, self.weight, self.bias, self.running_mean, self.running_var)
+        # each parameter and buffer read once: nn.Module's attribute lookup is per-call cost
+        weight, bias, rm, rv = self.weight, self.bias, self.running_mean, self.running_var
+        why = _unsupported(input, weight, bias, rm, rv)
         if why is not None:
             return self._fallback(input, why)
         # Exactly torch's _BatchNorm.forward bookkeeping.
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average
-                factor = 1.0 / float(self.num_batches_tracked)
-        use_batch = self.training or (self.running_mean is None and self.running_var is None)
-        keep = not self.training or self.track_running_stats
-        rm = self.running_mean if keep else None
-        rv = self.running_var if keep else None
+        training, momentum = self.training, self.momentum
+        factor = 0.0 if momentum is None else momentum
+        if training and self.track_running_stats:
+            tracked = self.num_batches_tracked
+            if tracked is not None:
+                tracked.add_(1)
+                if momentum is None:  # cumulative moving average
+                    factor = 1.0 / float(tracked)
+        use_batch = training or (rm is None and rv is None)
+        if training and not self.track_running_stats:
+            rm = rv = None
         y, _, _, new_rm, new_rv = _ops.batch_norm_op(
-            input, self.weight, self.bias, rm, rv, use_batch, factor, self.eps,
+            input, weight, bias, rm, rv, use_batch, factor, self.eps,
             getattr(self, "backend", "auto"))
-        if use_batch and rm is not None:
-            with torch.no_grad():
-                rm.copy_(new_rm)
-                rv.copy_(new_rv)
+        if use_batch and rm is not None:  # buffers: no autograd history to record
+            rm.copy_(new_rm)
+            rv.copy_(new_rv)
         return y
 
 
