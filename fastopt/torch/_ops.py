@@ -324,8 +324,8 @@ def _forward_backward(ctx, grad_y, grad_mean, grad_invstd, _grm, _grv):
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     dx = dw = db = None
     if grad_y is not None:
-        dx, dw, db = torch.ops.fastopt.batch_norm_backward(
-            grad_y, x, weight, mean, invstd, ctx.training, ctx.backend)
+        dx, dw, db = batch_norm_backward_op(grad_y, x, weight, mean, invstd, ctx.training,
+                                            ctx.backend)
     if ctx.training and (grad_mean is not None or grad_invstd is not None):
         # mean = sum(x)/n and invstd = (var + eps)^(-1/2): d mean/dx = 1/n,
         # d invstd/dx = -invstd^3 (x - mean)/n.
