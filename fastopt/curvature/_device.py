@@ -56,13 +56,6 @@ def column_dots(A, B):
     return out.copy_to_host()[:k]
 
 
-def copy(x):
-    """A new numba device array holding a copy of the device array ``x`` (device to device)."""
-    out = cuda.device_array(tuple(x.shape), x.dtype)
-    out.copy_to_device(x)
-    return out
-
-
 @cache
 def _column_dot_kernel(tpb: int):
     @cuda.jit
