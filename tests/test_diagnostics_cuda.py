@@ -279,6 +279,10 @@ def test_mixed_host_and_device_arguments_are_refused():
         hutchinson_trace(net, cuda.to_device(bad), Xd, yd)
     with pytest.raises(ValueError, match="runs on the CPU but X is a device array"):
         hessian_extremes(net, td, Xd, yd, backend="cython")
+    from fastopt import hvp_fd
+
+    with pytest.raises(TypeError, match="theta: hvp_fd .* takes host arrays"):
+        hvp_fd(net, td, np.ones(net.num_params), X=Xd, y=yd)
 
 
 def test_models_without_a_gpu_path_are_refused():

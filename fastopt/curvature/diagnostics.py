@@ -8,6 +8,15 @@
   minimum / saddle / maximum / flat;
 - :func:`hutchinson_trace` / :class:`TraceEstimate`: trace of H from Rademacher probes;
 - :func:`spectral_density` / :class:`SpectralDensity`: stochastic Lanczos quadrature.
+
+Device arrays: an :class:`~fastopt.MLP` with ``theta``, ``X`` and ``y`` all device arrays
+(numba.cuda, CuPy, torch CUDA), an objective bound to device data, or any objective given a
+device ``theta``, runs every curvature product on the device (the data never cross the bus);
+the Lanczos and Hutchinson bookkeeping stays on the host and exchanges one ``P``-vector each way
+per Lanczos step (``g^T g``, ``g^T H g`` and Hutchinson's ``z^T H z`` are reduced on the device).
+Results are what the host path returns: host floats, ints and bools (and host arrays in
+:class:`SpectralDensity`). A host/device mix is a ``TypeError`` saying what to move where. See
+``docs/gpu.md``.
 """
 
 from __future__ import annotations
@@ -349,6 +358,11 @@ def hvp_fd(
     >>> np.round(hvp_fd(lambda t: A @ t + t**3, np.zeros(2), np.array([1.0, 0.0])), 8)
     array([2., 1.])
     """
+    for name, arr in (("theta", theta), ("v", v), ("X", X), ("y", y)):
+        if is_cuda_array(arr):
+            raise TypeError(f"{name}: hvp_fd (the independent host check) takes host arrays, got "
+                            "a device array; copy it to the host, or use the model's exact hvp "
+                            "on device arrays")
     if _is_model_like(grad_fn):
         if X is None and y is None and _is_objective(grad_fn):
             obj = grad_fn
@@ -410,6 +424,9 @@ def hessian_operator(model: Any, theta: np.ndarray | None = None, X: np.ndarray 
     the exact ``H Re(v) + i H Im(v)`` (both parts in one batched call). Works with
     ``scipy.sparse.linalg``'s ``eigsh``, ``cg`` and ``minres``. Inputs are validated once and
     copied, so later changes to the caller's arrays do not affect the operator. Needs scipy.
+    With device ``theta``, ``X``, ``y`` the copies stay on the device and each product runs
+    there; the operator itself (like all of scipy) takes and returns host vectors, so each
+    ``matmat`` on ``k`` columns moves ``P * k`` values each way.
 
     Parameters
     ----------
