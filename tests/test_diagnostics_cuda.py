@@ -115,9 +115,17 @@ def test_hessian_extremes_not_converged_warns_like_host(monkeypatch):
     to_device = _device.to_device
     monkeypatch.setattr(_device, "to_device",
                         lambda a: sent.append(np.shape(a)) or to_device(a))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("theta, X or y was copied to the host")
+
+    for a in dev:
+        a.copy_to_host = refuse  # the data never come back
     with pytest.warns(RuntimeWarning, match="did not reach"):
         got = hessian_extremes(net, *dev, maxiter=3)
     monkeypatch.undo()
+    for a in dev:
+        del a.copy_to_host
     # only the Lanczos vectors went to the device (3 steps, then the 2 Ritz vectors at once)
     P = net.num_params
     assert sent == [(P, 1)] * 3 + [(P, 2)]

@@ -226,8 +226,8 @@ def check_same_side(**arrays: object) -> bool:
 
 def device_checked(x: object, name: str, dtype: np.dtype, shape_ok, expected: str):
     """``x`` (a device array of any kind) as a numba device array, checked on the device:
-    float dtype ``dtype``, C-contiguous, ``shape_ok(shape)``, no NaN/Inf (one reduction, three
-    floats cross the bus)."""
+    float dtype ``dtype``, C-contiguous, ``shape_ok(shape)``, no NaN/Inf (one reduction; its
+    per-block partials, three floats per block, at most 64 blocks, cross the bus)."""
     from .. import _device
     from .._validate import as_device_array
     from . import _cuda
@@ -547,10 +547,13 @@ def bind(model: object, X: object, y: object, *, backend: str = "auto") -> Bound
     model : MLP, Network, ElmanRNN or any model
         Anything with ``num_params``, ``dtype``, ``loss_and_grad(theta, X, y)``,
         ``hvp(theta, X, y, v)`` and ``gnvp(theta, X, y, v)``.
-    X, y : array_like
-        The batch.
-    backend : {"auto", "cython", "numba", "numpy"}
-        Backend of every call (models whose methods take no ``backend`` need ``"auto"``).
+    X, y : array_like or device arrays
+        The batch. For an :class:`~fastopt.MLP`, ``X`` and ``y`` may both be device arrays
+        (numba.cuda, CuPy, torch CUDA): the objective then computes on the device and takes
+        device ``theta`` and ``v`` (see :class:`BoundObjective`).
+    backend : {"auto", "cython", "numba", "numpy", "cuda"}
+        Backend of every call (models whose methods take no ``backend`` need ``"auto"``; device
+        data need ``"auto"`` or ``"cuda"``).
 
     Returns
     -------
