@@ -84,6 +84,16 @@ def to_device(host: np.ndarray):
     return cuda.to_device(np.ascontiguousarray(host))
 
 
+def copy(x):
+    """A new numba device array holding a copy of the numba device array ``x`` (device to
+    device; nothing crosses the bus)."""
+    from numba import cuda
+
+    out = cuda.device_array(tuple(x.shape), np.dtype(x.dtype))
+    out.copy_to_device(x)
+    return out
+
+
 def matrix_library(kind: str):
     """The array library whose matrix products serve inputs of ``kind``: ``"cupy"``, ``"torch"``,
     or ``None`` for plain numba device arrays (then fastopt's own numba.cuda matmul kernel, the

@@ -8,6 +8,15 @@
   minimum / saddle / maximum / flat;
 - :func:`hutchinson_trace` / :class:`TraceEstimate`: trace of H from Rademacher probes;
 - :func:`spectral_density` / :class:`SpectralDensity`: stochastic Lanczos quadrature.
+
+Device arrays: an :class:`~fastopt.MLP` with ``theta``, ``X`` and ``y`` all device arrays
+(numba.cuda, CuPy, torch CUDA), an objective bound to device data, or any objective given a
+device ``theta``, runs every curvature product on the device (the data never cross the bus);
+the Lanczos and Hutchinson bookkeeping stays on the host and exchanges one ``P``-vector each way
+per Lanczos step (``g^T g``, ``g^T H g`` and Hutchinson's ``z^T H z`` are reduced on the device).
+Results are what the host path returns: host floats, ints and bools (and host arrays in
+:class:`SpectralDensity`). A host/device mix is a ``TypeError`` saying what to move where. See
+``docs/gpu.md``.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from .._dispatch import is_cuda_array
 from .._validate import (
     as_float_array,
     as_generator,
@@ -32,7 +42,7 @@ from .._validate import (
 )
 from ..spectral.lanczos import lanczos_extremes, lanczos_tridiagonal, tridiagonal_eigh
 from .mlp import MLP
-from .objective import BoundObjective, prepare
+from .objective import BoundObjective, check_same_side, device_checked, prepare
 
 if TYPE_CHECKING:  # scipy is an optional (test) dependency, imported lazily
     from scipy.sparse.linalg import LinearOperator
@@ -78,6 +88,67 @@ class _Source:
         return self._loss_and_grad()
 
 
+class _DeviceSource(_Source):
+    """A curvature source whose products run on the device (theta, X, y device arrays).
+
+    ``products_device(V)`` takes and returns numba device arrays ``(P, k)`` (no bus traffic);
+    ``loss_and_grad()`` returns the loss (host float) and the gradient as a numba device array.
+    ``products(V)`` on host ``V`` (what the host Lanczos core calls) copies ``V`` to the device
+    and the result back: ``P * k`` values each way."""
+
+    device = True
+
+    def __init__(self, num_params: int, dtype: np.dtype, kind: str, products_device,
+                 loss_and_grad, name: str) -> None:
+        super().__init__(num_params, dtype, self._host_products, loss_and_grad, name)
+        self.kind = kind
+        self._products_device = products_device
+
+    def products_device(self, V):
+        from .. import _device
+
+        V = _device.to_numba(V)
+        out = self._products_device(V)
+        if tuple(out.shape) != tuple(V.shape):
+            raise ValueError(f"matvec: returned shape {tuple(out.shape)}, expected "
+                             f"{tuple(V.shape)}")
+        return out
+
+    def _host_products(self, V: np.ndarray) -> np.ndarray:
+        from .. import _device
+
+        return self.products_device(_device.to_device(V)).copy_to_host()
+
+
+def _as_numba(result: object, shape: tuple, dtype: np.dtype):
+    """A user objective's result as a numba device array of ``shape`` (a host result is copied
+    to the device once)."""
+    from .. import _device
+
+    if is_cuda_array(result):
+        return _device.to_numba(result).reshape(shape)
+    return _device.to_device(np.asarray(result, dtype=dtype).reshape(shape))
+
+
+def _device_model_source(prep: Any, theta: object, mode: str, copy: bool,
+                         name: str) -> _DeviceSource:
+    from .. import _device
+
+    kind = _device.kind_of(theta)
+    theta = prep.check_theta(theta)
+    if copy:
+        theta = _device.copy(theta)
+
+    def products(V):
+        return prep.run(theta, V, mode, kind)[2]
+
+    def loss_and_grad():
+        loss, g, _ = prep.run(theta, None, "grad", kind)
+        return loss, g
+
+    return _DeviceSource(prep.num_params, prep.dtype, kind, products, loss_and_grad, name)
+
+
 def _is_model_like(obj: object) -> bool:
     return all(hasattr(obj, a) for a in ("num_params", "dtype", "loss_and_grad", "hvp"))
 
@@ -111,6 +182,9 @@ def _resolve(model: object, theta: object, X: object, y: object, *, curvature: s
                 f"X, y: {type(model).__name__} is a model; pass the batch (model, theta, X, y) or "
                 "bind it first (fastopt.curvature.objective.bind(model, X, y))"
             )
+        if check_same_side(theta=theta, X=X, y=y):
+            prep = prepare(model, X, y, backend, copy=copy)
+            return _device_model_source(prep, theta, mode, copy, "model")
         prep = prepare(model, X, y, backend, copy=copy)
         theta = prep.check_theta(theta)
         if copy:
@@ -142,6 +216,16 @@ def _resolve(model: object, theta: object, X: object, y: object, *, curvature: s
 
 
 def _objective_source(obj: Any, theta: object, mode: str, copy: bool) -> _Source:
+    if isinstance(obj, BoundObjective):
+        if obj.device:
+            return _device_model_source(obj._prep, theta, mode, copy, "objective")
+        if is_cuda_array(theta):
+            raise TypeError(
+                "theta: is a device array but the objective is bound to host data; bind device "
+                "X and y (bind(model, X_device, y_device)) or pass theta on the host"
+            )
+    elif is_cuda_array(theta):
+        return _device_objective_source(obj, theta, mode, copy)
     P = check_int(obj.num_params, "objective.num_params")
     dtype = check_float_dtype(obj.dtype, "objective.dtype")
     theta = as_float_array(theta, "theta", dtype=dtype)
@@ -162,6 +246,31 @@ def _objective_source(obj: Any, theta: object, mode: str, copy: bool) -> _Source
         return float(loss), np.asarray(g)
 
     return _Source(P, dtype, products, loss_and_grad, "objective")
+
+
+def _device_objective_source(obj: Any, theta: object, mode: str, copy: bool) -> _DeviceSource:
+    """A user objective called with a device ``theta``: its methods get device arrays of
+    ``theta``'s kind (``v`` included) and may return device or host arrays."""
+    from .. import _device
+
+    P = check_int(obj.num_params, "objective.num_params")
+    dtype = check_float_dtype(obj.dtype, "objective.dtype")
+    kind = _device.kind_of(theta)
+    checked = device_checked(theta, "theta", dtype, lambda s: s == (P,), f"({P},)")
+    if copy:
+        theta = _device.like(_device.copy(checked), kind)
+    fn = obj.hvp if mode == "hvp" else getattr(obj, "gnvp", None)
+    if fn is None:
+        raise TypeError(f"objective: {type(obj).__name__} has no gnvp (needed for curvature='ggn')")
+
+    def products(V):
+        return _as_numba(fn(theta, _device.like(V, kind)), tuple(V.shape), dtype)
+
+    def loss_and_grad():
+        loss, g = obj.loss_and_grad(theta)
+        return float(loss), _as_numba(g, (P,), dtype)
+
+    return _DeviceSource(P, dtype, kind, products, loss_and_grad, "objective")
 
 
 def _operator_source(op: object, size: int | None) -> _Source:
@@ -249,6 +358,11 @@ def hvp_fd(
     >>> np.round(hvp_fd(lambda t: A @ t + t**3, np.zeros(2), np.array([1.0, 0.0])), 8)
     array([2., 1.])
     """
+    for name, arr in (("theta", theta), ("v", v), ("X", X), ("y", y)):
+        if is_cuda_array(arr):
+            raise TypeError(f"{name}: hvp_fd (the independent host check) takes host arrays, got "
+                            "a device array; copy it to the host, or use the model's exact hvp "
+                            "on device arrays")
     if _is_model_like(grad_fn):
         if X is None and y is None and _is_objective(grad_fn):
             obj = grad_fn
@@ -310,6 +424,9 @@ def hessian_operator(model: Any, theta: np.ndarray | None = None, X: np.ndarray 
     the exact ``H Re(v) + i H Im(v)`` (both parts in one batched call). Works with
     ``scipy.sparse.linalg``'s ``eigsh``, ``cg`` and ``minres``. Inputs are validated once and
     copied, so later changes to the caller's arrays do not affect the operator. Needs scipy.
+    With device ``theta``, ``X``, ``y`` the copies stay on the device and each product runs
+    there; the operator itself (like all of scipy) takes and returns host vectors, so each
+    ``matmat`` on ``k`` columns moves ``P * k`` values each way.
 
     Parameters
     ----------
@@ -420,6 +537,14 @@ def curvature_along_gradient(model: Any, theta: np.ndarray, X: np.ndarray | None
         raise TypeError("theta: curvature_along_gradient needs a model or an objective and theta")
     src = _resolve(model, theta, X, y, curvature=curvature, backend=backend)
     loss, g = src.loss_and_grad()
+    if getattr(src, "device", False):
+        # g and H g stay on the device; the two float64 dots come back (16 bytes)
+        from ._device import column_dots
+
+        G = g.reshape(src.num_params, 1)
+        gg = float(column_dots(G, G)[0])
+        ghg = float(column_dots(G, src.products_device(G))[0])
+        return Curvature(float(loss), gg, ghg, gg / ghg if ghg > 0 else math.inf)
     hg = src.products(np.asarray(g).reshape(-1, 1))[:, 0]
     g64 = np.asarray(g, dtype=np.float64)
     gg = float(g64 @ g64)
@@ -693,12 +818,24 @@ def hutchinson_trace(model: Any, theta: np.ndarray | None = None, X: np.ndarray 
         raise TypeError(f"exact: must be True, False or None, got {exact!r}")
     rng = as_generator(seed, "seed")
     P = src.num_params
+    device = getattr(src, "device", False)
+    if device:
+        # probes go to the device (P * batch values), the k column dots z_j^T H z_j come back
+        from .. import _device
+        from ._device import column_dots
+
+        def quadratic_forms(Z):
+            Zd = _device.to_device(Z)
+            return column_dots(Zd, src.products_device(Zd))
     if exact or (exact is None and P <= samples):
         total = 0.0
         for i0 in range(0, P, batch):
             i1 = min(P, i0 + batch)
             E = np.zeros((P, i1 - i0), src.dtype)
             E[np.arange(i0, i1), np.arange(i1 - i0)] = 1
+            if device:
+                total += float(quadratic_forms(E).sum())
+                continue
             HE = src.products(E)
             total += float(HE[np.arange(i0, i1), np.arange(i1 - i0)].astype(np.float64).sum())
         return TraceEstimate(total, 0.0, P, True)
@@ -707,8 +844,11 @@ def hutchinson_trace(model: Any, theta: np.ndarray | None = None, X: np.ndarray 
     while done < samples:
         m = min(batch, samples - done)
         Z = rng.choice(np.array([-1.0, 1.0]), size=(P, m)).astype(src.dtype)
-        HZ = src.products(Z)
-        vals.append(np.einsum("pj,pj->j", Z.astype(np.float64), HZ.astype(np.float64)))
+        if device:
+            vals.append(quadratic_forms(Z))
+        else:
+            HZ = src.products(Z)
+            vals.append(np.einsum("pj,pj->j", Z.astype(np.float64), HZ.astype(np.float64)))
         done += m
     v = np.concatenate(vals)
     se = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0

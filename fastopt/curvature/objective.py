@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .._dispatch import is_cuda_array
 from .._validate import as_float_array, check_all_finite, check_choice
 
 __all__ = ["Objective", "BoundObjective", "bind"]
@@ -151,6 +152,16 @@ def prepare(model: object, X: object, y: object, backend: str = "auto", *,
     """Validate a model and a batch once (see :class:`_Prepared`); ``copy``: keep private copies
     of the data (for operators that outlive the call)."""
     check_model(model)
+    if is_cuda_array(X) or is_cuda_array(y):
+        check_same_side(X=X, y=y)
+        from .mlp import MLP
+
+        if not isinstance(model, MLP):
+            raise TypeError(
+                f"X: device arrays need a model with a GPU path (fastopt.MLP); "
+                f"{type(model).__name__} computes on the host: copy X and y to the host"
+            )
+        return _PreparedMLPDevice(model, X, y, backend, copy)
     hook = getattr(model, "_prepared", None)
     if hook is not None:
         return hook(X, y, backend, copy)
@@ -186,6 +197,110 @@ class _PreparedMLP(_Prepared):
         if V is not None and V.shape[1] == 0:
             return None, None, np.empty((self.num_params, 0), self.dtype)
         return self.model._run(theta, self.X, self.labels, self.Y, V, mode, self.backend)
+
+
+# ---------------------------------------------------------------------------- device data
+MOVE_HINT = "numba.cuda.to_device(a), cupy.asarray(a) or torch.as_tensor(a, device='cuda')"
+
+
+def _names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def check_same_side(**arrays: object) -> bool:
+    """True when every array given (``None`` ones are skipped) is a device array, False when none
+    is; a mix raises ``TypeError`` saying what to move where (the diagnostics and bound objectives
+    keep the data and every product on one side of the bus)."""
+    dev = [n for n, a in arrays.items() if a is not None and is_cuda_array(a)]
+    host = [n for n, a in arrays.items() if a is not None and not is_cuda_array(a)]
+    if dev and host:
+        d, h = _names(dev), _names(host)
+        raise TypeError(
+            f"{h}: {d} {'is a device array' if len(dev) == 1 else 'are device arrays'} but {h} "
+            f"{'is' if len(host) == 1 else 'are'} on the host; the curvature diagnostics keep the "
+            f"data and every product on one side: move {h} to the device ({MOVE_HINT}) or {d} "
+            "to the host"
+        )
+    return bool(dev)
+
+
+def device_checked(x: object, name: str, dtype: np.dtype, shape_ok, expected: str):
+    """``x`` (a device array of any kind) as a numba device array, checked on the device:
+    float dtype ``dtype``, C-contiguous, ``shape_ok(shape)``, no NaN/Inf (one reduction; its
+    per-block partials, three floats per block, at most 64 blocks, cross the bus)."""
+    from .. import _device
+    from .._validate import as_device_array
+    from . import _cuda
+
+    arr = as_device_array(_device.to_numba(x), name)
+    if np.dtype(arr.dtype) != np.dtype(dtype):
+        raise TypeError(f"{name}: dtype {arr.dtype} does not match the model dtype "
+                        f"{np.dtype(dtype).name}; convert it on the device first")
+    shape = tuple(arr.shape)
+    if not shape_ok(shape):
+        raise ValueError(f"{name}: expected shape {expected}, got {shape}")
+    if arr.size and _cuda.stats(arr)[0]:
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return arr
+
+
+class _PreparedMLPDevice:
+    """An MLP and one batch on the device, validated once on the device (``X``, ``y`` never
+    cross the bus). ``check_theta`` and ``check_v`` take device arrays only and return numba
+    views; ``run(theta, V, mode, kind)`` is :func:`fastopt.curvature._cuda.passes` and returns
+    ``(loss, grad or None, products or None)`` as numba device arrays (``kind``: the caller's
+    kind of array, which chooses the GEMM library and the allocator)."""
+
+    device = True
+
+    def __init__(self, model, X, y, backend: str, copy: bool) -> None:
+        from .. import _device, _dispatch
+        from .mlp import _device_targets
+
+        _dispatch.resolve_device("curvature", backend, "X")
+        self.model = model
+        self.num_params = model.num_params
+        self.dtype = model.dtype
+        self.backend = backend
+        n0 = model.sizes[0]
+        X = device_checked(X, "X", model.dtype, lambda s: len(s) == 2 and s[1] == n0 and s[0] > 0,
+                           f"(N, {n0}) with N >= 1")
+        labels, Y = _device_targets(model, y, X.shape[0])
+        if copy:
+            X, labels, Y = (None if a is None else _device.copy(a) for a in (X, labels, Y))
+        self.X, self.labels, self.Y = X, labels, Y
+
+    def check_theta(self, theta: object):
+        if not is_cuda_array(theta):
+            raise TypeError(
+                f"theta: the batch X, y is on the device but theta is a host "
+                f"{type(theta).__name__}; move theta to the device ({MOVE_HINT}) or use host data"
+            )
+        P = self.num_params
+        return device_checked(theta, "theta", self.dtype, lambda s: s == (P,), f"({P},)")
+
+    def check_v(self, v: object):
+        """``(V (P, k) numba, single)`` for a device ``v`` of shape ``(P,)`` or ``(P, k)``."""
+        if not is_cuda_array(v):
+            raise TypeError(f"v: the data are on the device but v is a host "
+                            f"{type(v).__name__}; move v to the device ({MOVE_HINT})")
+        P = self.num_params
+        arr = device_checked(
+            v, "v", self.dtype,
+            lambda s: (len(s) == 1 and s[0] == P) or (len(s) == 2 and s[0] == P and s[1] >= 1),
+            f"({P},) or ({P}, k) with k >= 1")
+        single = len(tuple(arr.shape)) == 1
+        return (arr.reshape(P, 1) if single else arr), single
+
+    def run(self, theta, V, mode, kind="numba"):
+        from . import _cuda
+
+        loss, res = _cuda.passes(self.model, theta, self.X, self.labels, self.Y, V, mode, kind)
+        if mode == "loss":
+            return loss, None, None
+        if mode == "grad":
+            return loss, res, None
+        return loss, None, res
 
 
 def dense_init(rng: np.random.Generator, scheme: str, n_in: int, n_out: int) -> np.ndarray:
@@ -273,6 +388,12 @@ class BoundObjective(Objective):
     validated (referenced, not copied, when already C-contiguous in the model dtype: do not
     modify them while the objective is in use). Each call validates ``theta`` and ``v``.
 
+    An :class:`~fastopt.MLP` bound to device arrays (numba.cuda, CuPy, torch CUDA; ``X`` and ``y``
+    both on the device) is a device objective: ``theta`` and ``v`` must then be device arrays
+    too, the passes run on the device, and the gradient and products come back as ``theta``'s
+    kind of array (the loss a host float). A host/device mix is a ``TypeError`` saying what to
+    move where. See ``docs/gpu.md``.
+
     Attributes
     ----------
     model : object
@@ -281,6 +402,8 @@ class BoundObjective(Objective):
     dtype : numpy dtype
     backend : str
         Backend of every call.
+    device : bool
+        The data are device arrays.
 
     Examples
     --------
@@ -300,6 +423,21 @@ class BoundObjective(Objective):
         self.num_params = self._prep.num_params
         self.dtype = self._prep.dtype
         self.backend = backend
+        self.device = bool(getattr(self._prep, "device", False))
+
+    def _theta(self, theta):
+        """``(checked theta, kind)``: ``kind`` None on the host, else the caller's kind of device
+        array (results come back as that kind)."""
+        if self.device:
+            from .. import _device
+
+            return self._prep.check_theta(theta), _device.kind_of(theta)
+        if is_cuda_array(theta):
+            raise TypeError(
+                "theta: is a device array but the objective is bound to host data; bind device "
+                "X and y (bind(model, X_device, y_device)) or pass theta on the host"
+            )
+        return self._prep.check_theta(theta), None
 
     def __repr__(self) -> str:
         return f"BoundObjective({self.model!r}, backend={self.backend!r})"
@@ -316,7 +454,10 @@ class BoundObjective(Objective):
         >>> obj.loss(np.array([1.0, 1.0]))
         2.0
         """
-        return self._prep.run(self._prep.check_theta(theta), None, "loss")[0]
+        th, kind = self._theta(theta)
+        if kind is not None:
+            return self._prep.run(th, None, "loss", kind)[0]
+        return self._prep.run(th, None, "loss")[0]
 
     def loss_and_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """``(loss, gradient)`` at ``theta``.
@@ -330,11 +471,23 @@ class BoundObjective(Objective):
         >>> obj.loss_and_grad(np.array([1.0, 0.0]))
         (0.5, array([1., 1.]))
         """
-        loss, g, _ = self._prep.run(self._prep.check_theta(theta), None, "grad")
+        th, kind = self._theta(theta)
+        if kind is not None:
+            from .. import _device
+
+            loss, g, _ = self._prep.run(th, None, "grad", kind)
+            return loss, _device.like(g, kind)
+        loss, g, _ = self._prep.run(th, None, "grad")
         return loss, g
 
     def _product(self, theta, v, mode):
-        theta = self._prep.check_theta(theta)
+        theta, kind = self._theta(theta)
+        if kind is not None:
+            from .. import _device
+
+            V, single = self._prep.check_v(v)
+            hv = self._prep.run(theta, V, mode, kind)[2]
+            return _device.like(hv.reshape(self.num_params) if single else hv, kind)
         V, single = check_v(v, self.num_params, self.dtype)
         hv = self._prep.run(theta, V, mode)[2]
         return hv[:, 0] if single else hv
@@ -394,10 +547,13 @@ def bind(model: object, X: object, y: object, *, backend: str = "auto") -> Bound
     model : MLP, Network, ElmanRNN or any model
         Anything with ``num_params``, ``dtype``, ``loss_and_grad(theta, X, y)``,
         ``hvp(theta, X, y, v)`` and ``gnvp(theta, X, y, v)``.
-    X, y : array_like
-        The batch.
-    backend : {"auto", "cython", "numba", "numpy"}
-        Backend of every call (models whose methods take no ``backend`` need ``"auto"``).
+    X, y : array_like or device arrays
+        The batch. For an :class:`~fastopt.MLP`, ``X`` and ``y`` may both be device arrays
+        (numba.cuda, CuPy, torch CUDA): the objective then computes on the device and takes
+        device ``theta`` and ``v`` (see :class:`BoundObjective`).
+    backend : {"auto", "cython", "numba", "numpy", "cuda"}
+        Backend of every call (models whose methods take no ``backend`` need ``"auto"``; device
+        data need ``"auto"`` or ``"cuda"``).
 
     Returns
     -------
