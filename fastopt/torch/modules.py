@@ -6,9 +6,11 @@ checks and ``train()``/``eval()`` behaviour, and ``isinstance(m, torch.nn.BatchN
 true; only ``forward`` differs. They are module-level classes: ``pickle``, ``torch.save`` /
 ``torch.load`` and ``copy.deepcopy`` work.
 
-Inputs fastopt's CPU kernels cannot take (float16, bfloat16, CUDA or other devices, parameters
-of another dtype or device) go to PyTorch's own kernel instead, with one
-:class:`FallbackWarning` per module; nothing is copied to the CPU.
+CUDA tensors go to fastopt's numba.cuda kernels (zero-copy, on torch's current stream) when
+fastopt's CUDA backend can run (numba-cuda installed, a CUDA device found). Inputs fastopt's
+kernels cannot take (float16, bfloat16, CUDA without that backend, other devices, parameters of
+another dtype or device) go to PyTorch's own kernel instead, with one :class:`FallbackWarning`
+per module whose message says why (and what to install); nothing is copied to the CPU.
 """
 
 from __future__ import annotations
@@ -29,15 +31,24 @@ class FallbackWarning(UserWarning):
     """An input fastopt's kernels do not take went to PyTorch's batch norm instead."""
 
 
+_SUPPORTED = "float32/float64 on CPU, or on CUDA with numba-cuda"
+
+
 def _unsupported(x: Tensor, *tensors: Tensor | None) -> str | None:
     """Why fastopt's op cannot take these tensors (None when it can)."""
-    if x.device.type != "cpu":
-        return f"input on {x.device}"
+    device = x.device.type
+    if device != "cpu":
+        if device != "cuda":
+            return f"input on {x.device}"
+        problem = _ops.cuda_backend_problem()
+        if problem is not None:
+            return f"input on {x.device} ({problem})"
     if x.dtype not in _ops.SUPPORTED_DTYPES:
         return f"input dtype {x.dtype}"
     for t in tensors:
-        if t is not None and (t.dtype != x.dtype or t.device.type != "cpu"):
-            return f"a parameter or buffer of dtype {t.dtype} on {t.device} with {x.dtype} input"
+        if t is not None and (t.dtype != x.dtype or t.device != x.device):
+            return (f"a parameter or buffer of dtype {t.dtype} on {t.device} with {x.dtype} "
+                    f"input on {x.device}")
     return None
 
 
@@ -45,14 +56,16 @@ def batch_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
                running_mean: Tensor | None = None, running_var: Tensor | None = None,
                training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
                backend: str = "auto") -> Tensor:
-    """``torch.nn.functional.batch_norm`` on fastopt's registered ops (CPU float32/float64).
+    """``torch.nn.functional.batch_norm`` on fastopt's registered ops (float32/float64, CPU or
+    CUDA).
 
     Note the argument order: ``weight`` and ``bias`` come before the running statistics
     (pass them by keyword to be safe). In training mode the running statistics, when given,
     are updated in place as PyTorch does. Channel axis 1, any rank >= 2; contiguous and
-    channels-last tensors go to the kernels without copies. Inputs the kernels do not take
-    (float16, bfloat16, other devices) go to ``torch.nn.functional.batch_norm`` with a
-    :class:`FallbackWarning`.
+    channels-last tensors go to the kernels without copies. CUDA tensors go to fastopt's
+    numba.cuda kernels when its CUDA backend can run (numba-cuda and a device). Inputs the
+    kernels do not take (float16, bfloat16, CUDA without that backend, other devices) go to
+    ``torch.nn.functional.batch_norm`` with a :class:`FallbackWarning` saying why.
 
     Parameters
     ----------
@@ -63,8 +76,9 @@ def batch_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
     training : bool
     momentum : float
     eps : float
-    backend : {"auto", "cython", "numba", "numpy"}
-        fastopt's kernel implementation.
+    backend : {"auto", "cython", "numba", "numpy", "cuda"}
+        fastopt's kernel implementation: a CPU one for CPU tensors, ``"auto"`` or ``"cuda"``
+        for CUDA tensors (another name is a ValueError).
 
     Returns
     -------
@@ -83,7 +97,7 @@ def batch_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
     why = _unsupported(x, weight, bias, running_mean, running_var)
     if why is not None:
         warnings.warn(f"fastopt.torch.batch_norm: {why} is not supported by fastopt's kernels "
-                      "(CPU float32/float64); using torch.nn.functional.batch_norm",
+                      f"({_SUPPORTED}); using torch.nn.functional.batch_norm",
                       FallbackWarning, stacklevel=2)
         return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
     y, _, _, new_rm, new_rv = _ops.batch_norm_op(
@@ -114,9 +128,9 @@ class _Fastopt:
             # The module's id makes each module's message distinct, so Python's warning
             # registry (one per call site) does not swallow a second module's warning.
             warnings.warn(f"{type(self).__name__}({self.num_features}) at {id(self):#x}: {why} "
-                          "is not supported by fastopt's kernels (CPU float32/float64); this "
-                          "module uses PyTorch's batch norm for such inputs (warned once per "
-                          "module)", FallbackWarning, stacklevel=3)
+                          f"is not supported by fastopt's kernels ({_SUPPORTED}); this module "
+                          "uses PyTorch's batch norm for such inputs (warned once per module)",
+                          FallbackWarning, stacklevel=3)
         return super().forward(x)
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's parameter name)
@@ -134,9 +148,10 @@ class _Fastopt:
         keep = not self.training or self.track_running_stats
         rm = self.running_mean if keep else None
         rv = self.running_var if keep else None
+        # The module's backend names a CPU kernel; CUDA input always takes the CUDA kernels.
+        backend = getattr(self, "backend", "auto") if input.device.type == "cpu" else "cuda"
         y, _, _, new_rm, new_rv = _ops.batch_norm_op(
-            input, self.weight, self.bias, rm, rv, use_batch, factor, self.eps,
-            getattr(self, "backend", "auto"))
+            input, self.weight, self.bias, rm, rv, use_batch, factor, self.eps, backend)
         if use_batch and rm is not None:
             with torch.no_grad():
                 rm.copy_(new_rm)
