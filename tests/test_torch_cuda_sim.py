@@ -141,3 +141,89 @@ def test_glue_uses_the_given_allocator_and_stream():
     assert shapes and all(s[-1] == 3 for s in shapes)
     want = OPS.batch_norm(x, w, b, None, None, True, 0.1, 1e-5)
     _close(torch.from_numpy(y.copy_to_host()), want[0], torch.float64)
+
+
+# ---------------------------------------------------------------- the op's CUDA kernel itself
+@pytest.fixture
+def emulated_cuda(monkeypatch):
+    """The op's CUDA kernels (``_batch_norm_cuda`` / ``_batch_norm_backward_cuda``) run on CPU
+    tensors in the simulator: the numba views become simulator arrays wrapping the tensors'
+    own memory (no copy, so a kernel's writes land in torch's outputs, as on a GPU), the device
+    checks accept CPU tensors, the stream is the default one. Everything else — layouts,
+    output allocation, running statistics, copy-back of permuted layouts — is the real code."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        pytest.skip("emulates CUDA tensors with the simulator's arrays")
+    import contextlib
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    from fastopt.torch import _ops
+
+    shim = SimpleNamespace(gpus=defaultdict(contextlib.nullcontext))
+    check_forward, check_backward = _ops._check_forward, _ops._check_backward
+    monkeypatch.setattr(_ops, "_cuda_modules", lambda: (shim, _cuda_ops))
+    monkeypatch.setattr(_ops, "_numba_view", lambda t: FakeCUDAArray(t.detach().numpy()))
+    monkeypatch.setattr(_ops, "_numba_stream", lambda device: 0)
+
+    def on_cpu(check):  # the CUDA kernel's checks ("cuda" last) with CPU tensors accepted
+        return lambda *a: check(*a[:-1], "cpu") if a[-1] == "cuda" else check(*a)
+
+    monkeypatch.setattr(_ops, "_check_forward", on_cpu(check_forward))
+    monkeypatch.setattr(_ops, "_check_backward", on_cpu(check_backward))
+    return _ops
+
+
+LAYOUTS = [((6, 3), None), ((3, 5, 7), None), ((3, 5, 7), "transposed"),
+           ((2, 5, 3, 2), torch.channels_last), ((2, 3, 2, 2, 3), torch.channels_last_3d),
+           ((2, 5, 3, 2), "permuted")]
+
+
+def _layout(t, fmt):
+    if fmt is None:
+        return t
+    if fmt == "transposed":  # (N, C, L) with (N, L, C) memory
+        return t.transpose(1, 2).contiguous().transpose(1, 2)
+    if fmt == "permuted":  # dense, neither contiguous nor channels-last: computed, copied back
+        return t.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
+    return t.to(memory_format=fmt)
+
+
+@pytest.mark.parametrize(("shape", "fmt"), LAYOUTS, ids=lambda v: str(v))
+def test_op_cuda_kernels_match_cpu_kernels(emulated_cuda, shape, fmt):
+    _ops = emulated_cuda
+    for dtype, training in ((torch.float32, True), (torch.float64, False),
+                            (torch.float64, True)):
+        x, w, b, rm, rv, dy = _inputs(shape, "contiguous", dtype, seed=3)
+        x, dy = _layout(x, fmt), _layout(dy, fmt)
+        x_before, rm_before = x.clone(), rm.clone()
+        got = _ops._batch_norm_cuda(x, w, b, rm, rv, training, 0.1, 1e-5)
+        want = _ops._batch_norm_cpu(x, w, b, rm, rv, training, 0.1, 1e-5)
+        assert got[0].stride() == x.stride()  # the output keeps the input's layout
+        for g, e in zip(got, want, strict=True):
+            _close(g, e, dtype)
+        assert torch.equal(x, x_before) and torch.equal(rm, rm_before)  # inputs untouched
+        gx = _ops._batch_norm_backward_cuda(dy, x, w, got[1], got[2], training)
+        ex = _ops._batch_norm_backward_cpu(dy, x, w, want[1], want[2], training)
+        assert gx[0].stride() == x.stride()
+        for g, e in zip(gx, ex, strict=True):
+            _close(g, e, dtype)
+    # no affine parameters, no running statistics
+    got = _ops._batch_norm_cuda(x, None, None, None, None, True, 0.1, 1e-5)
+    want = _ops._batch_norm_cpu(x, None, None, None, None, True, 0.1, 1e-5)
+    for g, e in zip(got, want, strict=True):
+        _close(g, e, x.dtype)
+    gx = _ops._batch_norm_backward_cuda(dy, x, None, got[1], got[2], True)
+    ex = _ops._batch_norm_backward_cpu(dy, x, None, want[1], want[2], True)
+    for g, e in zip(gx, ex, strict=True):
+        _close(g, e, x.dtype)
+
+
+def test_op_cuda_kernel_checks_before_computing(emulated_cuda):
+    _ops = emulated_cuda
+    x = torch.randn(4, 3, 2)
+    with pytest.raises(ValueError, match="weight"):
+        _ops._batch_norm_cuda(x, torch.ones(4), None, None, None, True, 0.1, 1e-5)
+    with pytest.raises(ValueError, match="more than 1 value"):
+        _ops._batch_norm_cuda(torch.randn(1, 3), None, None, None, None, True, 0.1, 1e-5)
