@@ -13,7 +13,7 @@ no host transfer and never waits for the device. The same functions run in the C
 Results follow the CPU op's: statistics accumulate in float64, the outputs ``mean``/``invstd``/
 ``dweight``/``dbias`` are the float64 values rounded once to their arrays' dtype. One difference:
 the running-statistics update is computed in float64 and rounded once, where the CPU op rounds
-each term to float32 for float32 buffers (within 2 ulp of each other).
+each term to float32 for float32 buffers (a few ulp apart at most).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """fastopt's batch norm as ``torch.library`` custom ops in the ``fastopt`` namespace.
 
-Two functional ops, both CPU, float32/float64, any rank >= 2 with the channel axis 1:
+Two functional ops, on CPU and CUDA tensors, float32/float64, any rank >= 2 with the channel
+axis 1:
 
 - ``torch.ops.fastopt.batch_norm(x, weight, bias, running_mean, running_var, training,
   momentum, eps, backend) -> (y, mean, invstd, new_running_mean, new_running_var)``: the
@@ -16,6 +17,15 @@ tensor whose dimensions in the order ``(0, 2, ..., ndim-1, 1)`` are contiguous (
 for 4-D, ``channels_last_3d`` for 5-D, the transpose of a contiguous (N, L, C) for 3-D) goes as
 that channels-last array with ``axis=-1``; neither copies. Outputs take the input's layout
 (``torch.empty_like``). Only other strides (a slice, an expanded gradient) are copied once.
+
+CUDA tensors (a ``"CUDA"`` kernel for each op, ``backend`` ``"auto"`` or ``"cuda"``): the same
+layouts, viewed through ``__cuda_array_interface__`` as numba device arrays (no copy); torch
+allocates every output and scratch buffer on x's device (its caching allocator) and fastopt's
+numba.cuda kernels (``_cuda_ops.py``) write them, queued on torch's current stream, so they are
+ordered with torch's work on that stream and nothing waits on the host. Nothing is copied to
+the host, not even the per-channel vectors. It needs fastopt's CUDA backend (numba-cuda and a
+device, :func:`cuda_backend_problem`); without it the CUDA kernel raises a RuntimeError that
+says what to install (the modules fall back to torch's kernel instead).
 
 Autograd: the forward's backward is the fused backward op; the backward op has its own exact
 backward (explicit formulas in torch operations, so every higher order is exact too, checked by
@@ -293,19 +303,19 @@ def _numba_view_or_none(t: Tensor | None):
     return None if t is None else _numba_view(t)
 
 
-_STREAMS: dict[int, object] = {}
+_STREAMS: dict[tuple[int, int], object] = {}
 
 
 def _numba_stream(device: torch.device):
     """torch's current stream on ``device`` as a numba stream: fastopt's kernels are queued
     where torch queues its own work, so they are ordered with it and nothing waits on the host.
     """
-    handle = torch.cuda.current_stream(device).cuda_stream
-    stream = _STREAMS.get(handle)
+    key = (device.index, torch.cuda.current_stream(device).cuda_stream)
+    stream = _STREAMS.get(key)
     if stream is None:
         if len(_STREAMS) > 64:  # streams come and go; handles may be reused
             _STREAMS.clear()
-        stream = _STREAMS[handle] = _cuda_modules()[0].external_stream(handle)
+        stream = _STREAMS[key] = _cuda_modules()[0].external_stream(key[1])
     return stream
 
 

@@ -45,8 +45,9 @@ def _unsupported(x: Tensor, *tensors: Tensor | None) -> str | None:
             return f"input on {x.device} ({problem})"
     if x.dtype not in _ops.SUPPORTED_DTYPES:
         return f"input dtype {x.dtype}"
+    dtype, where = x.dtype, x.device
     for t in tensors:
-        if t is not None and (t.dtype != x.dtype or t.device != x.device):
+        if t is not None and (t.dtype != dtype or t.device != where):
             return (f"a parameter or buffer of dtype {t.dtype} on {t.device} with {x.dtype} "
                     f"input on {x.device}")
     return None
