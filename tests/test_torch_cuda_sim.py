@@ -1,4 +1,4 @@
-"""The CUDA glue of ``torch.ops.fastopt.batch_norm*`` (fastopt/torch/_cuda_ops.py) on the CUDA
+"""The CUDA glue of ``torch.ops.fastopt.batch_norm*`` (fastopt/torch/_cuda.py) on the CUDA
 simulator's device arrays, against the CPU ops.
 
 Run with ``NUMBA_ENABLE_CUDASIM=1 python -m pytest -m cudasim tests/test_torch_cuda_sim.py``
@@ -18,7 +18,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and not cuda.is_available():
     pytest.skip("no CUDA device and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
 
 import fastopt.torch  # noqa: E402, F401  (registers torch.ops.fastopt.*)
-from fastopt.torch import _cuda_ops  # noqa: E402
+from fastopt.torch import _cuda as glue  # noqa: E402
 
 pytestmark = pytest.mark.cudasim
 OPS = torch.ops.fastopt
@@ -102,7 +102,7 @@ def test_glue_matches_cpu_op(shape, layout, dtype, mode, affine):
     new_rm = cuda.device_array(c, npdt) if track else None
     new_rv = cuda.device_array(c, npdt) if track else None
     rm_d, rv_d = _vec(rm), _vec(rv)
-    _cuda_ops.forward(xd, _vec(w), _vec(b), rm_d, rv_d, training, 0.1, 1e-5, axis, y, mean,
+    glue.forward(xd, _vec(w), _vec(b), rm_d, rv_d, training, 0.1, 1e-5, axis, y, mean,
                       invstd, new_rm, new_rv)
     _close(_host_nc(y, x), want[0], dtype)
     _close(torch.from_numpy(mean.copy_to_host()), want[1], dtype)
@@ -118,7 +118,7 @@ def test_glue_matches_cpu_op(shape, layout, dtype, mode, affine):
     dyd, _ = _device(dy)
     dx = cuda.device_array(xd.shape, npdt)
     dw, db = cuda.device_array(c, npdt), cuda.device_array(c, npdt)
-    _cuda_ops.backward(dyd, xd, _vec(w), mean, invstd, training, axis, dx, dw, db)
+    glue.backward(dyd, xd, _vec(w), mean, invstd, training, axis, dx, dw, db)
     _close(_host_nc(dx, x), gwant[0], dtype)
     _close(torch.from_numpy(dw.copy_to_host()), gwant[1], dtype)
     _close(torch.from_numpy(db.copy_to_host()), gwant[2], dtype)
@@ -136,7 +136,7 @@ def test_glue_uses_the_given_allocator_and_stream():
     xd = cuda.to_device(x.numpy())
     y = cuda.device_array(xd.shape, np.float64)
     mean, invstd = cuda.device_array(3, np.float64), cuda.device_array(3, np.float64)
-    _cuda_ops.forward(xd, _vec(w), _vec(b), None, None, True, 0.1, 1e-5, 1, y, mean, invstd,
+    glue.forward(xd, _vec(w), _vec(b), None, None, True, 0.1, 1e-5, 1, y, mean, invstd,
                       empty=empty, stream=cuda.stream())
     assert shapes and all(s[-1] == 3 for s in shapes)
     want = OPS.batch_norm(x, w, b, None, None, True, 0.1, 1e-5)
@@ -163,7 +163,7 @@ def emulated_cuda(monkeypatch):
 
     shim = SimpleNamespace(gpus=defaultdict(contextlib.nullcontext))
     check_forward, check_backward = _ops._check_forward, _ops._check_backward
-    monkeypatch.setattr(_ops, "_cuda_modules", lambda: (shim, _cuda_ops))
+    monkeypatch.setattr(_ops, "_cuda_modules", lambda: (shim, glue))
     monkeypatch.setattr(_ops, "_numba_view", lambda t: FakeCUDAArray(t.detach().numpy()))
     monkeypatch.setattr(_ops, "_numba_stream", lambda device: 0)
 

@@ -21,7 +21,7 @@ that channels-last array with ``axis=-1``; neither copies. Outputs take the inpu
 CUDA tensors (a ``"CUDA"`` kernel for each op, ``backend`` ``"auto"`` or ``"cuda"``): the same
 layouts, viewed through ``__cuda_array_interface__`` as numba device arrays (no copy); torch
 allocates every output and scratch buffer on x's device (its caching allocator) and fastopt's
-numba.cuda kernels (``_cuda_ops.py``) write them, queued on torch's current stream, so they are
+numba.cuda kernels (``_cuda.py``) write them, queued on torch's current stream, so they are
 ordered with torch's work on that stream and nothing waits on the host. Nothing is copied to
 the host, not even the per-channel vectors. It needs fastopt's CUDA backend (numba-cuda and a
 device, :func:`cuda_backend_problem`); without it the CUDA kernel raises a RuntimeError that
@@ -288,9 +288,9 @@ def _cuda_modules():
         raise RuntimeError(f"fastopt::batch_norm on a CUDA tensor: {problem}")
     from numba import cuda
 
-    from . import _cuda_ops
+    from . import _cuda as glue
 
-    return cuda, _cuda_ops
+    return cuda, glue
 
 
 def _numba_view(t: Tensor):
