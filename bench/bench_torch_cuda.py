@@ -83,14 +83,13 @@ def _one(case: str, contender: str, repeat: int, dry: bool) -> dict:
     fmt = torch.channels_last if case == "bn-channels_last" else torch.contiguous_format
     x = torch.randn(shape, generator=gen).to(device).to(memory_format=fmt).requires_grad_()
     dy = torch.randn(shape, generator=gen).to(device).to(memory_format=fmt)
-    if contender == "torch":
-        bn = torch.nn.BatchNorm2d(shape[1]).to(device)
-    else:
-        import fastopt.torch as ft
+    import fastopt.torch as ft
 
-        bn = ft.BatchNorm2d(shape[1]).to(device)
+    module = torch.nn.BatchNorm2d if contender == "torch" else ft.BatchNorm2d
+    bn = module(shape[1]).to(device)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a fallback to torch's kernel would make this void
+        # a fallback to torch's kernel would make the fastopt figure void
+        warnings.simplefilter("error", ft.FallbackWarning)
 
         def run():
             bn(x).backward(dy)
