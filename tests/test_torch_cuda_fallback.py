@@ -131,3 +131,27 @@ def test_module_falls_back_once_with_what_to_install(monkeypatch, fake_cuda, rec
     assert len(fallback) == 2  # once for the module, once for the functional call
     assert all(INSTALL_HINT in m and "cuda:0" in m for m in fallback)
     assert recorders["fastopt"] == [] and recorders["torch"] == [x] * 4
+
+
+def test_autograd_kernel_calls_the_cuda_kernel_directly():
+    """Below autograd, a plain CUDA key set goes straight to the CUDA kernel (as CPU goes to
+    the CPU kernel); anything else (a Python mode, fake tensors) is redispatched."""
+    K = torch._C.DispatchKey
+    keys = torch._C.DispatchKeySet
+    called = []
+
+    class Op:
+        def redispatch(self, keyset, *args):
+            called.append(("redispatch", args))
+
+    def cpu(*args):
+        called.append(("cpu", args))
+
+    def cuda(*args):
+        called.append(("cuda", args))
+
+    _ops._below_autograd(Op(), cpu, keys(K.CUDA) | keys(K.AutogradCUDA), (1,), cuda)
+    _ops._below_autograd(Op(), cpu, keys(K.CPU) | keys(K.AutogradCPU), (2,), cuda)
+    _ops._below_autograd(Op(), cpu, keys(K.CUDA) | keys(K.Python) | keys(K.AutogradCUDA), (3,),
+                         cuda)
+    assert called == [("cuda", (1,)), ("cpu", (2,)), ("redispatch", (3,))]
