@@ -58,7 +58,7 @@ def _problem(monkeypatch, text):
 def test_backend_problem_is_dispatchs_check(monkeypatch):
     """cuda_backend_problem is None exactly when fastopt._dispatch loads the CUDA kernels (and
     the simulator is off); otherwise it says what to install."""
-    _ops.cuda_backend_problem.cache_clear()
+    _ops._cuda_backend_problem.cache_clear()
     try:
         problem = _ops.cuda_backend_problem()
         loads = _dispatch.available("batchnorm", "cuda")
@@ -72,13 +72,13 @@ def test_backend_problem_is_dispatchs_check(monkeypatch):
         def missing(family, backend):
             raise RuntimeError("backend 'cuda' is not available: No module named 'numba.cuda'")
 
-        _ops.cuda_backend_problem.cache_clear()
+        _ops._cuda_backend_problem.cache_clear()
         monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
         monkeypatch.setattr(_dispatch, "load", missing)
         problem = _ops.cuda_backend_problem()
         assert "No module named 'numba.cuda'" in problem and INSTALL_HINT in problem
     finally:
-        _ops.cuda_backend_problem.cache_clear()
+        _ops._cuda_backend_problem.cache_clear()
 
 
 def test_cuda_op_without_backend_raises_what_to_install(monkeypatch, fake_cuda):
@@ -155,3 +155,15 @@ def test_autograd_kernel_calls_the_cuda_kernel_directly():
     _ops._below_autograd(Op(), cpu, keys(K.CUDA) | keys(K.Python) | keys(K.AutogradCUDA), (3,),
                          cuda)
     assert called == [("cuda", (1,)), ("cpu", (2,)), ("redispatch", (3,))]
+
+
+def test_backend_check_does_not_break_a_compiled_graph():
+    """The modules call cuda_backend_problem for CUDA input while torch.compile traces them: it
+    must be a constant to dynamo, not a graph break (fullgraph=True would fail)."""
+    expected = _ops.cuda_backend_problem()
+
+    def f(x):
+        return x + (1.0 if _ops.cuda_backend_problem() is None else 2.0)
+
+    y = torch.compile(f, fullgraph=True, backend="eager")(torch.zeros(3))
+    assert torch.equal(y, torch.full((3,), 1.0 if expected is None else 2.0))

@@ -262,11 +262,19 @@ def _batch_norm_backward_fake(grad_out, x, weight, mean, invstd, training, backe
 
 
 # ------------------------------------------------------------------ CUDA
-@functools.cache
+@torch.compiler.assume_constant_result
 def cuda_backend_problem() -> str | None:
     """Why fastopt's CUDA kernels cannot run on torch's CUDA tensors in this process (None when
     they can): fastopt's own check (``fastopt._dispatch``: numba-cuda importable and a CUDA
-    device found), plus the CUDA simulator, which cannot address torch's device memory."""
+    device found), plus the CUDA simulator, which cannot address torch's device memory.
+
+    Computed once per process. ``torch.compile`` takes the result as a constant (the modules
+    call this while being traced; tracing into the import machinery would break the graph)."""
+    return _cuda_backend_problem()
+
+
+@functools.cache
+def _cuda_backend_problem() -> str | None:
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         return ("NUMBA_ENABLE_CUDASIM=1 is set, and numba's CUDA simulator cannot run on torch's "
                 "CUDA memory (unset it to use fastopt's CUDA kernels)")
