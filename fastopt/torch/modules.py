@@ -164,7 +164,8 @@ class BatchNorm1d(_Fastopt, torch.nn.BatchNorm1d):
     """``torch.nn.BatchNorm1d`` on fastopt's kernels: (N, C) or (N, C, L) input.
 
     Same constructor arguments as torch's class, plus a keyword-only ``backend``
-    (``"auto"``, ``"cython"``, ``"numba"``, ``"numpy"``) for fastopt's kernels.
+    (``"auto"``, ``"cython"``, ``"numba"``, ``"numpy"``) for fastopt's CPU kernels; CUDA input
+    always takes fastopt's CUDA kernels (or torch's, with a warning, where they cannot run).
 
     Examples
     --------
