@@ -202,3 +202,31 @@ def test_compile_fullgraph_aot_eager_on_cuda():
     x = torch.randn(8, 4, 3, 3, device=DEV)
     torch.testing.assert_close(compiled(x), ref(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(bn.running_var, ref.running_var)
+
+
+def test_converted_network_trains_like_torch_on_cuda():
+    """convert() of a conv-BN-ReLU network on the GPU: same losses as torch's over SGD steps."""
+    import copy
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)).to(DEV)
+    fast = ft.convert(copy.deepcopy(net))
+    assert isinstance(fast[1], ft.BatchNorm2d) and fast[1].weight.is_cuda
+    x = torch.randn(16, 3, 8, 8, device=DEV)
+    labels = torch.randint(0, 4, (16,), device=DEV)
+    losses = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ft.FallbackWarning)
+        for name, model in (("torch", net), ("fastopt", fast)):
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            losses[name] = []
+            for _ in range(5):
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(x), labels)
+                loss.backward()
+                opt.step()
+                losses[name].append(loss.item())
+    torch.testing.assert_close(losses["fastopt"], losses["torch"], rtol=1e-4, atol=1e-5)
