@@ -1,6 +1,7 @@
 """fastopt's batch norm as ``torch.library`` custom ops in the ``fastopt`` namespace.
 
-Two functional ops, both CPU, float32/float64, any rank >= 2 with the channel axis 1:
+Two functional ops, on CPU and CUDA tensors, float32/float64, any rank >= 2 with the channel
+axis 1:
 
 - ``torch.ops.fastopt.batch_norm(x, weight, bias, running_mean, running_var, training,
   momentum, eps, backend) -> (y, mean, invstd, new_running_mean, new_running_var)``: the
@@ -17,6 +18,15 @@ for 4-D, ``channels_last_3d`` for 5-D, the transpose of a contiguous (N, L, C) f
 that channels-last array with ``axis=-1``; neither copies. Outputs take the input's layout
 (``torch.empty_like``). Only other strides (a slice, an expanded gradient) are copied once.
 
+CUDA tensors (a ``"CUDA"`` kernel for each op, ``backend`` ``"auto"`` or ``"cuda"``): the same
+layouts, viewed through ``__cuda_array_interface__`` as numba device arrays (no copy); torch
+allocates every output and scratch buffer on x's device (its caching allocator) and fastopt's
+numba.cuda kernels (``_cuda.py``) write them, queued on torch's current stream, so they are
+ordered with torch's work on that stream and nothing waits on the host. Nothing is copied to
+the host, not even the per-channel vectors. It needs fastopt's CUDA backend (numba-cuda and a
+device, :func:`cuda_backend_problem`); without it the CUDA kernel raises a RuntimeError that
+says what to install (the modules fall back to torch's kernel instead).
+
 Autograd: the forward's backward is the fused backward op; the backward op has its own exact
 backward (explicit formulas in torch operations, so every higher order is exact too, checked by
 ``gradgradcheck``), and the forward's ``mean``/``invstd`` outputs are differentiable functions
@@ -25,12 +35,15 @@ of ``x`` in training mode, so a double backward is the exact second derivative.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _dispatch
 from .._validate import check_fraction, check_positive
 from ..batchnorm.api import kernels_for, running_update
 
@@ -63,11 +76,11 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-def _check_tensor(t: Tensor, name: str) -> None:
-    if t.device.type != "cpu":
-        raise ValueError(f"{name}: fastopt's batch-norm op runs on CPU tensors, got a tensor on "
-                         f"{t.device}; fastopt.torch.BatchNorm* modules fall back to PyTorch's "
-                         "kernel for other devices")
+def _check_tensor(t: Tensor, name: str, device: str = "cpu") -> None:
+    if t.device.type != device:
+        raise ValueError(f"{name}: fastopt's batch-norm op runs on CPU and CUDA tensors, all on "
+                         f"the device of x, got a tensor on {t.device}; fastopt.torch.BatchNorm* "
+                         "modules fall back to PyTorch's kernel for other devices")
     if t.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{name}: fastopt's batch-norm op takes float32 or float64 tensors, got "
                         f"{t.dtype}; fastopt.torch.BatchNorm* modules fall back to PyTorch's "
@@ -90,20 +103,22 @@ def _check_vector(t: Tensor | None, name: str, x: Tensor) -> None:
 
 
 _CPU_BACKENDS = ("auto", "cython", "numba", "numpy")
+_CUDA_BACKENDS = ("auto", "cuda")
 
 
-def _check_backend(backend: str) -> None:
-    if backend not in _CPU_BACKENDS:
+def _check_backend(backend: str, device: str = "cpu") -> None:
+    allowed = _CPU_BACKENDS if device == "cpu" else _CUDA_BACKENDS
+    if backend not in allowed:
         raise ValueError(f"backend: {backend!r} is not one of "
-                         f"{', '.join(map(repr, _CPU_BACKENDS))} (the op runs on CPU tensors)")
+                         f"{', '.join(map(repr, allowed))} (for {device.upper()} tensors)")
 
 
 def _check_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
                    running_mean: Tensor | None, running_var: Tensor | None, training: bool,
-                   momentum: float, eps: float, backend: str) -> None:
+                   momentum: float, eps: float, backend: str, device: str = "cpu") -> None:
     """Every check of the forward op's arguments, before anything is computed (a rejected call
     changes nothing); the kernels behind the op check nothing again."""
-    _check_tensor(x, "x")
+    _check_tensor(x, "x", device)
     for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
                     ("running_var", running_var)):
         _check_vector(t, name, x)
@@ -116,14 +131,14 @@ def _check_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None,
                          f"shape {tuple(x.shape)}")
     check_positive(eps, "eps")
     check_fraction(momentum, "momentum")
-    _check_backend(backend)
+    _check_backend(backend, device)
 
 
 def _check_backward(grad_out: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor,
-                    invstd: Tensor, backend: str) -> None:
+                    invstd: Tensor, backend: str, device: str = "cpu") -> None:
     """Every check of the backward op's arguments (the kernels check nothing again)."""
-    _check_tensor(x, "x")
-    _check_tensor(grad_out, "grad_out")
+    _check_tensor(x, "x", device)
+    _check_tensor(grad_out, "grad_out", device)
     if grad_out.shape != x.shape or grad_out.dtype != x.dtype:
         raise ValueError(f"grad_out: shape {tuple(grad_out.shape)} and dtype {grad_out.dtype} "
                          f"do not match x's {tuple(x.shape)} and {x.dtype}")
@@ -131,10 +146,10 @@ def _check_backward(grad_out: Tensor, x: Tensor, weight: Tensor | None, mean: Te
     for name, t in (("mean", mean), ("invstd", invstd)):
         if (t.shape != (x.shape[1],) or t.dtype not in SUPPORTED_DTYPES or t.device != x.device
                 or t.dtype != mean.dtype):
-            raise ValueError(f"{name}: expected a float32/float64 CPU tensor of shape "
+            raise ValueError(f"{name}: expected a float32/float64 tensor on {x.device} of shape "
                              f"({x.shape[1]},) (mean and invstd of one dtype), got {t.dtype} "
                              f"{tuple(t.shape)} on {t.device}")
-    _check_backend(backend)
+    _check_backend(backend, device)
 
 
 def _as64(t: Tensor | None, channels: int, fill: float) -> np.ndarray:
@@ -298,6 +313,141 @@ def _batch_norm_backward_fake(grad_out, x, weight, mean, invstd, training, backe
     return torch.empty_like(x), x.new_empty((c,)), x.new_empty((c,))
 
 
+# ------------------------------------------------------------------ CUDA
+@torch.compiler.assume_constant_result
+def cuda_backend_problem() -> str | None:
+    """Why fastopt's CUDA kernels cannot run on torch's CUDA tensors in this process (None when
+    they can): fastopt's own check (``fastopt._dispatch``: numba-cuda importable and a CUDA
+    device found), plus the CUDA simulator, which cannot address torch's device memory.
+
+    Computed once per process. ``torch.compile`` takes the result as a constant (the modules
+    call this while being traced; tracing into the import machinery would break the graph)."""
+    return _cuda_backend_problem()
+
+
+@functools.cache
+def _cuda_backend_problem() -> str | None:
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return ("NUMBA_ENABLE_CUDASIM=1 is set, and numba's CUDA simulator cannot run on torch's "
+                "CUDA memory (unset it to use fastopt's CUDA kernels)")
+    try:
+        _dispatch.load("batchnorm", "cuda")
+    except RuntimeError as exc:
+        return (f"fastopt's CUDA backend is not available ({exc.__cause__ or exc}); install "
+                "numba-cuda (`pip install numba-cuda`, fastopt's `cuda` extra) next to a CUDA "
+                "driver to run fastopt's CUDA kernels on torch's CUDA tensors")
+    return None
+
+
+@functools.cache
+def _cuda_modules():
+    """(numba.cuda, the numba-array glue), imported on the first CUDA call; RuntimeError with
+    :func:`cuda_backend_problem`'s reason when fastopt's CUDA kernels cannot run."""
+    problem = cuda_backend_problem()
+    if problem is not None:
+        raise RuntimeError(f"fastopt::batch_norm on a CUDA tensor: {problem}")
+    from numba import cuda
+
+    from . import _cuda as glue
+
+    return cuda, glue
+
+
+def _numba_view(t: Tensor):
+    """A numba device array on t's memory (no copy; torch refuses to export a tensor that
+    requires grad, hence the detach)."""
+    return _cuda_modules()[0].as_cuda_array(t.detach())
+
+
+def _numba_view_or_none(t: Tensor | None):
+    return None if t is None else _numba_view(t)
+
+
+_STREAMS: dict[tuple[int, int], object] = {}
+
+
+def _numba_stream(device: torch.device):
+    """torch's current stream on ``device`` as a numba stream: fastopt's kernels are queued
+    where torch queues its own work, so they are ordered with it and nothing waits on the host.
+    """
+    key = (device.index, torch.cuda.current_stream(device).cuda_stream)
+    stream = _STREAMS.get(key)
+    if stream is None:
+        if len(_STREAMS) > 64:  # streams come and go; handles may be reused
+            _STREAMS.clear()
+        stream = _STREAMS[key] = _cuda_modules()[0].external_stream(key[1])
+    return stream
+
+
+def _scratch_allocator(device: torch.device):
+    """``empty(shape, dtype)`` for the glue: torch's caching allocator (on the current stream,
+    where the kernels run), seen as a numba array that keeps the tensor alive."""
+    def empty(shape, dtype):
+        dt = getattr(torch, np.dtype(dtype).name)
+        return _numba_view(torch.empty(tuple(shape), dtype=dt, device=device))
+    return empty
+
+
+def _batch_norm_cuda(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                     running_mean: Tensor | None, running_var: Tensor | None, training: bool,
+                     momentum: float, eps: float, backend: str = "auto"
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The forward op on CUDA tensors: torch allocates every output on x's device and fastopt's
+    numba.cuda kernels fill them through zero-copy views, on torch's current stream."""
+    _check_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, backend,
+                   "cuda")
+    cuda, glue = _cuda_modules()
+    y = torch.empty_like(x)
+    view = _channel_view(y)
+    target = y
+    if view is None:  # a dense but permuted x: compute in C order, copy into x's strides
+        target = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        view = (target, 1)
+    yv, axis = view
+    xv = _as_layout(x, axis)
+    channels = x.shape[1]
+    mean, invstd = x.new_empty((channels,)), x.new_empty((channels,))
+    track = training and running_mean is not None
+    new_rm = torch.empty_like(running_mean) if track else _empty_stats(x)
+    new_rv = torch.empty_like(running_var) if track else _empty_stats(x)
+    with cuda.gpus[x.device.index]:
+        v, vn = _numba_view, _numba_view_or_none
+        glue.forward(v(xv), vn(weight), vn(bias), vn(running_mean), vn(running_var), training,
+                     momentum, eps, 1 if axis == 1 else xv.dim() - 1, v(yv), v(mean), v(invstd),
+                     v(new_rm) if track else None, v(new_rv) if track else None,
+                     empty=_scratch_allocator(x.device), stream=_numba_stream(x.device))
+    if target is not y:
+        y.copy_(target)
+    return y, mean, invstd, new_rm, new_rv
+
+
+def _batch_norm_backward_cuda(grad_out: Tensor, x: Tensor, weight: Tensor | None,
+                              mean: Tensor, invstd: Tensor, training: bool, backend: str = "auto"
+                              ) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward op on CUDA tensors (as :func:`_batch_norm_cuda`)."""
+    _check_backward(grad_out, x, weight, mean, invstd, backend, "cuda")
+    cuda, glue = _cuda_modules()
+    dx = torch.empty_like(x)
+    view = _channel_view(dx)
+    target = dx
+    if view is None:
+        target = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        view = (target, 1)
+    dxv, axis = view
+    xv = _as_layout(x, axis)
+    gv = _as_layout(grad_out, axis)
+    channels = x.shape[1]
+    dw, db = x.new_empty((channels,)), x.new_empty((channels,))
+    with cuda.gpus[x.device.index]:
+        v = _numba_view
+        glue.backward(v(gv), v(xv), _numba_view_or_none(weight), v(mean), v(invstd), training,
+                      1 if axis == 1 else xv.dim() - 1, v(dxv), v(dw), v(db),
+                      empty=_scratch_allocator(x.device), stream=_numba_stream(x.device))
+    if target is not dx:
+        dx.copy_(target)
+    return dx, dw, db
+
+
 # ------------------------------------------------------------------ autograd
 def _channel_shape(x: Tensor) -> list[int]:
     return [1, x.shape[1]] + [1] * (x.dim() - 2)
@@ -401,13 +551,20 @@ def _backward_backward(ctx, a, beta, gamma):
 _AFTER_AUTOGRAD = torch._C._after_autograd_keyset
 
 
-def _below_autograd(op, cpu_kernel, keyset, args):
-    """The op's kernel below autograd. When that is the CPU kernel (no fake tensors, modes or
-    functionalization in the key set) it is called directly: the dispatcher's Python round trip
-    to the same function costs more than fastopt's kernel on a small input."""
+_CPU_KEY = torch._C.DispatchKey.CPU
+_CUDA_KEY = torch._C.DispatchKey.CUDA
+
+
+def _below_autograd(op, cpu_kernel, keyset, args, cuda_kernel=None):
+    """The op's kernel below autograd. When that is the CPU (or CUDA) kernel (no fake tensors,
+    modes or functionalization in the key set) it is called directly: the dispatcher's Python
+    round trip to the same function costs more than fastopt's kernel on a small input."""
     below = keyset & _AFTER_AUTOGRAD
-    if below.highestPriorityTypeId() == torch._C.DispatchKey.CPU:
+    key = below.highestPriorityTypeId()
+    if key == _CPU_KEY:
         return cpu_kernel(*args)
+    if key == _CUDA_KEY:
+        return cuda_kernel(*args)
     return op.redispatch(below, *args)
 
 
@@ -417,7 +574,7 @@ class _BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, *args_and_keyset):
         *args, keyset = args_and_keyset
-        output = _below_autograd(batch_norm_op, _batch_norm_cpu, keyset, args)
+        output = _below_autograd(batch_norm_op, _batch_norm_cpu, keyset, args, _batch_norm_cuda)
         _forward_setup(ctx, args, output)
         return output
 
@@ -432,7 +589,8 @@ class _BatchNormBackwardFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, *args_and_keyset):
         *args, keyset = args_and_keyset
-        output = _below_autograd(batch_norm_backward_op, _batch_norm_backward_cpu, keyset, args)
+        output = _below_autograd(batch_norm_backward_op, _batch_norm_backward_cpu, keyset, args,
+                                 _batch_norm_backward_cuda)
         _backward_setup(ctx, args, output)
         return output
 
@@ -450,7 +608,8 @@ def _batch_norm_autograd(keyset, x, weight, bias, running_mean, running_var, tra
     args = (x, weight, bias, running_mean, running_var, training, momentum, eps, backend)
     if _needs_graph(x, weight, bias):
         return _BatchNormFunction.apply(*args, keyset)
-    return _below_autograd(batch_norm_op, _batch_norm_cpu, keyset, args)  # no graph to record
+    # no graph to record
+    return _below_autograd(batch_norm_op, _batch_norm_cpu, keyset, args, _batch_norm_cuda)
 
 
 def _batch_norm_backward_autograd(keyset, grad_out, x, weight, mean, invstd, training,
@@ -458,11 +617,14 @@ def _batch_norm_backward_autograd(keyset, grad_out, x, weight, mean, invstd, tra
     args = (grad_out, x, weight, mean, invstd, training, backend)
     if _needs_graph(grad_out, x, weight, mean, invstd):
         return _BatchNormBackwardFunction.apply(*args, keyset)
-    return _below_autograd(batch_norm_backward_op, _batch_norm_backward_cpu, keyset, args)
+    return _below_autograd(batch_norm_backward_op, _batch_norm_backward_cpu, keyset, args,
+                           _batch_norm_backward_cuda)
 
 
 _LIB.impl("batch_norm", _batch_norm_cpu, "CPU")
 _LIB.impl("batch_norm_backward", _batch_norm_backward_cpu, "CPU")
+_LIB.impl("batch_norm", _batch_norm_cuda, "CUDA")
+_LIB.impl("batch_norm_backward", _batch_norm_backward_cuda, "CUDA")
 torch.library.register_fake("fastopt::batch_norm", _batch_norm_fake, lib=_LIB)
 torch.library.register_fake("fastopt::batch_norm_backward", _batch_norm_backward_fake, lib=_LIB)
 # Autograd kernels registered directly, with the setup inside forward: register_autograd and a

@@ -6,9 +6,11 @@ checks and ``train()``/``eval()`` behaviour, and ``isinstance(m, torch.nn.BatchN
 true; only ``forward`` differs. They are module-level classes: ``pickle``, ``torch.save`` /
 ``torch.load`` and ``copy.deepcopy`` work.
 
-Inputs fastopt's CPU kernels cannot take (float16, bfloat16, CUDA or other devices, parameters
-of another dtype or device) go to PyTorch's own kernel instead, with one
-:class:`FallbackWarning` per module; nothing is copied to the CPU.
+CUDA tensors go to fastopt's numba.cuda kernels (zero-copy, on torch's current stream) when
+fastopt's CUDA backend can run (numba-cuda installed, a CUDA device found). Inputs fastopt's
+kernels cannot take (float16, bfloat16, CUDA without that backend, other devices, parameters of
+another dtype or device) go to PyTorch's own kernel instead, with one :class:`FallbackWarning`
+per module whose message says why (and what to install); nothing is copied to the CPU.
 """
 
 from __future__ import annotations
@@ -29,19 +31,29 @@ class FallbackWarning(UserWarning):
     """An input fastopt's kernels do not take went to PyTorch's batch norm instead."""
 
 
+_SUPPORTED = "float32/float64 on CPU, or on CUDA with numba-cuda"
+
+
 def _unsupported(x: Tensor, *tensors: Tensor | None) -> str | None:
     """Why fastopt's op cannot take these tensors (None when it can)."""
     dtype = x.dtype
     if x.is_cpu and dtype in _ops.SUPPORTED_DTYPES and all(
             t is None or (t.is_cpu and t.dtype == dtype) for t in tensors):
         return None
-    if x.device.type != "cpu":
-        return f"input on {x.device}"
+    device = x.device.type
+    if device != "cpu":
+        if device != "cuda":
+            return f"input on {x.device}"
+        problem = _ops.cuda_backend_problem()
+        if problem is not None:
+            return f"input on {x.device} ({problem})"
     if x.dtype not in _ops.SUPPORTED_DTYPES:
         return f"input dtype {x.dtype}"
+    dtype, where = x.dtype, x.device
     for t in tensors:
-        if t is not None and (t.dtype != x.dtype or t.device.type != "cpu"):
-            return f"a parameter or buffer of dtype {t.dtype} on {t.device} with {x.dtype} input"
+        if t is not None and (t.dtype != dtype or t.device != where):
+            return (f"a parameter or buffer of dtype {t.dtype} on {t.device} with {x.dtype} "
+                    f"input on {x.device}")
     return None
 
 
@@ -49,14 +61,16 @@ def batch_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
                running_mean: Tensor | None = None, running_var: Tensor | None = None,
                training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
                backend: str = "auto") -> Tensor:
-    """``torch.nn.functional.batch_norm`` on fastopt's registered ops (CPU float32/float64).
+    """``torch.nn.functional.batch_norm`` on fastopt's registered ops (float32/float64, CPU or
+    CUDA).
 
     Note the argument order: ``weight`` and ``bias`` come before the running statistics
     (pass them by keyword to be safe). In training mode the running statistics, when given,
     are updated in place as PyTorch does. Channel axis 1, any rank >= 2; contiguous and
-    channels-last tensors go to the kernels without copies. Inputs the kernels do not take
-    (float16, bfloat16, other devices) go to ``torch.nn.functional.batch_norm`` with a
-    :class:`FallbackWarning`.
+    channels-last tensors go to the kernels without copies. CUDA tensors go to fastopt's
+    numba.cuda kernels when its CUDA backend can run (numba-cuda and a device). Inputs the
+    kernels do not take (float16, bfloat16, CUDA without that backend, other devices) go to
+    ``torch.nn.functional.batch_norm`` with a :class:`FallbackWarning` saying why.
 
     Parameters
     ----------
@@ -67,8 +81,9 @@ def batch_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
     training : bool
     momentum : float
     eps : float
-    backend : {"auto", "cython", "numba", "numpy"}
-        fastopt's kernel implementation.
+    backend : {"auto", "cython", "numba", "numpy", "cuda"}
+        fastopt's kernel implementation: a CPU one for CPU tensors, ``"auto"`` or ``"cuda"``
+        for CUDA tensors (another name is a ValueError).
 
     Returns
     -------
@@ -87,7 +102,7 @@ def batch_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
     why = _unsupported(x, weight, bias, running_mean, running_var)
     if why is not None:
         warnings.warn(f"fastopt.torch.batch_norm: {why} is not supported by fastopt's kernels "
-                      "(CPU float32/float64); using torch.nn.functional.batch_norm",
+                      f"({_SUPPORTED}); using torch.nn.functional.batch_norm",
                       FallbackWarning, stacklevel=2)
         return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
     y, _, _, new_rm, new_rv = _ops.batch_norm_op(
@@ -118,9 +133,9 @@ class _Fastopt:
             # The module's id makes each module's message distinct, so Python's warning
             # registry (one per call site) does not swallow a second module's warning.
             warnings.warn(f"{type(self).__name__}({self.num_features}) at {id(self):#x}: {why} "
-                          "is not supported by fastopt's kernels (CPU float32/float64); this "
-                          "module uses PyTorch's batch norm for such inputs (warned once per "
-                          "module)", FallbackWarning, stacklevel=3)
+                          f"is not supported by fastopt's kernels ({_SUPPORTED}); this module "
+                          "uses PyTorch's batch norm for such inputs (warned once per module)",
+                          FallbackWarning, stacklevel=3)
         return super().forward(x)
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's parameter name)
@@ -142,9 +157,10 @@ class _Fastopt:
         use_batch = training or (rm is None and rv is None)
         if training and not self.track_running_stats:
             rm = rv = None
+        # The module's backend names a CPU kernel; CUDA input always takes the CUDA kernels.
+        backend = getattr(self, "backend", "auto") if input.is_cpu else "cuda"
         y, _, _, new_rm, new_rv = _ops.batch_norm_op(
-            input, weight, bias, rm, rv, use_batch, factor, self.eps,
-            getattr(self, "backend", "auto"))
+            input, weight, bias, rm, rv, use_batch, factor, self.eps, backend)
         if use_batch and rm is not None:  # buffers: no autograd history to record
             rm.copy_(new_rm)
             rv.copy_(new_rv)
@@ -155,7 +171,8 @@ class BatchNorm1d(_Fastopt, torch.nn.BatchNorm1d):
     """``torch.nn.BatchNorm1d`` on fastopt's kernels: (N, C) or (N, C, L) input.
 
     Same constructor arguments as torch's class, plus a keyword-only ``backend``
-    (``"auto"``, ``"cython"``, ``"numba"``, ``"numpy"``) for fastopt's kernels.
+    (``"auto"``, ``"cython"``, ``"numba"``, ``"numpy"``) for fastopt's CPU kernels; CUDA input
+    always takes fastopt's CUDA kernels (or torch's, with a warning, where they cannot run).
 
     Examples
     --------
