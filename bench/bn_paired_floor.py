@@ -3,9 +3,10 @@
 ``bench/run.py --family batchnorm`` times each contender in a process of its own; on a VM whose
 memory bandwidth drifts by up to 1.5x between processes, the ratio of two such timings carries
 that drift. Here fastopt's kernel and the floor (``_floor.py``: the same passes over the same
-arrays, no arithmetic) alternate in one process, on the same arrays and thread count, with a
-short sleep before every call so each starts with idle worker threads; the ratio of each pair
-is taken and the median and quartiles of the ratios are reported. Only fastopt's own code and
+arrays, no arithmetic) alternate back to back in one process, on the same arrays and thread
+count (Numba's OpenMP layer and the Cython kernels share one libgomp thread pool, so neither
+waits for the other's threads); the ratio of each pair is taken and the median and quartiles of
+the ratios are reported. Only fastopt's own code and
 the floor run here, so no other library shares the process. A second forward floor widens
 every value to float64 and sums it and its square in its read pass (``_floor.py``'s
 ``forward_floor_float64_stats``): the arithmetic float64 statistics cannot avoid, which is what
@@ -41,7 +42,6 @@ QUICK_SHAPES = {"nchw-8x16x14x14": ((8, 16, 14, 14), 1), "nc-256x64": ((256, 64)
 
 
 def _timed(fn) -> float:
-    time.sleep(0.02)  # OpenMP / Numba workers go idle before each call
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
