@@ -169,6 +169,17 @@ def _kernels(tpb: int):
             c = r - bb * Cn
             dst[a, c, bb] = src[a, bb, c]
 
+    @cuda.jit(device=True)
+    def tree_sum(sh, t):
+        # sh[0] = sum of the block's tpb values (a power of two), in a fixed order
+        cuda.syncthreads()
+        step = tpb // 2
+        while step > 0:
+            if t < step:
+                sh[t] += sh[t + step]
+            cuda.syncthreads()
+            step //= 2
+
     @cuda.jit
     def total(x, out):
         # one block: fixed-order strided sums, then a tree (deterministic)
@@ -178,15 +189,23 @@ def _kernels(tpb: int):
         for i in range(t, x.shape[0], tpb):
             s += x[i]
         sh[t] = s
-        cuda.syncthreads()
-        step = tpb // 2
-        while step > 0:
-            if t < step:
-                sh[t] += sh[t + step]
-            cuda.syncthreads()
-            step //= 2
+        tree_sum(sh, t)
         if t == 0:
             out[0] = sh[0]
+
+    @cuda.jit
+    def column_dot(A, B, out):
+        # out[j] = sum_p A[p, j] B[p, j], one block per column (deterministic)
+        t = cuda.threadIdx.x
+        j = cuda.blockIdx.x
+        sh = cuda.shared.array(tpb, float64)
+        s = 0.0
+        for p in range(t, A.shape[0], tpb):
+            s += float64(A[p, j]) * float64(B[p, j])
+        sh[t] = s
+        tree_sum(sh, t)
+        if t == 0:
+            out[j] = sh[0]
 
     @cuda.jit
     def stats(x, part):
@@ -223,7 +242,7 @@ def _kernels(tpb: int):
 
     return dict(hidden_forward=hidden_forward, output_forward=output_forward,
                 hidden_backward=hidden_backward, colsum=colsum, assemble=assemble,
-                swap_last2=swap_last2, total=total, stats=stats)
+                swap_last2=swap_last2, total=total, column_dot=column_dot, stats=stats)
 
 
 @cache

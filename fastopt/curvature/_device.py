@@ -13,10 +13,8 @@ transpose) without leaving the device:
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
-from numba import cuda, float64  # this module is imported on device paths only
+from numba import cuda  # this module is imported on device paths only
 
 
 def matmul(lib: str | None, A, B, out, ta: bool = False, tb: bool = False) -> None:
@@ -52,29 +50,6 @@ def column_dots(A, B):
     P, k = A.shape
     out = cuda.device_array(max(k, 1), np.float64)
     if k:
-        _column_dot_kernel(_cuda.THREADS_PER_BLOCK)[k, _cuda.THREADS_PER_BLOCK](A, B, out)
+        tpb = _cuda.THREADS_PER_BLOCK
+        _cuda._kernels(tpb)["column_dot"][k, tpb](A, B, out)
     return out.copy_to_host()[:k]
-
-
-@cache
-def _column_dot_kernel(tpb: int):
-    @cuda.jit
-    def column_dot(A, B, out):
-        t = cuda.threadIdx.x
-        j = cuda.blockIdx.x
-        sh = cuda.shared.array(tpb, float64)
-        s = 0.0
-        for p in range(t, A.shape[0], tpb):
-            s += float64(A[p, j]) * float64(B[p, j])
-        sh[t] = s
-        cuda.syncthreads()
-        step = tpb // 2
-        while step > 0:
-            if t < step:
-                sh[t] += sh[t + step]
-            cuda.syncthreads()
-            step //= 2
-        if t == 0:
-            out[j] = sh[0]
-
-    return column_dot
