@@ -4,7 +4,7 @@ CUDA target, with the argument types the op passes, on a machine without a GPU.
 The simulator runs the kernels as Python, so it cannot catch a typing error of numba's CUDA
 compiler; ``compile_cuda`` types and lowers to LLVM IR without a driver (it stops before NVVM).
 Its device-function calls ask the current device for its compute capability, which is stubbed
-here. Skips in the simulator and without numba-cuda.
+here. Skips in the simulator and without numba-cuda or torch (fastopt.torch imports it).
 """
 
 import os
@@ -15,6 +15,7 @@ import pytest
 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     pytest.skip("the simulator has no CUDA compiler", allow_module_level=True)
 pytest.importorskip("numba.cuda")
+pytest.importorskip("torch")  # the glue lives in fastopt.torch, whose __init__ imports torch
 
 from numba import types  # noqa: E402
 
