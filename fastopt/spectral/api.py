@@ -108,8 +108,23 @@ def spectral_norm(
 
     with blas_single_thread():  # the solver's LAPACK calls are tiny (see _common)
         W3, ex = rescaled(W3)  # singular vectors do not change; values scale back below
-        dtype = W3.dtype
-        team = Team(W3.size)
+
+    def reruns(again):  # the matrices to run again, in one batch
+        yield again, np.ascontiguousarray(W3[again])
+
+    return _solve_norm(W3, ex, kern, tol, maxiter, user_start, Team(W3.size), reruns,
+                       return_vectors, batched, lambda a: a)
+
+
+def _solve_norm(W3, ex, kern, tol, maxiter, user_start, team, reruns, return_vectors: bool,
+                batched: bool, as_result) -> SpectralResult:
+    """Golub-Kahan-Lanczos on the rescaled stack ``W3`` (exponents ``ex``), shared by the host
+    and device front ends: ``reruns(indices)`` yields ``(indices, sub-stack)`` pairs for the
+    matrices to run again from the default start, ``as_result`` turns a host result array into
+    the caller's kind."""
+    B, n, m = W3.shape
+    dtype = np.dtype(W3.dtype)
+    with blas_single_thread():
         start = default_start(B, m, dtype) if user_start is None else unit_rows(user_start, dtype)
         theta, resid, iters, conv, vecs, exact = lanczos_norm(W3, kern, tol, maxiter, start, team)
         if user_start is not None:
@@ -118,15 +133,14 @@ def spectral_norm(
             # from the default start (a start in another invariant subspace is not detected: the
             # warm start from a converged v, the usual case, must stay one pass).
             again = np.flatnonzero(exact & (theta <= np.finfo(np.float64).tiny))
-            if again.size:
-                Wa = np.ascontiguousarray(W3[again])
+            for idx, Wa in (reruns(again) if again.size else ()):
                 th2, re2, it2, cv2, ve2, _ = lanczos_norm(
-                    Wa, kern, tol, maxiter, default_start(again.size, m, dtype), team)
-                better = th2 > theta[again]
-                sel = again[better]
+                    Wa, kern, tol, maxiter, default_start(len(idx), m, dtype), team)
+                better = th2 > theta[idx]
+                sel = idx[better]
                 theta[sel], resid[sel], conv[sel], vecs[sel] = (
                     th2[better], re2[better], cv2[better], ve2[better])
-                iters[again] += it2
+                iters[idx] += it2
         # converged only if the returned vector's residual, computed in W's dtype, is within tol
         # (or within the dtype's roundoff where tol asks for more than the dtype can show)
         checked = checked_residual(W3, kern, vecs, team)
@@ -138,8 +152,9 @@ def spectral_norm(
             u, v = singular_vectors(W3, kern, vecs, team)
         if not batched:
             u, v = u[0], v[0]
+        u, v = as_result(u), as_result(v)
     if batched:
-        return SpectralResult(value, u, v, iters, conv, resid)
+        return SpectralResult(as_result(value), u, v, iters, conv, resid)
     return SpectralResult(
         float(value[0]), u, v, int(iters[0]), bool(conv[0]), float(resid[0])
     )
@@ -327,31 +342,14 @@ def _device_norm(W, tol, maxiter, v0, return_vectors, backend):
     B, n, m = W3.shape
     user_start = None if v0 is None else as_start_vectors(_host_copy(v0), "v0", B, m)
     W3, ex = _device_checked(W3, kern)
-    dtype = np.dtype(W3.dtype)
-    team = Team(0)  # one "thread": the device has its own parallelism
-    with blas_single_thread():
-        start = default_start(B, m, dtype) if user_start is None else unit_rows(user_start, dtype)
-        theta, resid, iters, conv, vecs, exact = lanczos_norm(W3, kern, tol, maxiter, start, team)
-        if user_start is not None:  # the null-space start rerun of spectral_norm, per matrix
-            for b in np.flatnonzero(exact & (theta <= np.finfo(np.float64).tiny)):
-                th2, re2, it2, cv2, ve2, _ = lanczos_norm(
-                    W3[b : b + 1], kern, tol, maxiter, default_start(1, m, dtype), team)
-                if th2[0] > theta[b]:
-                    theta[b], resid[b], conv[b], vecs[b] = th2[0], re2[0], cv2[0], ve2[0]
-                iters[b] += it2[0]
-        checked = checked_residual(W3, kern, vecs, team)
-        conv &= checked <= max(tol, CHECK_EPS_FACTOR * float(np.finfo(dtype).eps))
-    value = np.ldexp(np.sqrt(theta), -ex)
-    u = v = None
-    if return_vectors:
-        with blas_single_thread():
-            u, v = singular_vectors(W3, kern, vecs, team)
-        if not batched:
-            u, v = u[0], v[0]
-        u, v = _device_result(u, kind), _device_result(v, kind)
-    if batched:
-        return SpectralResult(_device_result(value, kind), u, v, iters, conv, resid)
-    return SpectralResult(float(value[0]), u, v, int(iters[0]), bool(conv[0]), float(resid[0]))
+
+    def reruns(again):  # one matrix at a time: device arrays take slices, not index arrays
+        for b in again:
+            yield np.array([b]), W3[b : b + 1]
+
+    # Team(0): one "thread", the device has its own parallelism
+    return _solve_norm(W3, ex, kern, tol, maxiter, user_start, Team(0), reruns, return_vectors,
+                       batched, lambda a: _device_result(a, kind))
 
 
 def _host_copy(x):
