@@ -263,28 +263,8 @@ def spectral_radius(
     else:
         for b in range(B):
             W1, (ex,) = rescaled(W3[b : b + 1])
-            with blas_single_thread():  # a Team per method: each compares its own passes
-                found = bracket(W1, kern, tol, Team(W1.size))
-            if found is not None:
-                value[b], lam[b], iters[b], conv[b] = found[0], complex(np.nan, np.nan), (
-                    found[1]
-                ), True
-                value[b] = np.ldexp(value[b], -ex)
-                continue
-            with blas_single_thread():
-                r, e, mv, ok = arnoldi_radius(W1, kern, tol, budget, Team(W1.size))
-            # ok is a string where the Krylov estimate said "converged" on a strongly non-normal
-            # matrix, where that estimate cannot be trusted: LAPACK with its condition-aware
-            # verdict decides instead, or (explicit maxiter: no dense fallback) converged=False.
-            if ok is not True:
-                if explicit:
-                    ok = False
-                else:
-                    dv, de, dc = _dense.dense_radius(W1, tol)
-                    r, e, ok = float(dv[0]), complex(de[0]), bool(dc[0])
-            value[b], lam[b], iters[b], conv[b] = r, e, mv, ok
-            if ex:  # undo the exact power-of-two scaling
-                value[b], lam[b] = np.ldexp(value[b], -ex), lam[b] * 2.0**-ex
+            value[b], lam[b], iters[b], conv[b] = _krylov_radius(
+                W1, ex, kern, tol, budget, explicit, Team(W1.size), lambda M: M)
     if batched:
         return RadiusResult(value, lam, iters, conv)
     return RadiusResult(float(value[0]), complex(lam[0]), int(iters[0]), bool(conv[0]))
@@ -361,6 +341,32 @@ def _host_copy(x):
     return x
 
 
+def _krylov_radius(W1, ex: int, kern, tol: float, budget: int, explicit: bool, team,
+                   to_host) -> tuple[float, complex, int, bool]:
+    """``(value, eigenvalue, products, converged)`` of one rescaled matrix ``W1`` (shape
+    ``(1, n, n)``, scaled by ``2**ex``): the bracket for a dominant real pair, else Arnoldi with
+    LAPACK deciding where the Krylov estimate cannot be trusted; ``to_host(W1)`` is the matrix
+    LAPACK gets (a device matrix crosses the bus only then)."""
+    with blas_single_thread():  # a Team per method: each compares its own passes
+        found = bracket(W1, kern, tol, team)
+    if found is not None:
+        return float(np.ldexp(found[0], -ex)), complex(np.nan, np.nan), int(found[1]), True
+    with blas_single_thread():
+        r, e, mv, ok = arnoldi_radius(W1, kern, tol, budget, team)
+    # ok is a string where the Krylov estimate said "converged" on a strongly non-normal
+    # matrix, where that estimate cannot be trusted: LAPACK with its condition-aware verdict
+    # decides instead, or (explicit maxiter: no dense fallback) converged=False.
+    if ok is not True:
+        if explicit:
+            ok = False
+        else:
+            dv, de, dc = _dense.dense_radius(to_host(W1), tol)
+            r, e, ok = float(dv[0]), complex(de[0]), bool(dc[0])
+    if ex:  # undo the exact power-of-two scaling
+        r, e = np.ldexp(r, -ex), e * 2.0**-ex
+    return r, e, mv, ok
+
+
 def _device_radius(W, tol, maxiter, backend):
     explicit = maxiter is not None
     W3, batched, kind, kern = _device_stack(W, backend, square=True)
@@ -375,26 +381,10 @@ def _device_radius(W, tol, maxiter, backend):
     lam = np.zeros(B, dtype=np.complex128)
     iters = np.zeros(B, dtype=np.int64)
     conv = np.zeros(B, dtype=bool)
-    for b in range(B):
-        W1 = W3[b : b + 1]
-        ex = ex_all[b]
-        with blas_single_thread():
-            found = bracket(W1, kern, tol, Team(0))
-        if found is not None:
-            value[b], lam[b], iters[b], conv[b] = (
-                np.ldexp(found[0], -ex), complex(np.nan, np.nan), found[1], True)
-            continue
-        with blas_single_thread():
-            r, e, mv, ok = arnoldi_radius(W1, kern, tol, budget, Team(0))
-        if ok is not True:  # as spectral_radius: LAPACK decides (W1 crosses the bus once)
-            if explicit:
-                ok = False
-            else:
-                dv, de, dc = _dense.dense_radius(W1.copy_to_host(), tol)
-                r, e, ok = float(dv[0]), complex(de[0]), bool(dc[0])
-        value[b], lam[b], iters[b], conv[b] = r, e, mv, ok
-        if ex:
-            value[b], lam[b] = np.ldexp(value[b], -ex), lam[b] * 2.0**-ex
+    for b in range(B):  # Team(0): one "thread", the device has its own parallelism
+        value[b], lam[b], iters[b], conv[b] = _krylov_radius(
+            W3[b : b + 1], ex_all[b], kern, tol, budget, explicit, Team(0),
+            lambda M: M.copy_to_host())
     if batched:
         return RadiusResult(value, lam, iters, conv)
     return RadiusResult(float(value[0]), complex(lam[0]), int(iters[0]), bool(conv[0]))
