@@ -26,12 +26,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from _gpu_child import run_child  # bench/ is the script's directory
 
 CASES = {
     "floor-bandwidth": ("floor",),
@@ -101,15 +100,7 @@ def _one(case: str, contender: str, repeat: int, dry: bool) -> dict:
 
 
 def _child(case: str, contender: str, repeat: int, dry: bool) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    env["PYTHONPATH"] = str(HERE.parent) + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", case, contender,
-           "--repeat", str(repeat)] + (["--dry-run"] if dry else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]}
-    return json.loads(lines[-1])
+    return run_child(__file__, case, contender, repeat, dry)
 
 
 def main(argv=None) -> int:
