@@ -4,28 +4,24 @@ Without either, these tests skip. In the simulator every CUDA thread is a Python
 tiny and ``THREADS_PER_BLOCK`` is shrunk to 4 so that multi-block reductions run.
 """
 
-import os
 
 import numpy as np
 import pytest
+from cuda_support import require_device_or_simulator, shrunk_blocks
 
 from fastopt import batch_norm_backward, batch_norm_forward
 
 pytestmark = pytest.mark.cudasim
 
-cuda = pytest.importorskip("numba.cuda")
-if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and not cuda.is_available():
-    pytest.skip("no CUDA device and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
+cuda = require_device_or_simulator()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def small_blocks():
     from fastopt.batchnorm import _cuda
 
-    old = _cuda.THREADS_PER_BLOCK
-    _cuda.THREADS_PER_BLOCK = 4 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else 64
-    yield
-    _cuda.THREADS_PER_BLOCK = old
+    with shrunk_blocks(_cuda, {"THREADS_PER_BLOCK": 4}, {"THREADS_PER_BLOCK": 64}):
+        yield
 
 
 CASES = [((5, 3, 7), 1), ((9, 4), 1), ((3, 4, 2, 5), -1), ((2, 3, 20), 1)]

@@ -6,29 +6,25 @@ matmul kernel; every element-wise kernel runs with ``THREADS_PER_BLOCK = 4`` and
 tiles so that multi-block launches run. Shapes are tiny: the simulator is slow.
 """
 
-import os
 
 import numpy as np
 import pytest
+from cuda_support import require_device_or_simulator, shrunk_blocks
 
 from fastopt import MLP
 
 pytestmark = pytest.mark.cudasim
 
-cuda = pytest.importorskip("numba.cuda")
-if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and not cuda.is_available():
-    pytest.skip("no CUDA device and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
+cuda = require_device_or_simulator()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def small_blocks():
     from fastopt.curvature import _cuda
 
-    old = _cuda.THREADS_PER_BLOCK, _cuda.MATMUL_TILE
-    sim = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-    _cuda.THREADS_PER_BLOCK, _cuda.MATMUL_TILE = (4, 2) if sim else (32, 8)
-    yield
-    _cuda.THREADS_PER_BLOCK, _cuda.MATMUL_TILE = old
+    with shrunk_blocks(_cuda, {"THREADS_PER_BLOCK": 4, "MATMUL_TILE": 2},
+                       {"THREADS_PER_BLOCK": 32, "MATMUL_TILE": 8}):
+        yield
 
 
 def _problem(loss, sizes, dtype, seed=0):

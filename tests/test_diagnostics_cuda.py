@@ -8,11 +8,11 @@ multi-block launches and block reductions run) on tiny models: the simulator is 
 third of a second per pass, so the Lanczos tests use MLP [2, 2, 1] (9 parameters).
 """
 
-import os
 import warnings
 
 import numpy as np
 import pytest
+from cuda_support import require_device_or_simulator, shrunk_blocks
 
 from fastopt import (
     MLP,
@@ -28,9 +28,7 @@ from fastopt.curvature.objective import bind
 
 pytestmark = pytest.mark.cudasim
 
-cuda = pytest.importorskip("numba.cuda")
-if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and not cuda.is_available():
-    pytest.skip("no CUDA device and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
+cuda = require_device_or_simulator()
 
 DTYPES = [np.float32, np.float64]
 CURVATURES = ["hessian", "ggn"]
@@ -40,11 +38,9 @@ CURVATURES = ["hessian", "ggn"]
 def small_blocks():
     from fastopt.curvature import _cuda
 
-    old = _cuda.THREADS_PER_BLOCK, _cuda.MATMUL_TILE
-    sim = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-    _cuda.THREADS_PER_BLOCK, _cuda.MATMUL_TILE = (4, 2) if sim else (32, 8)
-    yield
-    _cuda.THREADS_PER_BLOCK, _cuda.MATMUL_TILE = old
+    with shrunk_blocks(_cuda, {"THREADS_PER_BLOCK": 4, "MATMUL_TILE": 2},
+                       {"THREADS_PER_BLOCK": 32, "MATMUL_TILE": 8}):
+        yield
 
 
 def _problem(sizes, loss, dtype, seed=0):

@@ -11,11 +11,10 @@ import os
 
 import numpy as np
 import pytest
+from cuda_support import require_device_or_simulator, shrunk_blocks
 
 torch = pytest.importorskip("torch")
-cuda = pytest.importorskip("numba.cuda")
-if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and not cuda.is_available():
-    pytest.skip("no CUDA device and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
+cuda = require_device_or_simulator()
 
 import fastopt.torch  # noqa: E402, F401  (registers torch.ops.fastopt.*)
 from fastopt.torch import _cuda as glue  # noqa: E402
@@ -28,10 +27,8 @@ OPS = torch.ops.fastopt
 def small_blocks():
     from fastopt.batchnorm import _cuda
 
-    old = _cuda.THREADS_PER_BLOCK
-    _cuda.THREADS_PER_BLOCK = 4 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else 32
-    yield
-    _cuda.THREADS_PER_BLOCK = old
+    with shrunk_blocks(_cuda, {"THREADS_PER_BLOCK": 4}, {"THREADS_PER_BLOCK": 32}):
+        yield
 
 
 # (shape, layout): "runs" (inner > 1), "rows" (inner == 1), channels-last (N...C memory)
