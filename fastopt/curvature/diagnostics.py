@@ -42,7 +42,13 @@ from .._validate import (
 )
 from ..spectral.lanczos import lanczos_extremes, lanczos_tridiagonal, tridiagonal_eigh
 from .mlp import MLP
-from .objective import BoundObjective, check_same_side, device_checked, prepare
+from .objective import (
+    BoundObjective,
+    check_same_side,
+    device_checked,
+    prepare,
+    reject_device_theta,
+)
 
 if TYPE_CHECKING:  # scipy is an optional (test) dependency, imported lazily
     from scipy.sparse.linalg import LinearOperator
@@ -219,11 +225,7 @@ def _objective_source(obj: Any, theta: object, mode: str, copy: bool) -> _Source
     if isinstance(obj, BoundObjective):
         if obj.device:
             return _device_model_source(obj._prep, theta, mode, copy, "objective")
-        if is_cuda_array(theta):
-            raise TypeError(
-                "theta: is a device array but the objective is bound to host data; bind device "
-                "X and y (bind(model, X_device, y_device)) or pass theta on the host"
-            )
+        reject_device_theta(theta)
     elif is_cuda_array(theta):
         return _device_objective_source(obj, theta, mode, copy)
     P = check_int(obj.num_params, "objective.num_params")

@@ -380,6 +380,15 @@ def check_v(v: object, P: int, dtype: np.dtype) -> tuple[np.ndarray, bool]:
     return V, single
 
 
+def reject_device_theta(theta: object) -> None:
+    """TypeError for a device ``theta`` given to an objective bound to host data."""
+    if is_cuda_array(theta):
+        raise TypeError(
+            "theta: is a device array but the objective is bound to host data; bind device "
+            "X and y (bind(model, X_device, y_device)) or pass theta on the host"
+        )
+
+
 class BoundObjective(Objective):
     """A model bound to one batch ``(X, y)``: the :class:`Objective` ``J(theta) = loss(theta, X,
     y)`` (from :func:`bind`).
@@ -432,11 +441,7 @@ class BoundObjective(Objective):
             from .. import _device
 
             return self._prep.check_theta(theta), _device.kind_of(theta)
-        if is_cuda_array(theta):
-            raise TypeError(
-                "theta: is a device array but the objective is bound to host data; bind device "
-                "X and y (bind(model, X_device, y_device)) or pass theta on the host"
-            )
+        reject_device_theta(theta)
         return self._prep.check_theta(theta), None
 
     def __repr__(self) -> str:
