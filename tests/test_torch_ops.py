@@ -259,3 +259,20 @@ def test_the_op_gives_the_numpy_functions_values_bit_for_bit(backend, dtype, tra
     if training:
         assert np.array_equal(new_rm.numpy(), rm_np) and np.array_equal(new_rv.numpy(), rv_np)
     assert torch.equal(rm, rm0) and torch.equal(rv, rv0)  # the op itself is functional
+
+
+def test_other_dense_layouts_are_computed_in_c_order_and_copied_into_x_strides():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64).transpose(2, 3)
+    x = x.contiguous().transpose(2, 3)  # (N, C, H, W) with (N, C, W, H) memory: neither layout
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    dy = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    y = OPS.batch_norm(x, None, None, None, None, True, 0.1, 1e-5)[0]
+    (dx,) = torch.autograd.grad(y, x, dy)
+    xr = x.detach().clone().requires_grad_()
+    yr = torch.nn.functional.batch_norm(xr, None, None, training=True)
+    (dxr,) = torch.autograd.grad(yr, xr, dy)
+    assert y.stride() == x.stride() and dx.stride() == x.stride()
+    torch.testing.assert_close(y, yr, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dx, dxr, rtol=1e-10, atol=1e-12)

@@ -197,6 +197,18 @@ _LIB.define("batch_norm_backward(Tensor grad_out, Tensor x, Tensor? weight, Tens
             tags=(torch.Tag.pt2_compliant_tag,))
 
 
+def _kernel_output(x: Tensor, empty) -> tuple[Tensor, Tensor, int]:
+    """``(out, written, axis)``: ``out = empty(x)`` (x's shape, dtype and layout), the
+    C-contiguous tensor the kernels write and its channel axis. ``written`` views ``out``'s
+    memory for contiguous and channels-last layouts; for any other dense layout it is a C-order
+    tensor of its own, to be copied into ``out`` afterwards."""
+    out = empty(x)
+    view = _channel_view(out)
+    if view is None:
+        return out, torch.empty(x.shape, dtype=x.dtype, device=x.device), 1
+    return out, view[0], view[1]
+
+
 def _shape3(t: Tensor, axis: int) -> tuple[int, int, int]:
     """(outer, C, inner) of a C-contiguous tensor with its channels on ``axis`` (1 or last)."""
     shape = t.shape
@@ -220,13 +232,7 @@ def _batch_norm_cpu(x: Tensor, weight: Tensor | None, bias: Tensor | None,
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Batch-norm forward with fastopt's fused kernels (see the module docstring)."""
     _check_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, backend)
-    y = _empty_like(x)
-    view = _channel_view(y)
-    target = y
-    if view is None:  # a dense but permuted x: compute in C order, copy into x's strides
-        target = torch.empty(x.shape, dtype=x.dtype)
-        view = (target, 1)
-    yv, axis = view
+    y, yv, axis = _kernel_output(x, _empty_like)
     xv = _as_layout(x, axis)
     outer, channels, inner = _shape3(xv, axis)
     kernels, plan = kernels_for(outer, channels, inner, x.element_size(), 2, backend)
@@ -252,8 +258,8 @@ def _batch_norm_cpu(x: Tensor, weight: Tensor | None, bias: Tensor | None,
             kernels.forward_eval(x3, stats[0], stats[2], w64, b64, y3, plan)
         mean.copy_(torch.from_numpy(stats[0]))
         invstd.copy_(torch.from_numpy(stats[2]))
-    if target is not y:
-        y.copy_(target)
+    if yv.data_ptr() != y.data_ptr():  # computed in C order: into y's strides
+        y.copy_(yv)
     if training and running_mean is not None:
         new_rm, new_rv = running_update(_np(running_mean), _np(running_var), stats[0], stats[1],
                                         momentum, outer * inner)
@@ -276,13 +282,7 @@ def _batch_norm_backward_cpu(grad_out: Tensor, x: Tensor, weight: Tensor | None,
                              ) -> tuple[Tensor, Tensor, Tensor]:
     """fastopt's fused batch-norm backward: (grad_x, grad_weight, grad_bias)."""
     _check_backward(grad_out, x, weight, mean, invstd, backend)
-    dx = _empty_like(x)
-    view = _channel_view(dx)
-    target = dx
-    if view is None:
-        target = torch.empty(x.shape, dtype=x.dtype)
-        view = (target, 1)
-    dxv, axis = view
+    dx, dxv, axis = _kernel_output(x, _empty_like)
     xv = _as_layout(x, axis)
     gv = _as_layout(grad_out, axis)
     outer, channels, inner = _shape3(xv, axis)
@@ -303,8 +303,8 @@ def _batch_norm_backward_cpu(grad_out: Tensor, x: Tensor, weight: Tensor | None,
                          dxv.numpy().reshape(shape3), dw64, db64, plan)
         dw.copy_(torch.from_numpy(dw64))
         db.copy_(torch.from_numpy(db64))
-    if target is not dx:
-        dx.copy_(target)
+    if dxv.data_ptr() != dx.data_ptr():  # computed in C order: into dx's strides
+        dx.copy_(dxv)
     return dx, dw, db
 
 
@@ -397,13 +397,7 @@ def _batch_norm_cuda(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     _check_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, backend,
                    "cuda")
     cuda, glue = _cuda_modules()
-    y = torch.empty_like(x)
-    view = _channel_view(y)
-    target = y
-    if view is None:  # a dense but permuted x: compute in C order, copy into x's strides
-        target = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        view = (target, 1)
-    yv, axis = view
+    y, yv, axis = _kernel_output(x, torch.empty_like)
     xv = _as_layout(x, axis)
     channels = x.shape[1]
     mean, invstd = x.new_empty((channels,)), x.new_empty((channels,))
@@ -416,8 +410,8 @@ def _batch_norm_cuda(x: Tensor, weight: Tensor | None, bias: Tensor | None,
                      momentum, eps, 1 if axis == 1 else xv.dim() - 1, v(yv), v(mean), v(invstd),
                      v(new_rm) if track else None, v(new_rv) if track else None,
                      empty=_scratch_allocator(x.device), stream=_numba_stream(x.device))
-    if target is not y:
-        y.copy_(target)
+    if yv.data_ptr() != y.data_ptr():  # computed in C order: into y's strides
+        y.copy_(yv)
     return y, mean, invstd, new_rm, new_rv
 
 
@@ -427,13 +421,7 @@ def _batch_norm_backward_cuda(grad_out: Tensor, x: Tensor, weight: Tensor | None
     """The backward op on CUDA tensors (as :func:`_batch_norm_cuda`)."""
     _check_backward(grad_out, x, weight, mean, invstd, backend, "cuda")
     cuda, glue = _cuda_modules()
-    dx = torch.empty_like(x)
-    view = _channel_view(dx)
-    target = dx
-    if view is None:
-        target = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        view = (target, 1)
-    dxv, axis = view
+    dx, dxv, axis = _kernel_output(x, torch.empty_like)
     xv = _as_layout(x, axis)
     gv = _as_layout(grad_out, axis)
     channels = x.shape[1]
@@ -443,8 +431,8 @@ def _batch_norm_backward_cuda(grad_out: Tensor, x: Tensor, weight: Tensor | None
         glue.backward(v(gv), v(xv), _numba_view_or_none(weight), v(mean), v(invstd), training,
                       1 if axis == 1 else xv.dim() - 1, v(dxv), v(dw), v(db),
                       empty=_scratch_allocator(x.device), stream=_numba_stream(x.device))
-    if target is not dx:
-        dx.copy_(target)
+    if dxv.data_ptr() != dx.data_ptr():  # computed in C order: into dx's strides
+        dx.copy_(dxv)
     return dx, dw, db
 
 
