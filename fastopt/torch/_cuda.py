@@ -43,6 +43,16 @@ def _kernels():
     sum_partials = cuda.jit(device=True)(_scalar.sum_partials)
     coefficients = cuda.jit(device=True)(_scalar.grad_coefficients)
 
+    @cuda.jit(device=True)
+    def store_channel(c, m, inv, weight, has_weight, bias, has_bias, mean_out, invstd_out,
+                      mean64, scale64, bias64):
+        # channel c's statistics (x's dtype) and the normalization's float64 coefficients
+        mean64[c] = m
+        scale64[c] = inv * (float64(weight[c]) if has_weight else 1.0)
+        bias64[c] = float64(bias[c]) if has_bias else 0.0
+        mean_out[c] = m
+        invstd_out[c] = inv
+
     @cuda.jit
     def finish_train(part, shifts, weight, has_weight, bias, has_bias, n, eps, track,
                      running_mean, running_var, momentum, mean_out, invstd_out, new_mean,
@@ -52,12 +62,8 @@ def _kernels():
             return
         s1, s2 = sum_partials(part, c)
         m, v, inv = finish(s1, s2, shifts[c], n, eps)
-        w = float64(weight[c]) if has_weight else 1.0
-        mean64[c] = m
-        scale64[c] = inv * w
-        bias64[c] = float64(bias[c]) if has_bias else 0.0
-        mean_out[c] = m
-        invstd_out[c] = inv
+        store_channel(c, m, inv, weight, has_weight, bias, has_bias, mean_out, invstd_out,
+                      mean64, scale64, bias64)
         if track:
             new_mean[c] = float64(running_mean[c]) * (1.0 - momentum) + momentum * m
             new_var[c] = (float64(running_var[c]) * (1.0 - momentum)
@@ -71,12 +77,8 @@ def _kernels():
             return
         m = float64(running_mean[c])
         inv = 1.0 / math.sqrt(float64(running_var[c]) + eps)
-        w = float64(weight[c]) if has_weight else 1.0
-        mean64[c] = m
-        scale64[c] = inv * w
-        bias64[c] = float64(bias[c]) if has_bias else 0.0
-        mean_out[c] = m
-        invstd_out[c] = inv
+        store_channel(c, m, inv, weight, has_weight, bias, has_bias, mean_out, invstd_out,
+                      mean64, scale64, bias64)
 
     @cuda.jit
     def finish_backward(part, invstd, weight, has_weight, n, training, dweight, dbias, ca, cb,
