@@ -217,7 +217,7 @@ def test_bad_inputs_to_the_op():
         OPS.batch_norm_backward(torch.randn(4, 3), x, None, mean, invstd[:2], True)
 
 
-def test_a_call_without_a_graph_skips_autograd_and_matches_one_with_it():
+def test_a_call_without_a_graph_skips_autograd_and_matches_one_with_it(monkeypatch):
     x = torch.randn(6, 3, 4, dtype=torch.float64, requires_grad=True)
     w = torch.ones(3, dtype=torch.float64, requires_grad=True)
     with torch.no_grad():
@@ -227,9 +227,15 @@ def test_a_call_without_a_graph_skips_autograd_and_matches_one_with_it():
     assert y1.grad_fn is not None and m1.grad_fn is not None
     for a, b in ((y0, y1), (m0, m1), (i0, i1)):
         assert torch.equal(a, b.detach())
-    # a first-order backward records no graph through the backward op
-    (gx,) = torch.autograd.grad(y1.sum() + (y1 ** 2).sum(), x)
-    assert gx.grad_fn is None
+    # a first-order backward records no graph through the backward op: its Function is skipped
+    calls = []
+    real_apply = _ops._BatchNormBackwardFunction.apply
+    monkeypatch.setattr(_ops._BatchNormBackwardFunction, "apply",
+                        lambda *a: calls.append(1) or real_apply(*a))
+    (gx,) = torch.autograd.grad(y1.sum() + (y1 ** 2).sum(), x, retain_graph=True)
+    assert gx.grad_fn is None and calls == []
+    (gx2,) = torch.autograd.grad((y1 ** 2).sum(), x, create_graph=True)  # a graph: it is used
+    assert gx2.grad_fn is not None and calls == [1]
 
 
 @pytest.mark.parametrize("backend", ["cython", "numba", "numpy"])
