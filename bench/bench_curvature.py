@@ -24,7 +24,7 @@ or all of them, a ratio table and the ratios above (``ratios``):
 ``python bench/run.py --family curvature [--passes 2] [--stat min]``, for which
 ``python bench/bench_curvature.py [...]`` is a shorthand.
 
-Under load (issue 16): ``python bench/bench_curvature.py --under-load [--shape small|large]
+Under load: ``python bench/bench_curvature.py --under-load [--shape small|large]
 [--neighbours 2] [-k 8]`` times the HVP beside busy-loop processes with the default threads and
 with one thread (BLAS included), each in its own process, and prints the ratio (<= 1.5 asked).
 """
@@ -160,7 +160,7 @@ def test_hvp_k8(benchmark, contender, key):
 
 
 def ratios(table: dict[str, dict[str, float]]) -> str:
-    """The issue's ratios from ``run.merge``'s table (group -> contender -> seconds): speedup
+    """The target ratios from ``run.merge``'s table (group -> contender -> seconds): speedup
     over torch and jax, fraction of the matmul rate, HVP / gradient and k=8 / k=1 costs."""
     lines = []
     for key in SHAPES:
@@ -208,7 +208,7 @@ def under_load(key: str = "small", neighbours: int = 2, passes: int = 3, k: int 
     time with fastopt's default threads over the median with everything on one thread
     (``set_num_threads(1)`` and ``OPENBLAS_NUM_THREADS=1``), both under the same load, each in
     a fresh process, ``passes``
-    interleaved A/B pairs (the lowest median of each kept). Issue 16 asks for <= 1.5."""
+    interleaved A/B pairs (the lowest median of each kept). The target is <= 1.5."""
     import subprocess
     import sys
 
@@ -238,7 +238,7 @@ def under_load(key: str = "small", neighbours: int = 2, passes: int = 3, k: int 
     ratio = best["default"] / best["one thread"]
     print(f"hvp {shape_name(key)} k={k} beside {neighbours} busy processes: default threads "
           f"{best['default'] * 1e3:.2f} ms, one thread {best['one thread'] * 1e3:.2f} ms, "
-          f"ratio {ratio:.2f} (issue 16: <= 1.5)")
+          f"ratio {ratio:.2f} (target: <= 1.5)")
     return ratio
 
 

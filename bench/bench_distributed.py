@@ -12,7 +12,7 @@ MLP [784, 256, 256, 10], float32, tanh, softmax cross-entropy, on N = 60,000 syn
 Figures per shard count: median seconds per HVP (the same theta in every call, as in a Lanczos
 run; and a new theta in every call, which adds its broadcast), and the overhead
 ``T_W / (T_local / W) - 1`` over perfect division of the local work among W workers (the target
-of issue 13: below 15% at W = 2). The shard counts show the per-task cost (``--shards``). The
+of the target: below 15% at W = 2). The shard counts show the per-task cost (``--shards``). The
 overhead splits into ``busy``: the busiest worker's task compute (Dask's task stream) over
 ``T_local / W`` (load imbalance, slower kernels in the workers) and ``sched``: ``T_W`` over that
 compute (scheduling, transfers, the client).

@@ -17,7 +17,7 @@ each other), with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset::
     python bench/bench_network.py [--passes 2] [--stat min] [-k bn]
 
 runs every contender through ``bench/run.py``'s helpers and prints the ratio table and the
-issue's ratios; one contender alone::
+target ratios; one contender alone::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=. python -m pytest \\
         bench/bench_network.py -o python_files='bench_*.py' --benchmark-enable \\
@@ -213,7 +213,7 @@ def test_hvp_k8(benchmark, contender, key):
 
 
 def ratios(table: dict[str, dict[str, float]]) -> str:
-    """The issue's ratios: HVP speedup over torch and jax, HVP / own gradient, floor share."""
+    """The target ratios: HVP speedup over torch and jax, HVP / own gradient, floor share."""
     lines = []
     for key in SHAPES:
         s = shape_name(key)

@@ -1,6 +1,6 @@
 """Benchmarks of the Elman RNN: exact Hessian-vector products through time.
 
-Issue 12's shape: n_in 32, hidden 128, T = 50, batch 64, 10 classes on the last step, tanh,
+The benchmark shape: n_in 32, hidden 128, T = 50, batch 64, 10 classes on the last step, tanh,
 float32. Groups (one per kernel and shape) and their contenders:
 
 - ``rnn hvp <shape>``: fastopt-cython, fastopt-numba, numpy (the reference kernels), torch
@@ -12,14 +12,14 @@ float32. Groups (one per kernel and shape) and their contenders:
 - ``rnn grad <shape>``: loss and gradient (BPTT): fastopt, torch, jax (``HVP / own gradient``).
 - ``rnn hvp k=8 <shape>``: eight directions in one call (fastopt only).
 
-Targets (issue 12): HVP >= 3x torch, >= 1.2x jax.
+Targets: HVP >= 3x torch, >= 1.2x jax.
 
 Each contender runs in a pytest process of its own (the thread pools of torch, jax and numba
 disturb each other), with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset::
 
     python bench/bench_rnn.py [--passes 2] [--stat min] [--contender NAME ...] [-k EXPR]
 
-runs them all through ``bench/run.py``'s helpers and prints the ratio table and the issue's
+runs them all through ``bench/run.py``'s helpers and prints the ratio table and the target
 ratios; one contender alone::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=. python -m pytest \\
@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 
 # n_in, n_hidden, n_out, T, N
-SHAPES = {"issue12": (32, 128, 10, 50, 64)}
+SHAPES = {"t50-h128": (32, 128, 10, 50, 64)}
 ROUNDS = 40
 HVP_CONTENDERS = ["fastopt-cython", "fastopt-numba", "numpy", "torch", "jax", "floor"]
 GRAD_CONTENDERS = ["fastopt-cython", "fastopt-numba", "torch", "jax"]
@@ -214,7 +214,7 @@ def test_rnn_hvp_k8(benchmark, contender, key):
 
 
 def ratios(table: dict[str, dict[str, float]]) -> str:
-    """The issue's ratios from ``run.merge``'s table (group -> contender -> seconds)."""
+    """The target ratios from ``run.merge``'s table (group -> contender -> seconds)."""
     lines = []
     for key in SHAPES:
         s = shape_name(key)

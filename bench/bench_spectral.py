@@ -17,7 +17,7 @@ batched ``np.linalg.norm(W, 2, axis=(1, 2))``, ``np.linalg.eigvals``; for the fu
 BLAS calls ``W.T @ (W @ x)``), scipy (``svds(k=1)``, ``eigs(k=6, ncv=40)``), torch
 (``torch.linalg.matrix_norm(ord=2)``) and floor (one parallel read of ``W``, same threads).
 
-Speed beside busy-loop neighbours (issue 16): ``bench/bench_under_load_spectral.py``; the C
+Speed beside busy-loop neighbours: ``bench/bench_under_load_spectral.py``; the C
 loops alone: ``make -f bench/c/spectral.mk run``.
 """
 

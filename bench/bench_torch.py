@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/bench_torch.py               # the shapes (slow: big tensors, compiles)
+    python bench/bench_torch.py               # the benchmark shapes (slow: big tensors, compiles)
     python bench/bench_torch.py --quick       # small shapes: checks that everything runs
     python bench/bench_torch.py --only overhead --only bn
     python bench/bench_torch.py --no-compile  # skip the torch.compile contenders

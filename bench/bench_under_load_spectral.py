@@ -1,4 +1,4 @@
-"""spectral_norm and spectral_radius beside busy-loop neighbours (issue 16, speed under load).
+"""spectral_norm and spectral_radius beside busy-loop neighbours (speed under load).
 
 Starts one ``while True: pass`` process per CPU this process may use (two on a 2-core machine),
 then times each solver alternately with fastopt's default thread count and with

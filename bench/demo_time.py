@@ -6,7 +6,7 @@ Usage::
     python bench/demo_time.py --cores 0-3 --repeat 3
 
 Each run is a fresh process with ``NUMBA_CACHE_DIR`` pointing to a new empty folder (so nothing
-is compiled ahead), figures written to a temporary folder. The issue's budget: the full demo
+is compiled ahead), figures written to a temporary folder. The budget: the full demo
 under 60 s, ``--quick`` under 15 s, on 2 cores.
 """
 

@@ -1,6 +1,6 @@
 """Batch norm under load: each call beside busy-loop neighbour processes, default threads vs one.
 
-Issue 16's bound: with every CPU kept busy by other processes, no call may take more than 1.5x
+The bound: with every CPU kept busy by other processes, no call may take more than 1.5x
 its single-thread time measured under the same load. Run::
 
     python bench/load_batchnorm.py                 # neighbours = CPUs, both backends

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                                  isolate=args.isolate)
     table = merge(paths, args.stat)
     text = report(table, args.stat)
-    for family in args.family or FAMILIES:  # a suite's own ratios, e.g. the curvature issue's
+    for family in args.family or FAMILIES:  # a suite's own ratios, e.g. the curvature targets
         extra = getattr(_suite(family), "ratios", None)
         if extra is not None and (lines := extra(table)):
             text += f"\n\n{family}:\n{lines}"

@@ -235,7 +235,7 @@ def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
     return value  # type: ignore[return-value]
 
 
-# --- checks added for the spectra family (issue 16); generic, usable by every family -------
+# --- checks added for the spectra family; generic, usable by every family -------
 
 
 def check_real(

@@ -1,4 +1,4 @@
-"""Issue 16 for batch norm: constant and huge channels, memory overlap, shared layers and
+"""Reliability of batch norm: constant and huge channels, memory overlap, shared layers and
 interrupts, clear errors. Every class on every CPU backend."""
 
 import threading

@@ -1,4 +1,4 @@
-"""Batch-norm structure (issue 10): each formula agrees across backends, every backend module has
+"""Batch-norm structure: each formula agrees across backends, every backend module has
 the same kernel interface, every SIMD variant gives the same results, the C-level API works."""
 
 import inspect

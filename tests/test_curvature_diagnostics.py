@@ -344,7 +344,7 @@ def test_spectral_density_few_steps_and_bad_input(tanh_ce):
         hvp_fd(lambda t: t[:-1], theta, theta)
 
 
-# ---------------------------------------------------------------- generic sources (issue 12)
+# ---------------------------------------------------------------- generic sources
 class _PlainModel:
     """A model known only through its public methods (no fastopt internals)."""
 
@@ -476,7 +476,7 @@ def test_hessian_extremes_reports_non_convergence_in_the_result(tanh_ce):
         assert r > 0 and np.abs(ev - lam).min() <= r * (1 + 1e-9)
 
 
-# ---------------------------------------------------------------- issue 16 (degenerate cases)
+# ---------------------------------------------------------------- degenerate cases
 def test_spectral_density_of_a_zero_hessian_is_finite():
     # all-dead relu layer and a zero output layer with mse on zero targets at b = 0: H has
     # only the output-bias block; a zero operator is the cleanest flat case

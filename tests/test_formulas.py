@@ -349,7 +349,7 @@ def test_log_sum_exp_in_every_language():
 # ------------------------------------------------------------------------------ end to end
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gelu_with_huge_parameters_is_finite_on_every_backend(dtype):
-    """Issue 16's parity case: GELU pre-activations of 1e11 in float32 (1e110 in float64) gave a
+    """A parity case: GELU pre-activations of 1e11 in float32 (1e110 in float64) gave a
     NaN second derivative in Cython (and numpy) where Numba's was finite."""
     scale = 1e11 if dtype == np.float32 else 1e110
     net = MLP([3, 4, 2], activation="gelu", loss="mse", dtype=dtype)

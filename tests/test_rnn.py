@@ -434,7 +434,7 @@ def test_label_shapes_follow_the_output_mode():
 
 
 def test_diagnostics_accept_the_rnn():
-    """The curvature diagnostics take any model with MLP's methods (issue 12). Skipped only while
+    """The curvature diagnostics take any model with MLP's methods. Skipped only while
     they still accept fastopt.MLP alone (the generalisation lands from another branch)."""
     import fastopt
 

@@ -1,4 +1,4 @@
-"""spectral_norm against LAPACK (np.linalg.norm(W, 2)) on the matrix classes of issue 4."""
+"""spectral_norm against LAPACK (np.linalg.norm(W, 2)) on random, tall, wide, low-rank matrices."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""spectral_radius against np.linalg.eigvals on the matrix classes of issue 4."""
+"""spectral_radius against np.linalg.eigvals on the benchmark's matrix classes."""
 
 from __future__ import annotations
 

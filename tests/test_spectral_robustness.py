@@ -1,4 +1,4 @@
-"""Issue 16 for the spectra family: every input gets a right answer or a clear error.
+"""Reliability of the spectra family: every input gets a right answer or a clear error.
 
 Classes: starting vectors of any finite nonzero scale (spectral_norm, lanczos_extremes),
 init.scale_to_spectral_radius under/overflow, clear errors (init, every public function),
