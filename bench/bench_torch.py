@@ -14,7 +14,11 @@ and OpenMP's thread pools disturb each other in one process; the parent prints a
 - ``overhead``: forward + backward (training) of a small BatchNorm2d input, (8, 16, 4, 4)
   float32: torch's module, fastopt's module (through the registered ops) and fastopt's numpy
   functions alone (the kernels plus their validation, no torch). The per-call overhead of the
-  op is (module time - numpy-function time) / 2 calls (forward, backward).
+  op is (module time - numpy-function time) / 2 calls (forward, backward). Three no-op
+  contenders compute nothing behind the same module: ``noop-custom-op`` (torch.library.custom_op
+  with register_autograd), ``noop-library-op`` (registered as fastopt's ops are) and
+  ``noop-cpp-op`` (CPU and Autograd kernels in C++, ``cpp/noop_bn_op.cpp``, compiled on the
+  spot; "failed" where no C++ compiler or ninja is found).
 - ``bn``: forward + backward of BatchNorm2d in training mode, float32, (128, 256, 28, 28), NCHW
   and channels-last: torch's native module against fastopt's.
 - ``step``: one training step (forward, backward, SGD) of a conv-BN-ReLU network, batch 64,
@@ -77,6 +81,8 @@ def _child_overhead(spec: dict) -> dict:
         bn = _noop_custom_op_module(shape[1])
     elif spec["contender"] == "noop-library-op":
         bn = _noop_library_op_module(shape[1])
+    elif spec["contender"] == "noop-cpp-op":
+        bn = _noop_cpp_op_module(shape[1])
     else:
         import fastopt.torch
 
@@ -169,6 +175,32 @@ def _noop_library_op_module(channels: int):
     return NoopBatchNorm(channels)
 
 
+def _noop_cpp_op_module(channels: int):
+    """The same no-op structure with everything below ``torch.ops`` in C++ (``cpp/noop_bn_op.cpp``,
+    compiled here with torch.utils.cpp_extension: needs a C++ compiler and ninja). The module
+    keeps the Python bookkeeping fastopt's module does (input check, num_batches_tracked)."""
+    import tempfile
+
+    import torch
+    from torch.utils import cpp_extension
+
+    build = Path(tempfile.gettempdir()) / "fastopt_bench_cpp"
+    build.mkdir(exist_ok=True)
+    cpp_extension.load("fastopt_bench_cpp", [str(HERE / "cpp" / "noop_bn_op.cpp")],
+                       build_directory=str(build), is_python_module=False,
+                       extra_cflags=["-O2"])
+    op = torch.ops.fastopt_bench_cpp.bn.default
+
+    class NoopBatchNorm(torch.nn.BatchNorm2d):
+        def forward(self, x):
+            self._check_input_dim(x)
+            if self.training and self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
+            return op(x, self.weight)[0]
+
+    return NoopBatchNorm(channels)
+
+
 def _child_bn(spec: dict) -> dict:
     import torch
 
@@ -246,7 +278,7 @@ def _specs(quick: bool, only: list[str], compile_: bool) -> list[dict]:
     specs = []
     if "overhead" in only:
         for contender in ("torch", "fastopt", "numpy-functions", "noop-custom-op",
-                          "noop-library-op"):
+                          "noop-library-op", "noop-cpp-op"):
             specs.append({"bench": "overhead", "contender": contender, "shape": [8, 16, 4, 4],
                           "rounds": 10 if quick else 50})
     if "bn" in only:
@@ -306,6 +338,10 @@ def report(results: list[tuple[dict, dict]]) -> str:
                           f"Function): {z:.1f} µs fwd + bwd, {(z - t) / 2:.1f} µs per call over "
                           f"torch's module; fastopt's module minus it: {(f - z) / 2:.1f} µs per "
                           "call"]
+            if "median" in over.get("noop-cpp-op", {}):
+                z = over["noop-cpp-op"]["median"] * 1e6
+                lines += [f"- the same no-op with CPU and Autograd kernels in C++: {z:.1f} µs "
+                          f"fwd + bwd, {(z - t) / 2:.1f} µs per call over torch's module"]
             lines.append("")
     bn = {(s["layout"], s["contender"]): (s, r) for s, r in results if s["bench"] == "bn"}
     if bn:
