@@ -34,6 +34,20 @@ def compiled_backends(family: str) -> list:
     return params
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _fastopt_torch_cpp():
+    """fastopt.torch's C++ kernels, compiled (first run on a machine) and installed once per
+    session where torch is installed, so every torch test runs them whatever the test order
+    (tests/test_torch_cpp.py compares them with the Python kernels)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return
+    from fastopt.torch import _cpp
+
+    _cpp.ensure_loaded()
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)

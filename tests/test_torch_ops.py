@@ -7,9 +7,25 @@ torch = pytest.importorskip("torch")
 
 import fastopt.torch  # noqa: E402, F401  (registers torch.ops.fastopt.*)
 from fastopt import _dispatch  # noqa: E402
-from fastopt.torch import _ops  # noqa: E402
+from fastopt.torch import _cpp, _ops  # noqa: E402
 
 HAVE_CYTHON = _dispatch.available("batchnorm", "cython")
+
+
+@pytest.fixture(autouse=True, params=["cpp", "python"])
+def kernels(request):
+    """Every test on the C++ kernels (_ops.cpp) and on the Python kernels alone."""
+    module = _cpp.ensure_loaded()
+    if module is None:
+        if request.param == "cpp":
+            pytest.skip(f"fastopt.torch's C++ kernels do not run here: {_cpp.problem()}")
+        yield request.param
+        return
+    module.set_enabled(request.param == "cpp")
+    try:
+        yield request.param
+    finally:
+        module.set_enabled(True)
 
 OPS = torch.ops.fastopt
 
@@ -98,7 +114,10 @@ def test_matches_torch_and_keeps_layout(layout, training):
 
 @pytest.mark.skipif(not HAVE_CYTHON, reason="the Cython extensions are not built")
 @pytest.mark.parametrize("fmt", [None, torch.channels_last])
-def test_contiguous_and_channels_last_reach_the_kernel_without_copies(monkeypatch, fmt):
+def test_contiguous_and_channels_last_reach_the_kernel_without_copies(monkeypatch, fmt,
+                                                                     kernels):
+    if kernels == "cpp":
+        pytest.skip("the C++ kernels call the address entry points themselves (test_torch_cpp)")
     seen = {}
     real_kernels_for = _ops.kernels_for
 

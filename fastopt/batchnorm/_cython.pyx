@@ -384,6 +384,81 @@ cdef void _narrowed(const double* v, Py_ssize_t C, bint is_f32, size_t p) noexce
             (<double*>p)[c] = v[c]
 
 
+cdef int forward_addr(size_t x, size_t y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                      bint is_f32, size_t weight, size_t bias, bint training,
+                      size_t running_mean, size_t running_var, double eps, double* stats,
+                      size_t mean_out, size_t invstd_out, bint per_channel, Py_ssize_t n_chunks,
+                      int n_threads, bint stream, int row_block) noexcept nogil:
+    """The body of ``forward_at``, also called from C++ (fastopt/torch/_ops.cpp) through
+    ``__pyx_capi__``; returns -1 when out of memory (nothing meaningful written)."""
+    cdef Py_ssize_t c
+    cdef int status = -1
+    cdef double* mean = stats
+    cdef double* var = mean + C
+    cdef double* invstd = var + C
+    cdef double* params = <double*>calloc(2 * C, sizeof(double))
+    if params == NULL:
+        return -1
+    _widened(weight, C, is_f32, 1.0, params)
+    _widened(bias, C, is_f32, 0.0, params + C)
+    if training:
+        if is_f32:
+            status = run_forward_train(<const float*>x, outer, C, inner, params, params + C,
+                                       eps, <float*>y, mean, var, invstd, per_channel,
+                                       n_chunks, n_threads, stream, row_block)
+        else:
+            status = run_forward_train(<const double*>x, outer, C, inner, params,
+                                       params + C, eps, <double*>y, mean, var, invstd,
+                                       per_channel, n_chunks, n_threads, stream, row_block)
+    else:
+        _widened(running_mean, C, is_f32, 0.0, mean)
+        _widened(running_var, C, is_f32, 0.0, invstd)
+        for c in range(C):
+            invstd[c] = 1.0 / sqrt(invstd[c] + eps)
+        if is_f32:
+            status = run_forward_eval(<const float*>x, outer, C, inner, mean, invstd, params,
+                                      params + C, <float*>y, n_chunks, n_threads, stream)
+        else:
+            status = run_forward_eval(<const double*>x, outer, C, inner, mean, invstd,
+                                      params, params + C, <double*>y, n_chunks, n_threads,
+                                      stream)
+    if status == 0:
+        _narrowed(mean, C, is_f32, mean_out)
+        _narrowed(invstd, C, is_f32, invstd_out)
+    free(params)
+    return status
+
+
+cdef int backward_addr(size_t dy, size_t x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                       bint is_f32, size_t mean, size_t invstd, bint stats_f32, size_t weight,
+                       bint training, size_t dx, size_t dweight_out, size_t dbias_out,
+                       bint per_channel, Py_ssize_t n_chunks, int n_threads, bint stream,
+                       int row_block) noexcept nogil:
+    """The body of ``backward_at``, also called from C++ (as ``forward_addr``)."""
+    cdef int status
+    cdef double* work = <double*>calloc(5 * C, sizeof(double))
+    if work == NULL:
+        return -1
+    _widened(mean, C, stats_f32, 0.0, work)
+    _widened(invstd, C, stats_f32, 0.0, work + C)
+    _widened(weight, C, is_f32, 1.0, work + 2 * C)
+    if is_f32:
+        status = run_backward(<const float*>dy, <const float*>x, outer, C, inner, work,
+                              work + C, work + 2 * C, training, <float*>dx, work + 3 * C,
+                              work + 4 * C, per_channel, n_chunks, n_threads, stream,
+                              row_block)
+    else:
+        status = run_backward(<const double*>dy, <const double*>x, outer, C, inner, work,
+                              work + C, work + 2 * C, training, <double*>dx, work + 3 * C,
+                              work + 4 * C, per_channel, n_chunks, n_threads, stream,
+                              row_block)
+    if status == 0:
+        _narrowed(work + 3 * C, C, is_f32, dweight_out)
+        _narrowed(work + 4 * C, C, is_f32, dbias_out)
+    free(work)
+    return status
+
+
 def forward_at(size_t x, size_t y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
                bint is_f32, size_t weight, size_t bias, bint training, size_t running_mean,
                size_t running_var, double eps, size_t stats, size_t mean_out, size_t invstd_out,
@@ -393,42 +468,12 @@ def forward_at(size_t x, size_t y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t in
     meaning ones/zeros, the running statistics read only in eval. OUT y; stats: float64 (3, C)
     mean, var, invstd (var unset in eval); mean_out, invstd_out: x's dtype (C,)."""
     cdef bint per_channel = plan.per_channel, stream = plan.stream
-    cdef Py_ssize_t n_chunks = plan.n_chunks, c
-    cdef int n_threads = plan.n_threads, row_block = plan.row_block, status = -1
-    cdef double* mean = <double*>stats
-    cdef double* var = mean + C
-    cdef double* invstd = var + C
-    cdef double* params = <double*>calloc(2 * C, sizeof(double))
-    if params == NULL:
-        raise MemoryError("batch norm: no memory for the parameters")
+    cdef Py_ssize_t n_chunks = plan.n_chunks
+    cdef int n_threads = plan.n_threads, row_block = plan.row_block, status
     with nogil:
-        _widened(weight, C, is_f32, 1.0, params)
-        _widened(bias, C, is_f32, 0.0, params + C)
-        if training:
-            if is_f32:
-                status = run_forward_train(<const float*>x, outer, C, inner, params, params + C,
-                                           eps, <float*>y, mean, var, invstd, per_channel,
-                                           n_chunks, n_threads, stream, row_block)
-            else:
-                status = run_forward_train(<const double*>x, outer, C, inner, params,
-                                           params + C, eps, <double*>y, mean, var, invstd,
-                                           per_channel, n_chunks, n_threads, stream, row_block)
-        else:
-            _widened(running_mean, C, is_f32, 0.0, mean)
-            _widened(running_var, C, is_f32, 0.0, invstd)
-            for c in range(C):
-                invstd[c] = 1.0 / sqrt(invstd[c] + eps)
-            if is_f32:
-                status = run_forward_eval(<const float*>x, outer, C, inner, mean, invstd, params,
-                                          params + C, <float*>y, n_chunks, n_threads, stream)
-            else:
-                status = run_forward_eval(<const double*>x, outer, C, inner, mean, invstd,
-                                          params, params + C, <double*>y, n_chunks, n_threads,
-                                          stream)
-        if status == 0:
-            _narrowed(mean, C, is_f32, mean_out)
-            _narrowed(invstd, C, is_f32, invstd_out)
-    free(params)
+        status = forward_addr(x, y, outer, C, inner, is_f32, weight, bias, training,
+                              running_mean, running_var, eps, <double*>stats, mean_out,
+                              invstd_out, per_channel, n_chunks, n_threads, stream, row_block)
     if status:
         raise MemoryError("batch norm: no memory for the partial sums")
 
@@ -441,27 +486,10 @@ def backward_at(size_t dy, size_t x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t 
     cdef bint per_channel = plan.per_channel, stream = plan.stream
     cdef Py_ssize_t n_chunks = plan.n_chunks
     cdef int n_threads = plan.n_threads, row_block = plan.row_block, status
-    cdef double* work = <double*>calloc(5 * C, sizeof(double))
-    if work == NULL:
-        raise MemoryError("batch norm: no memory for the statistics")
     with nogil:
-        _widened(mean, C, stats_f32, 0.0, work)
-        _widened(invstd, C, stats_f32, 0.0, work + C)
-        _widened(weight, C, is_f32, 1.0, work + 2 * C)
-        if is_f32:
-            status = run_backward(<const float*>dy, <const float*>x, outer, C, inner, work,
-                                  work + C, work + 2 * C, training, <float*>dx, work + 3 * C,
-                                  work + 4 * C, per_channel, n_chunks, n_threads, stream,
-                                  row_block)
-        else:
-            status = run_backward(<const double*>dy, <const double*>x, outer, C, inner, work,
-                                  work + C, work + 2 * C, training, <double*>dx, work + 3 * C,
-                                  work + 4 * C, per_channel, n_chunks, n_threads, stream,
-                                  row_block)
-        if status == 0:
-            _narrowed(work + 3 * C, C, is_f32, dweight_out)
-            _narrowed(work + 4 * C, C, is_f32, dbias_out)
-    free(work)
+        status = backward_addr(dy, x, outer, C, inner, is_f32, mean, invstd, stats_f32, weight,
+                               training, dx, dweight_out, dbias_out, per_channel, n_chunks,
+                               n_threads, stream, row_block)
     if status:
         raise MemoryError("batch norm: no memory for the partial sums")
 

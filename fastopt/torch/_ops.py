@@ -267,6 +267,16 @@ def _batch_norm_cpu(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     return y, mean, invstd, _empty_stats(x), _empty_stats(x)
 
 
+def _cpp_plan(outer: int, channels: int, inner: int, itemsize: int, n_arrays: int,
+              backend: str) -> tuple[bool, int, int, bool, int] | None:
+    """The work plan's fields for a call of ``_ops.cpp``'s CPU kernels, or None when ``backend``
+    resolves to kernels without address entry points (numba, numpy): the Python kernel then."""
+    kernels, plan = kernels_for(outer, channels, inner, itemsize, n_arrays, backend)
+    if not hasattr(kernels, "forward_at"):
+        return None
+    return plan.per_channel, plan.n_chunks, plan.n_threads, plan.stream, plan.row_block
+
+
 def _batch_norm_fake(x, weight, bias, running_mean, running_var, training, momentum, eps,
                      backend="auto"):
     c = x.shape[1]

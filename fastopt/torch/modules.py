@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _ops
+from . import _cpp, _ops
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "FallbackWarning", "batch_norm",
            "FastBatchNorm"]
@@ -99,6 +99,8 @@ def batch_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
     >>> bool(y.mean(dim=(0, 2)).abs().max() < 1e-12)
     True
     """
+    if not _cpp.TRIED and not torch.compiler.is_compiling():
+        _cpp.ensure_loaded()
     why = _unsupported(x, weight, bias, running_mean, running_var)
     if why is not None:
         warnings.warn(f"fastopt.torch.batch_norm: {why} is not supported by fastopt's kernels "
@@ -139,6 +141,8 @@ class _Fastopt:
         return super().forward(x)
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's parameter name)
+        if not _cpp.TRIED and not torch.compiler.is_compiling():
+            _cpp.ensure_loaded()
         self._check_input_dim(input)
         # each parameter and buffer read once: nn.Module's attribute lookup is per-call cost
         weight, bias, rm, rv = self.weight, self.bias, self.running_mean, self.running_var

@@ -1,0 +1,189 @@
+"""fastopt.torch's C++ kernels (fastopt/torch/_ops.cpp): the same bits as the Python kernels,
+the calls they take and the ones they leave to Python, errors, double backward."""
+
+import itertools
+import shutil
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch.utils import cpp_extension  # noqa: E402
+
+import fastopt.torch as ft  # noqa: E402
+from fastopt import _dispatch  # noqa: E402
+from fastopt.torch import _cpp, _ops  # noqa: E402
+
+CAN_BUILD = (_dispatch.available("batchnorm", "cython") and shutil.which("c++") is not None
+             and cpp_extension.is_ninja_available())
+
+
+@pytest.fixture(scope="module")
+def cpp():
+    module = _cpp.ensure_loaded()
+    if module is None and not CAN_BUILD:
+        pytest.skip(f"no C++ compiler, ninja or Cython kernels here: {_cpp.problem()}")
+    assert module is not None, _cpp.problem()  # a compiler is here: the build must work
+    assert module.enabled()
+    yield module
+    module.set_enabled(True)
+
+
+def _module_run(cpp, enabled, dtype, fmt, training, affine, track, shape=(4, 3, 5, 5)):
+    """Outputs, gradients, buffers and a second-order gradient of one configuration."""
+    cpp.set_enabled(enabled)
+    try:
+        torch.manual_seed(0)
+        bn = ft.BatchNorm2d(shape[1], affine=affine, track_running_stats=track).to(dtype)
+        if affine:
+            with torch.no_grad():
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-1, 1)
+        bn.train(training)
+        if not training:
+            with torch.no_grad():
+                bn.running_mean.uniform_(-1, 1)
+                bn.running_var.uniform_(0.5, 2)
+        x = torch.randn(shape, dtype=dtype) * 3 + 1
+        if fmt is not None:
+            x = x.to(memory_format=fmt)
+        x.requires_grad_()
+        y = bn(x)
+        y.backward(torch.randn_like(y))
+        out = [y.detach(), x.grad]
+        out += [bn.weight.grad, bn.bias.grad] if affine else []
+        out += [bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()] \
+            if track else []
+        # the mean and invstd outputs are differentiable in training mode
+        x2 = x.detach().clone().requires_grad_()
+        _, mean, invstd, _, _ = _ops.batch_norm_op(x2, None, None, None, None, True, 0.1, 1e-5,
+                                                   "auto")
+        ((mean * 2).sum() + (invstd**2).sum()).backward()
+        return out + [x2.grad], y.is_contiguous(memory_format=fmt or torch.contiguous_format)
+    finally:
+        cpp.set_enabled(True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fmt", [None, torch.channels_last])
+def test_same_bits_as_the_python_kernels(cpp, dtype, fmt):
+    calls = cpp.calls()
+    for training, affine, track in itertools.product([True, False], repeat=3):
+        if not training and not track:
+            continue  # eval mode needs running statistics
+        config = (training, affine, track)
+        got, layout_kept = _module_run(cpp, True, dtype, fmt, *config)
+        want, _ = _module_run(cpp, False, dtype, fmt, *config)
+        assert layout_kept, config
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b), (config, (a - b).abs().max())
+    forward, backward = cpp.calls()
+    assert forward > calls[0] and backward > calls[1]  # the C++ work ran, not a fallback
+
+
+def test_momentum_none_and_running_statistics_match(cpp):
+    results = []
+    for enabled in (True, False):
+        cpp.set_enabled(enabled)
+        torch.manual_seed(1)
+        bn = ft.BatchNorm1d(6, momentum=None)
+        for _ in range(3):
+            bn(torch.randn(10, 6) * 2 - 1)
+        results.append((bn.running_mean.clone(), bn.running_var.clone()))
+    cpp.set_enabled(True)
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+def _op_calls(cpp, *args):
+    before = cpp.calls()
+    out = _ops.batch_norm_op(*args)
+    return out, cpp.calls()[0] - before[0]
+
+
+@pytest.mark.parametrize("case", ["numba", "large", "strided"])
+def test_calls_the_python_kernels_take(cpp, case):
+    """Other backends, large inputs and other strides go to the Python kernels: same values,
+    no C++ work counted."""
+    x = torch.randn(4, 3, 6, 6)
+    backend = "auto"
+    if case == "numba":
+        if not _dispatch.available("batchnorm", "numba"):
+            pytest.skip("numba backend unavailable")
+        backend = "numba"
+    elif case == "large":
+        x = torch.randn(64, 8, 32, 32)  # 2 MiB of float32
+    else:
+        x = torch.randn(4, 6, 6, 3).permute(0, 3, 2, 1)  # neither contiguous nor channels-last
+    args = (x, None, None, None, None, True, 0.1, 1e-5, backend)
+    (y, mean, invstd, _, _), fast = _op_calls(cpp, *args)
+    assert fast == 0
+    cpp.set_enabled(False)
+    try:
+        want = _ops.batch_norm_op(*args)
+    finally:
+        cpp.set_enabled(True)
+    assert torch.equal(y, want[0]) and torch.equal(mean, want[1])
+
+
+def test_small_contiguous_call_runs_in_cpp(cpp):
+    _, fast = _op_calls(cpp, torch.randn(4, 3, 5), None, None, None, None, True, 0.1, 1e-5,
+                        "auto")
+    assert fast == 1
+
+
+def test_expanded_gradient_goes_to_python_with_the_same_result(cpp):
+    x = torch.randn(4, 3, 5, requires_grad=True)
+    before = cpp.calls()[1]
+    ft.batch_norm(x).sum().backward()  # grad_out is an expanded (stride 0) tensor
+    assert cpp.calls()[1] == before
+    got = x.grad.clone()
+    x.grad = None
+    cpp.set_enabled(False)
+    try:
+        ft.batch_norm(x).sum().backward()
+    finally:
+        cpp.set_enabled(True)
+    assert torch.equal(got, x.grad)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: _ops.batch_norm_op(torch.randn(4, 3, 5), torch.ones(4), None, None, None, True,
+                                0.1, 1e-5, "auto"), ValueError, "weight: expected shape"),
+    (lambda: _ops.batch_norm_op(torch.randn(4, 3, 5), None, None, torch.zeros(3), None, True,
+                                0.1, 1e-5, "auto"), ValueError, "give both or neither"),
+    (lambda: _ops.batch_norm_op(torch.randn(4, 3, 5), None, None, None, None, True, 0.1, -1.0,
+                                "auto"), ValueError, "eps"),
+    (lambda: _ops.batch_norm_op(torch.randn(4, 3, 5), None, None, None, None, True, 0.1, 1e-5,
+                                "fortran"), ValueError, "backend"),
+    (lambda: _ops.batch_norm_op(torch.randn(4, 3, 5).half(), None, None, None, None, True, 0.1,
+                                1e-5, "auto"), TypeError, "float32 or float64"),
+    (lambda: _ops.batch_norm_backward_op(torch.randn(4, 3, 5), torch.randn(4, 3, 6), None,
+                                         torch.zeros(3), torch.ones(3), True, "auto"),
+     ValueError, "grad_out"),
+])
+def test_rejected_calls_raise_the_python_kernels_errors(cpp, call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_double_backward_is_exact_through_the_cpp_node(cpp):
+    x = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
+    bn = ft.BatchNorm1d(3).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+
+    def f(x, w, b):
+        return _ops.batch_norm_op(x, w, b, None, None, True, 0.1, 1e-5, "auto")[0]
+
+    args = (x, bn.weight, bn.bias)
+    assert torch.autograd.gradcheck(f, args)
+    assert torch.autograd.gradgradcheck(f, args)
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("FASTOPT_TORCH_CPP", "0")
+    monkeypatch.setattr(_cpp, "_PROBLEM", None)
+    assert _cpp._load() is None
+    assert "FASTOPT_TORCH_CPP=0" in _cpp.problem()
