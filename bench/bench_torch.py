@@ -12,9 +12,11 @@ Every contender runs in a fresh process of its own (``--child``), because PyTorc
 and OpenMP's thread pools disturb each other in one process; the parent prints a table.
 
 - ``overhead``: forward + backward (training) of a small BatchNorm2d input, (8, 16, 4, 4)
-  float32: torch's module, fastopt's module (through the registered ops) and fastopt's numpy
-  functions alone (the kernels plus their validation, no torch). The per-call overhead of the
-  op is (module time - numpy-function time) / 2 calls (forward, backward). Three no-op
+  float32: torch's module, fastopt's module (through the registered ops, whose small CPU calls
+  run fastopt/torch/_ops.cpp), the same with the C++ kernels off (``fastopt-python``) and
+  fastopt's numpy functions alone (the kernels plus their validation, no torch). The per-call
+  overhead of the op is (module time - numpy-function time) / 2 calls (forward, backward).
+  Three no-op
   contenders compute nothing behind the same module: ``noop-custom-op`` (torch.library.custom_op
   with register_autograd), ``noop-library-op`` (registered as fastopt's ops are) and
   ``noop-cpp-op`` (CPU and Autograd kernels in C++, ``cpp/noop_bn_op.cpp``, compiled on the
@@ -85,8 +87,14 @@ def _child_overhead(spec: dict) -> dict:
         bn = _noop_cpp_op_module(shape[1])
     else:
         import fastopt.torch
+        from fastopt.torch import _cpp
 
         bn = fastopt.torch.BatchNorm2d(shape[1])
+        module = _cpp.ensure_loaded()
+        if spec["contender"] == "fastopt-python":  # the C++ kernels off: Python kernels only
+            if module is None:
+                raise RuntimeError(f"fastopt.torch's C++ kernels do not run: {_cpp.problem()}")
+            module.set_enabled(False)
 
     def step():
         bn(x).backward(dy)
@@ -277,8 +285,8 @@ CHILDREN = {"overhead": _child_overhead, "bn": _child_bn, "step": _child_step}
 def _specs(quick: bool, only: list[str], compile_: bool) -> list[dict]:
     specs = []
     if "overhead" in only:
-        for contender in ("torch", "fastopt", "numpy-functions", "noop-custom-op",
-                          "noop-library-op", "noop-cpp-op"):
+        for contender in ("torch", "fastopt", "fastopt-python", "numpy-functions",
+                          "noop-custom-op", "noop-library-op", "noop-cpp-op"):
             specs.append({"bench": "overhead", "contender": contender, "shape": [8, 16, 4, 4],
                           "rounds": 10 if quick else 50})
     if "bn" in only:

@@ -13,10 +13,12 @@ kernels run everything.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from pathlib import Path
 from types import ModuleType
 
+_NAME = "fastopt_torch_ops"
 _LOCK = threading.Lock()
 TRIED = False  # ensure_loaded ran (read by the modules before calling it)
 _MODULE: ModuleType | None = None
@@ -57,7 +59,11 @@ def _load() -> ModuleType | None:
         _PROBLEM = "ninja is not installed (pip install ninja)"
         return None
     kernels = _dispatch.load("batchnorm", "cython")
-    module = cpp_extension.load("fastopt_torch_ops", [str(Path(__file__).with_name("_ops.cpp"))],
+    built = Path(cpp_extension._get_build_directory(_NAME, False)) / f"{_NAME}.so"
+    if not built.exists():  # a minute of silence would look like a hang
+        print("fastopt.torch: compiling the C++ batch-norm kernels (once per machine and torch "
+              "version, about a minute)", file=sys.stderr, flush=True)
+    module = cpp_extension.load(_NAME, [str(Path(__file__).with_name("_ops.cpp"))],
                                 extra_cflags=["-O2"], verbose=False)
     capi = kernels.__pyx_capi__
     module.install(capi["forward_addr"], capi["backward_addr"], _ops._cpp_plan,
