@@ -13,12 +13,12 @@ kernels run everything.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 from pathlib import Path
 from types import ModuleType
 
-_NAME = "fastopt_torch_ops"
 _LOCK = threading.Lock()
 TRIED = False  # ensure_loaded ran (read by the modules before calling it)
 _MODULE: ModuleType | None = None
@@ -50,6 +50,7 @@ def _load() -> ModuleType | None:
     if os.environ.get("FASTOPT_TORCH_CPP") == "0":
         _PROBLEM = "FASTOPT_TORCH_CPP=0 is set"
         return None
+    import torch
     from torch.utils import cpp_extension
 
     from .. import _dispatch
@@ -59,11 +60,13 @@ def _load() -> ModuleType | None:
         _PROBLEM = "ninja is not installed (pip install ninja)"
         return None
     kernels = _dispatch.load("batchnorm", "cython")
-    built = Path(cpp_extension._get_build_directory(_NAME, False)) / f"{_NAME}.so"
+    # one build per torch version: a build against another torch's headers must not be loaded
+    name = "fastopt_torch_ops_" + re.sub(r"\W", "_", torch.__version__)
+    built = Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so"
     if not built.exists():  # a minute of silence would look like a hang
         print("fastopt.torch: compiling the C++ batch-norm kernels (once per machine and torch "
               "version, about a minute)", file=sys.stderr, flush=True)
-    module = cpp_extension.load(_NAME, [str(Path(__file__).with_name("_ops.cpp"))],
+    module = cpp_extension.load(name, [str(Path(__file__).with_name("_ops.cpp"))],
                                 extra_cflags=["-O2"], verbose=False)
     capi = kernels.__pyx_capi__
     module.install(capi["forward_addr"], capi["backward_addr"], _ops._cpp_plan,
