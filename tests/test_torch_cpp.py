@@ -67,19 +67,106 @@ def _module_run(cpp, enabled, dtype, fmt, training, affine, track, shape=(4, 3, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("fmt", [None, torch.channels_last])
 def test_same_bits_as_the_python_kernels(cpp, dtype, fmt):
-    calls = cpp.calls()
     for training, affine, track in itertools.product([True, False], repeat=3):
         if not training and not track:
             continue  # eval mode needs running statistics
         config = (training, affine, track)
+        calls = cpp.calls()
         got, layout_kept = _module_run(cpp, True, dtype, fmt, *config)
+        forward, backward = cpp.calls()
+        # the C++ work ran (the module's call, the second-order probe's), not a fallback
+        assert forward >= calls[0] + 2 and backward >= calls[1] + 1, config
         want, _ = _module_run(cpp, False, dtype, fmt, *config)
         assert layout_kept, config
         assert len(got) == len(want)
         for a, b in zip(got, want, strict=True):
             assert torch.equal(a, b), (config, (a - b).abs().max())
-    forward, backward = cpp.calls()
-    assert forward > calls[0] and backward > calls[1]  # the C++ work ran, not a fallback
+
+
+def _both_paths(cpp, fn):
+    """fn() on the C++ kernels and on the Python kernels: (C++ result, Python result, C++ calls
+    (forward, backward) of the first)."""
+    before = cpp.calls()
+    got = fn()
+    after = cpp.calls()
+    cpp.set_enabled(False)
+    try:
+        want = fn()
+    finally:
+        cpp.set_enabled(True)
+    return got, want, (after[0] - before[0], after[1] - before[1])
+
+
+def _assert_same(got, want):
+    for a, b in zip(got, want, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b), (a, b)
+
+
+@pytest.mark.parametrize("with_weight, with_bias", [(True, False), (False, True)])
+def test_weight_or_bias_alone(cpp, with_weight, with_bias):
+    def fn():
+        torch.manual_seed(2)
+        x = torch.randn(5, 3, 4, requires_grad=True)
+        w = (torch.rand(3) + 0.5).requires_grad_() if with_weight else None
+        b = torch.randn(3).requires_grad_() if with_bias else None
+        y = _ops.batch_norm_op(x, w, b, None, None, True, 0.1, 1e-5, "auto")[0]
+        y.backward(torch.randn_like(y))
+        return [y.detach(), x.grad, None if w is None else w.grad, None if b is None else b.grad]
+
+    got, want, calls = _both_paths(cpp, fn)
+    assert calls == (1, 1)
+    _assert_same(got, want)
+
+
+def test_backward_with_float64_statistics_of_float32_input(cpp):
+    def fn():
+        torch.manual_seed(3)
+        x, g = torch.randn(6, 4, 3), torch.randn(6, 4, 3)
+        mean, invstd = torch.randn(4, dtype=torch.float64), torch.rand(4, dtype=torch.float64)
+        return _ops.batch_norm_backward_op(g, x, torch.rand(4), mean, invstd, True, "auto")
+
+    got, want, calls = _both_paths(cpp, fn)
+    assert calls == (0, 1)
+    _assert_same(got, want)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 1.0, 0.37])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_running_statistics_over_steps(cpp, momentum, dtype):
+    def fn():
+        torch.manual_seed(4)
+        rm, rv = torch.randn(3, dtype=dtype), torch.rand(3, dtype=dtype) + 0.5
+        for _ in range(4):
+            x = torch.randn(7, 3, 2, dtype=dtype) * 3 + 2
+            _, _, _, rm, rv = _ops.batch_norm_op(x, None, None, rm, rv, True, momentum, 1e-5,
+                                                 "auto")
+        return [rm, rv]
+
+    got, want, calls = _both_paths(cpp, fn)
+    assert calls == (4, 0)
+    _assert_same(got, want)
+
+
+def test_non_contiguous_weight_goes_to_python_with_the_same_result(cpp):
+    def fn():
+        torch.manual_seed(5)
+        x = torch.randn(4, 3, 5)
+        w = torch.rand(6)[::2]  # a strided view
+        return _ops.batch_norm_op(x, w, None, None, None, True, 0.1, 1e-5, "auto")[:3]
+
+    got, want, calls = _both_paths(cpp, fn)
+    assert calls == (0, 0)
+    _assert_same(got, want)
+
+
+def test_compiled_autograd_runs_the_cpp_node(cpp):
+    dynamo = pytest.importorskip("torch._dynamo")
+    bn = ft.BatchNorm1d(3)
+    x = torch.randn(8, 3, requires_grad=True)
+    want = torch.autograd.grad(bn(x).square().sum(), x)[0]
+    with dynamo.compiled_autograd._enable(torch.compile(backend="eager")):
+        got = torch.autograd.grad(bn(x).square().sum(), x)[0]
+    torch.testing.assert_close(got, want)
 
 
 def test_momentum_none_and_running_statistics_match(cpp):
@@ -117,14 +204,18 @@ def test_calls_the_python_kernels_take(cpp, case):
     else:
         x = torch.randn(4, 6, 6, 3).permute(0, 3, 2, 1)  # neither contiguous nor channels-last
     args = (x, None, None, None, None, True, 0.1, 1e-5, backend)
-    (y, mean, invstd, _, _), fast = _op_calls(cpp, *args)
-    assert fast == 0
-    cpp.set_enabled(False)
-    try:
-        want = _ops.batch_norm_op(*args)
-    finally:
-        cpp.set_enabled(True)
-    assert torch.equal(y, want[0]) and torch.equal(mean, want[1])
+    x.requires_grad_()
+    dy = torch.randn_like(x)
+
+    def fn():
+        x.grad = None
+        y, mean, invstd, _, _ = _ops.batch_norm_op(*args)
+        y.backward(dy)
+        return [y.detach(), mean.detach(), invstd.detach(), x.grad]
+
+    got, want, calls = _both_paths(cpp, fn)
+    assert calls == (0, 0)
+    _assert_same(got, want)
 
 
 def test_small_contiguous_call_runs_in_cpp(cpp):
@@ -159,6 +250,16 @@ def test_expanded_gradient_goes_to_python_with_the_same_result(cpp):
                                 "fortran"), ValueError, "backend"),
     (lambda: _ops.batch_norm_op(torch.randn(4, 3, 5).half(), None, None, None, None, True, 0.1,
                                 1e-5, "auto"), TypeError, "float32 or float64"),
+    (lambda: _ops.batch_norm_op(torch.randn(4, 3, 5), None, None, None, None, True,
+                                float("nan"), 1e-5, "auto"), ValueError, "momentum"),
+    (lambda: _ops.batch_norm_op(torch.randn(4, 3, 5), None, None, None, None, True, -0.5, 1e-5,
+                                "auto"), ValueError, "momentum"),
+    (lambda: _ops.batch_norm_op(torch.randn(4, 3, 5), None, None, None, None, True, 0.1,
+                                float("inf"), "auto"), ValueError, "eps"),
+    (lambda: _ops.batch_norm_op(torch.randn(4, 3, 5), None, None, None, None, True, 0.1,
+                                float("nan"), "auto"), ValueError, "eps"),
+    (lambda: _ops.batch_norm_op(torch.randn(1, 3), None, None, None, None, True, 0.1, 1e-5,
+                                "auto"), ValueError, "more than 1 value per channel"),
     (lambda: _ops.batch_norm_backward_op(torch.randn(4, 3, 5), torch.randn(4, 3, 6), None,
                                          torch.zeros(3), torch.ones(3), True, "auto"),
      ValueError, "grad_out"),

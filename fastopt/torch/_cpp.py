@@ -67,7 +67,9 @@ def _load() -> ModuleType | None:
         print("fastopt.torch: compiling the C++ batch-norm kernels (once per machine and torch "
               "version, about a minute)", file=sys.stderr, flush=True)
     module = cpp_extension.load(name, [str(Path(__file__).with_name("_ops.cpp"))],
-                                extra_cflags=["-O2"], verbose=False)
+                                # no contraction into fused multiply-adds: the running update
+                                # must round as numpy's separate multiply and add do
+                                extra_cflags=["-O2", "-ffp-contract=off"], verbose=False)
     capi = kernels.__pyx_capi__
     module.install(capi["forward_addr"], capi["backward_addr"], _ops._cpp_plan,
                    _ops._batch_norm_cpu, _ops._batch_norm_backward_cpu,

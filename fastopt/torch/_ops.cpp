@@ -42,6 +42,14 @@ using BackwardAddr = int (*)(size_t, size_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                              size_t, int, size_t, int, size_t, size_t, size_t, int, Py_ssize_t,
                              int, int, int);
 
+// Their signatures as Cython names the __pyx_capi__ capsules: install() refuses other ones.
+constexpr const char* FORWARD_ADDR_SIGNATURE =
+    "int (size_t, size_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, int, size_t, size_t, int, size_t, "
+    "size_t, double, double *, size_t, size_t, int, Py_ssize_t, int, int, int)";
+constexpr const char* BACKWARD_ADDR_SIGNATURE =
+    "int (size_t, size_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, int, size_t, size_t, int, size_t, "
+    "int, size_t, size_t, size_t, int, Py_ssize_t, int, int, int)";
+
 // Below this many bytes of x the Python glue costs more than the kernel; larger calls keep the
 // Python kernels (their outputs come from numpy's allocator, which asks for huge pages).
 constexpr int64_t SMALL_BYTES = int64_t(1) << 21;
@@ -52,7 +60,7 @@ struct State {
     py::object plan;                       // _ops._cpp_plan
     py::object cpu_forward, cpu_backward;  // _ops._batch_norm_cpu, _batch_norm_backward_cpu
     py::object autograd_forward, autograd_backward;  // the Python autograd kernels
-    bool enabled = true;
+    std::atomic<bool> enabled{true};
     std::atomic<int64_t> forward_calls{0}, backward_calls{0};  // calls the C++ CPU work ran
 };
 
@@ -190,7 +198,7 @@ ForwardOut forward_cpu(const Tensor& x, const OptTensor& weight, const OptTensor
                                      plan->per_channel, plan->n_chunks, plan->n_threads,
                                      plan->stream, plan->row_block);
     }
-    TORCH_CHECK(status == 0, "fastopt::batch_norm: no memory for the partial sums");
+    if (status != 0) return python();  // out of memory: the Python kernel retries or raises
     ++state->forward_calls;
     if (!(training && running_mean.has_value())) {
         Tensor none = at::empty({0}, x.options());
@@ -245,7 +253,7 @@ BackwardOut backward_cpu(const Tensor& grad_out, const Tensor& x, const OptTenso
             size_t(dw.data_ptr()), size_t(db.data_ptr()), plan->per_channel, plan->n_chunks,
             plan->n_threads, plan->stream, plan->row_block);
     }
-    TORCH_CHECK(status == 0, "fastopt::batch_norm_backward: no memory for the partial sums");
+    if (status != 0) return python();
     ++state->backward_calls;
     return {dx, dw, db};
 }
@@ -310,24 +318,27 @@ std::vector<c10::SymInt> channel_shape(const Tensor& x)
     return shape;
 }
 
-// The forward's graph node; the same formulas as _ops.py's _forward_backward.
+// The forward's graph node; the same formulas as _ops.py's _forward_backward. Its outputs are
+// the differentiable ones only (y, and mean and invstd in training mode): the others (the new
+// running statistics, eval mode's mean and invstd) leave through `all`, outside the graph, so
+// the node has no non-differentiable outputs to mark (compiled autograd refuses nodes that do).
 struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
     static torch::autograd::variable_list forward(
-        torch::autograd::AutogradContext* ctx, c10::DispatchKeySet ks, const Tensor& x,
-        const OptTensor& weight, const OptTensor& bias, const OptTensor& running_mean,
-        const OptTensor& running_var, bool training, double momentum, double eps,
-        const std::string& backend)
+        torch::autograd::AutogradContext* ctx, ForwardOut* all, c10::DispatchKeySet ks,
+        const Tensor& x, const OptTensor& weight, const OptTensor& bias,
+        const OptTensor& running_mean, const OptTensor& running_var, bool training,
+        double momentum, double eps, const std::string& backend)
     {
-        auto [y, mean, invstd, new_rm, new_rv] = forward_below(
-            ks, x, weight, bias, running_mean, running_var, training, momentum, eps, backend);
+        *all = forward_below(ks, x, weight, bias, running_mean, running_var, training, momentum,
+                             eps, backend);
+        const auto& [y, mean, invstd, new_rm, new_rv] = *all;
         ctx->set_materialize_grads(false);
-        ctx->mark_non_differentiable({new_rm, new_rv});
-        if (!training) ctx->mark_non_differentiable({mean, invstd});
         ctx->save_for_backward({x, or_undefined(weight), mean, invstd});
         ctx->saved_data["has_bias"] = bias.has_value();
         ctx->saved_data["training"] = training;
         ctx->saved_data["backend"] = backend;
-        return {y, mean, invstd, new_rm, new_rv};
+        if (training) return {y, mean, invstd};
+        return {y};
     }
 
     static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -337,12 +348,14 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
         const Tensor &x = saved[0], &weight = saved[1], &mean = saved[2], &invstd = saved[3];
         bool training = ctx->saved_data["training"].toBool();
         std::string backend = ctx->saved_data["backend"].toStringRef();
-        const Tensor &grad_y = grads[0], &grad_mean = grads[1], &grad_invstd = grads[2];
+        const Tensor& grad_y = grads[0];
+        Tensor grad_mean = training ? grads[1] : Tensor();
+        Tensor grad_invstd = training ? grads[2] : Tensor();
         Tensor dx, dw, db;
         if (grad_y.defined())
             std::tie(dx, dw, db) =
                 backward_op().call(grad_y, x, optional(weight), mean, invstd, training, backend);
-        if (training && (grad_mean.defined() || grad_invstd.defined())) {
+        if (grad_mean.defined() || grad_invstd.defined()) {
             // mean = sum(x)/n and invstd = (var + eps)^(-1/2): d mean/dx = 1/n,
             // d invstd/dx = -invstd^3 (x - mean)/n.
             auto shape = channel_shape(x);
@@ -355,15 +368,18 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
             dx = dx.defined() ? dx + extra : extra;
         }
         if (!dx.defined()) dx = at::zeros_like(x);
-        // one entry per argument of apply() (ks, x, weight, bias, ...), undefined for the
+        // one entry per argument of apply() (all, ks, x, weight, bias, ...), undefined for the
         // arguments that are not tensors (an absent weight or bias among them)
-        torch::autograd::variable_list out(10);
-        out[1] = dx;
-        if (weight.defined()) out[2] = dw;
-        if (ctx->saved_data["has_bias"].toBool()) out[3] = db;
+        torch::autograd::variable_list out(11);
+        out[2] = dx;
+        if (weight.defined()) out[3] = dw;
+        if (ctx->saved_data["has_bias"].toBool()) out[4] = db;
         return out;
     }
 };
+
+// An optional tensor that holds an undefined tensor (possible from C++ callers) as absent.
+OptTensor present(const OptTensor& t) { return t.has_value() && t->defined() ? t : std::nullopt; }
 
 bool needs_graph(std::initializer_list<const Tensor*> tensors)
 {
@@ -373,11 +389,13 @@ bool needs_graph(std::initializer_list<const Tensor*> tensors)
     return false;
 }
 
-ForwardOut forward_autograd(c10::DispatchKeySet ks, const Tensor& x, const OptTensor& weight,
-                            const OptTensor& bias, const OptTensor& running_mean,
-                            const OptTensor& running_var, bool training, double momentum,
+ForwardOut forward_autograd(c10::DispatchKeySet ks, const Tensor& x, const OptTensor& weight_,
+                            const OptTensor& bias_, const OptTensor& running_mean_,
+                            const OptTensor& running_var_, bool training, double momentum,
                             double eps, c10::string_view backend)
 {
+    OptTensor weight = present(weight_), bias = present(bias_);
+    OptTensor running_mean = present(running_mean_), running_var = present(running_var_);
     if (!state->enabled) {
         py::gil_scoped_acquire gil;
         return state
@@ -389,15 +407,18 @@ ForwardOut forward_autograd(c10::DispatchKeySet ks, const Tensor& x, const OptTe
     if (!needs_graph({&x, &w, &b}))
         return forward_below(ks, x, weight, bias, running_mean, running_var, training, momentum,
                              eps, backend);
-    auto out = BatchNormFunction::apply(ks, x, weight, bias, running_mean, running_var, training,
-                                        momentum, eps, std::string(backend));
-    return {out[0], out[1], out[2], out[3], out[4]};
+    ForwardOut all;
+    auto out = BatchNormFunction::apply(&all, ks, x, weight, bias, running_mean, running_var,
+                                        training, momentum, eps, std::string(backend));
+    if (training) return {out[0], out[1], out[2], std::get<3>(all), std::get<4>(all)};
+    return {out[0], std::get<1>(all), std::get<2>(all), std::get<3>(all), std::get<4>(all)};
 }
 
 BackwardOut backward_autograd(c10::DispatchKeySet ks, const Tensor& grad_out, const Tensor& x,
-                              const OptTensor& weight, const Tensor& mean, const Tensor& invstd,
+                              const OptTensor& weight_, const Tensor& mean, const Tensor& invstd,
                               bool training, c10::string_view backend)
 {
+    OptTensor weight = present(weight_);
     Tensor w = or_undefined(weight);
     if (!state->enabled || needs_graph({&grad_out, &x, &w, &mean, &invstd})) {
         // a graph of the backward (double backward): the Python Function's exact formulas
@@ -414,10 +435,9 @@ BackwardOut backward_autograd(c10::DispatchKeySet ks, const Tensor& grad_out, co
 }
 
 template <typename F>
-F capsule_pointer(const py::object& capsule)
+F capsule_pointer(const py::object& capsule, const char* signature)
 {
-    PyObject* p = capsule.ptr();
-    void* f = PyCapsule_GetPointer(p, PyCapsule_GetName(p));
+    void* f = PyCapsule_GetPointer(capsule.ptr(), signature);  // NULL for another signature
     if (f == nullptr) throw py::error_already_set();
     return reinterpret_cast<F>(f);
 }
@@ -427,14 +447,15 @@ void install(py::object forward_addr, py::object backward_addr, py::object plan,
              py::object autograd_backward)
 {
     TORCH_CHECK(state == nullptr, "fastopt's C++ batch-norm kernels are installed already");
-    state = new State();
-    state->forward_addr = capsule_pointer<ForwardAddr>(forward_addr);
-    state->backward_addr = capsule_pointer<BackwardAddr>(backward_addr);
-    state->plan = plan;
-    state->cpu_forward = cpu_forward;
-    state->cpu_backward = cpu_backward;
-    state->autograd_forward = autograd_forward;
-    state->autograd_backward = autograd_backward;
+    auto* s = new State();
+    s->forward_addr = capsule_pointer<ForwardAddr>(forward_addr, FORWARD_ADDR_SIGNATURE);
+    s->backward_addr = capsule_pointer<BackwardAddr>(backward_addr, BACKWARD_ADDR_SIGNATURE);
+    s->plan = plan;
+    s->cpu_forward = cpu_forward;
+    s->cpu_backward = cpu_backward;
+    s->autograd_forward = autograd_forward;
+    s->autograd_backward = autograd_backward;
+    state = s;
     // AutogradCPU, more specific than the Python kernels' Autograd alias: CPU tensors come here,
     // others (CUDA) keep the Python autograd kernels; nothing is overridden.
     static auto* lib = new torch::Library(torch::Library::IMPL, "fastopt",

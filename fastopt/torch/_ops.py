@@ -459,9 +459,11 @@ def _forward_setup(ctx, inputs, output) -> None:
     x, weight, _bias, _rm, _rv, training, _momentum, _eps, backend = inputs
     _y, mean, invstd, new_rm, new_rv = output
     ctx.set_materialize_grads(False)
-    ctx.mark_non_differentiable(new_rm, new_rv)
-    if not training:  # eval: the statistics are those of the buffers, not functions of x
-        ctx.mark_non_differentiable(mean, invstd)
+    if training:
+        ctx.mark_non_differentiable(new_rm, new_rv)
+    else:  # eval: the statistics are those of the buffers, not functions of x (one call: a
+        # second mark_non_differentiable replaces the first)
+        ctx.mark_non_differentiable(mean, invstd, new_rm, new_rv)
     ctx.save_for_backward(x, weight, mean, invstd)
     ctx.training = training
     ctx.backend = backend
