@@ -235,9 +235,11 @@ BackwardOut backward_cpu(const Tensor& grad_out, const Tensor& x, const OptTenso
     };
     bool valid = shape && grad_out.device().is_cpu() &&
                  grad_out.scalar_type() == x.scalar_type() && grad_out.sizes() == x.sizes() &&
-                 grad_out.strides() == x.strides() && channel_vector(weight, x) &&
-                 stats_ok(mean) && stats_ok(invstd);
+                 channel_vector(weight, x) && stats_ok(mean) && stats_ok(invstd);
     if (!valid) return python();
+    // a gradient in other strides (expanded by a sum(), say) is copied once into x's layout,
+    // as the Python kernel does
+    Tensor g = grad_out.strides() == x.strides() ? grad_out : at::empty_like(x).copy_(grad_out);
     auto [outer, C, inner] = *shape;
     auto plan = plan_for(outer, C, inner, x.element_size(), 3, backend);
     if (!plan) return python();
@@ -247,7 +249,7 @@ BackwardOut backward_cpu(const Tensor& grad_out, const Tensor& x, const OptTenso
     {
         ReleasedGil released;
         status = state->backward_addr(
-            size_t(grad_out.data_ptr()), size_t(x.data_ptr()), outer, C, inner,
+            size_t(g.data_ptr()), size_t(x.data_ptr()), outer, C, inner,
             x.scalar_type() == at::kFloat, size_t(mean.data_ptr()), size_t(invstd.data_ptr()),
             mean.scalar_type() == at::kFloat, address(weight), training, size_t(dx.data_ptr()),
             size_t(dw.data_ptr()), size_t(db.data_ptr()), plan->per_channel, plan->n_chunks,
