@@ -14,6 +14,9 @@ torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("torch.cuda.is_available() is False", allow_module_level=True)
 
+import torch_support  # noqa: E402
+from torch_support import LAYOUTS  # noqa: E402
+
 import fastopt.torch as ft  # noqa: E402
 from fastopt.torch import _ops  # noqa: E402
 
@@ -23,28 +26,13 @@ if _ops.cuda_backend_problem() is not None:
 OPS = torch.ops.fastopt
 DEV = torch.device("cuda", torch.cuda.current_device())
 
-LAYOUTS = [((7, 3), None), ((4, 5, 6), None), ((4, 5, 6), "transposed"),
-           ((3, 4, 5, 2), None), ((3, 4, 5, 2), torch.channels_last),
-           ((2, 3, 2, 3, 2), torch.channels_last_3d)]
-
 
 def make_x(shape, fmt, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g, dtype=dtype) * 2 + 0.5
-    if fmt == "transposed":
-        x = x.transpose(1, 2).contiguous().transpose(1, 2)
-    elif fmt is not None:
-        x = x.to(memory_format=fmt)
-    return x.to(DEV)  # .to keeps the layout
+    return torch_support.make_x(shape, fmt, dtype, seed, DEV)
 
 
 def params(c, dtype, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.rand(c, generator=g, dtype=dtype) + 0.5
-    b = torch.randn(c, generator=g, dtype=dtype)
-    rm = torch.randn(c, generator=g, dtype=dtype)
-    rv = torch.rand(c, generator=g, dtype=dtype) + 0.5
-    return [t.to(DEV) for t in (w, b, rm, rv)]
+    return torch_support.params(c, dtype, seed, DEV)
 
 
 def tol(dtype):

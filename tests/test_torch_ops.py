@@ -5,6 +5,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch_support import LAYOUTS, make_x, params  # noqa: E402
+
 import fastopt.torch  # noqa: E402, F401  (registers torch.ops.fastopt.*)
 from fastopt import _dispatch  # noqa: E402
 from fastopt.torch import _cpp, _ops  # noqa: E402
@@ -28,34 +30,6 @@ def kernels(request):
         module.set_enabled(True)
 
 OPS = torch.ops.fastopt
-
-# (shape, memory format): ranks 2-5, contiguous and channels-last
-LAYOUTS = [
-    ((7, 3), None),
-    ((4, 5, 6), None),
-    ((4, 5, 6), "transposed"),
-    ((3, 4, 5, 2), None),
-    ((3, 4, 5, 2), torch.channels_last),
-    ((2, 3, 2, 3, 2), torch.channels_last_3d),
-]
-
-
-def make_x(shape, fmt, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g, dtype=dtype) * 2 + 0.5
-    if fmt == "transposed":  # (N, C, L) with (N, L, C) memory
-        return x.transpose(1, 2).contiguous().transpose(1, 2)
-    return x if fmt is None else x.to(memory_format=fmt)
-
-
-def params(c, dtype, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.rand(c, generator=g, dtype=dtype) + 0.5
-    b = torch.randn(c, generator=g, dtype=dtype)
-    rm = torch.randn(c, generator=g, dtype=dtype)
-    rv = torch.rand(c, generator=g, dtype=dtype) + 0.5
-    return w, b, rm, rv
-
 
 def ids(layout):
     shape, fmt = layout
