@@ -7,6 +7,7 @@ benchmark must not time the simulator); the child prints one JSON line.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -27,3 +28,33 @@ def run_child(script: str, case: str, contender: str, repeat: int, dry: bool) ->
     if proc.returncode != 0 or not lines:
         return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]}
     return json.loads(lines[-1])
+
+
+def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
+    """The drivers' command line: ``--one CASE CONTENDER`` (a child), ``--repeat``,
+    ``--dry-run``, ``--json``."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--one", nargs=2, metavar=("CASE", "CONTENDER"))
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--json", type=Path)
+    return ap.parse_args(argv)
+
+
+def run_cases(script: str, cases: dict, args: argparse.Namespace, width: int) -> dict:
+    """Every (case, contender) of ``cases`` in a child process of its own, printed as it ends."""
+    results = {}
+    for case, contenders in cases.items():
+        for contender in contenders:
+            results[(case, contender)] = r = run_child(script, case, contender, args.repeat,
+                                                       args.dry_run)
+            print(f"  {case:17s} {contender:{width}s} {json.dumps(r)}", flush=True)
+    return results
+
+
+def write_json(path: Path | None, results: dict) -> None:
+    """The results as ``{"case|contender": result}`` (nothing when path is None)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({f"{c}|{k}": v for (c, k), v in results.items()}, indent=1))

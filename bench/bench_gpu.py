@@ -31,14 +31,12 @@ it checks the script, not any speed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
-from _gpu_child import run_child  # bench/ is the script's directory
+from _gpu_child import parse_args, run_cases, write_json  # bench/: the script's directory
 
 CASES = {
     "floor-bandwidth": ("floor",),
@@ -257,17 +255,8 @@ def _hvp_flops(sizes, N, k=1):
 
 
 # --------------------------------------------------------------------------------- the driver
-def _child(case: str, contender: str, repeat: int, dry: bool) -> dict:
-    return run_child(__file__, case, contender, repeat, dry)
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--one", nargs=2, metavar=("CASE", "CONTENDER"))
-    ap.add_argument("--repeat", type=int, default=20)
-    ap.add_argument("--dry-run", action="store_true")
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args(argv)
+    args = parse_args(__doc__.split("\n")[0], argv)
     if args.one:
         print(json.dumps(_one(*args.one, args.repeat, args.dry_run)))
         return 0
@@ -281,11 +270,7 @@ def main(argv=None):
             print("bench_gpu: skipped (no CUDA GPU: torch.cuda.is_available() is False)")
             return 0
         print(f"device: {torch.cuda.get_device_name()}")
-    results = {}
-    for case, contenders in CASES.items():
-        for contender in contenders:
-            results[(case, contender)] = r = _child(case, contender, args.repeat, args.dry_run)
-            print(f"  {case:17s} {contender:18s} {json.dumps(r)}", flush=True)
+    results = run_cases(__file__, CASES, args, 18)
     bw = results[("floor-bandwidth", "floor")].get("bandwidth")
     mm = results[("floor-matmul", "floor")].get("flops")
     print(f"\nsame-run rates: copy bandwidth {bw / 1e9 if bw else float('nan'):.0f} GB/s, "
@@ -307,10 +292,7 @@ def main(argv=None):
             else:
                 frac = float("nan")
             print(f"{label:45s} {contender:18s} {t * 1e3:9.3f} {ratio:7.2f}x {frac:8.1%}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({f"{c}|{k}": v for (c, k), v in results.items()},
-                                        indent=1))
+    write_json(args.json, results)
     return 0
 
 

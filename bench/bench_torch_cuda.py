@@ -22,15 +22,13 @@ median time of each, and the speed ratio against torch's module (> 1: fastopt fa
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-from _gpu_child import run_child  # bench/ is the script's directory
+from _gpu_child import parse_args, run_cases, write_json  # bench/: the script's directory
 
 CASES = {
     "floor-bandwidth": ("floor",),
@@ -99,17 +97,8 @@ def _one(case: str, contender: str, repeat: int, dry: bool) -> dict:
     return info
 
 
-def _child(case: str, contender: str, repeat: int, dry: bool) -> dict:
-    return run_child(__file__, case, contender, repeat, dry)
-
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--one", nargs=2, metavar=("CASE", "CONTENDER"))
-    ap.add_argument("--repeat", type=int, default=20)
-    ap.add_argument("--dry-run", action="store_true")
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args(argv)
+    args = parse_args(__doc__.split("\n")[0], argv)
     if args.one:
         print(json.dumps(_one(*args.one, args.repeat, args.dry_run)))
         return 0
@@ -127,11 +116,7 @@ def main(argv=None) -> int:
             print(f"bench_torch_cuda: skipped ({problem})")
             return 0
         print(f"device: {torch.cuda.get_device_name()}")
-    results = {}
-    for case, contenders in CASES.items():
-        for contender in contenders:
-            results[(case, contender)] = r = _child(case, contender, args.repeat, args.dry_run)
-            print(f"  {case:17s} {contender:8s} {json.dumps(r)}", flush=True)
+    results = run_cases(__file__, CASES, args, 8)
     bw = results[("floor-bandwidth", "floor")].get("bandwidth")
     print(f"\nsame-run copy bandwidth: {bw / 1e9 if bw else float('nan'):.0f} GB/s\n")
     print(f"{'case':17s} {'contender':9s} {'ms':>9s} {'vs torch':>9s} {'of bandwidth':>13s}")
@@ -148,10 +133,7 @@ def main(argv=None) -> int:
             ratio = base / t if base else float("nan")
             frac = r["bytes"] / t / bw if "bytes" in r and bw else float("nan")
             print(f"{case:17s} {contender:9s} {t * 1e3:9.3f} {ratio:8.2f}x {frac:13.1%}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({f"{c}|{k}": v for (c, k), v in results.items()},
-                                        indent=1))
+    write_json(args.json, results)
     return 0
 
 
